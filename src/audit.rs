@@ -1,0 +1,197 @@
+//! The audit trail (minimal form): one JSON line per grant decision and per statement.
+//!
+//! Records go through [`AuditLog`], a handle to a single writer task, so lines from
+//! concurrent sessions never interleave. Grant decisions are *acknowledged*
+//! ([`AuditLog::record_durable`] returns after the line is written and flushed), because
+//! the decision must be on disk before the upstream is touched. Statement records are
+//! queued in order and written by the same task. The agent's connection has no path
+//! to this file. (Hash chaining, export and replay are a later issue; the record shape
+//! already carries what they need: time, session, grant, subject, decision.)
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, oneshot};
+
+/// One line of the trail.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRecord {
+    /// RFC 3339 time, UTC.
+    pub time: String,
+    pub event: AuditEvent,
+    pub session_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    pub connection: String,
+    pub protocol: &'static str,
+    pub client_addr: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Decision>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub statement: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditEvent {
+    #[serde(rename = "grant.issued")]
+    GrantIssued,
+    #[serde(rename = "grant.denied")]
+    GrantDenied,
+    #[serde(rename = "statement")]
+    Statement,
+    #[serde(rename = "session.ended")]
+    SessionEnded,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    Allow,
+    Deny,
+}
+
+impl AuditRecord {
+    /// A record with the session context filled in and everything else empty.
+    pub fn new(event: AuditEvent, session_id: &str, connection: &str, client_addr: &str) -> Self {
+        AuditRecord {
+            time: rfc3339(SystemTime::now()),
+            event,
+            session_id: session_id.to_owned(),
+            grant_id: None,
+            sub: None,
+            connection: connection.to_owned(),
+            protocol: "postgres",
+            client_addr: client_addr.to_owned(),
+            decision: None,
+            reason: None,
+            statement: None,
+            kind: None,
+            expires_at: None,
+            groups: None,
+        }
+    }
+}
+
+/// Formats a time as RFC 3339 UTC with milliseconds.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit trail {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("audit writer has stopped")]
+    Stopped,
+}
+
+enum Command {
+    Write(AuditRecord, Option<oneshot::Sender<Result<(), String>>>),
+}
+
+/// Handle to the audit writer. Cheap to clone.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Command>,
+    path: PathBuf,
+}
+
+impl AuditLog {
+    /// Opens (creating if needed) `dir/audit.jsonl` and starts the writer task.
+    pub async fn open(dir: &Path) -> Result<AuditLog, AuditError> {
+        let path = dir.join("audit.jsonl");
+        let io_err = |source| AuditError::Io {
+            path: path.clone(),
+            source,
+        };
+        tokio::fs::create_dir_all(dir).await.map_err(io_err)?;
+        let file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .await
+            .map_err(io_err)?;
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(writer(file, rx, path.clone()));
+        Ok(AuditLog { tx, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes a record and waits until it is flushed to the file.
+    pub async fn record_durable(&self, record: AuditRecord) -> Result<(), AuditError> {
+        let (ack_tx, ack_rx) = oneshot::channel();
+        self.tx
+            .send(Command::Write(record, Some(ack_tx)))
+            .await
+            .map_err(|_| AuditError::Stopped)?;
+        match ack_rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(AuditError::Io {
+                path: self.path.clone(),
+                source: std::io::Error::other(e),
+            }),
+            Err(_) => Err(AuditError::Stopped),
+        }
+    }
+
+    /// Queues a record behind earlier ones (waits only if the queue is full).
+    pub async fn record(&self, record: AuditRecord) -> Result<(), AuditError> {
+        self.tx
+            .send(Command::Write(record, None))
+            .await
+            .map_err(|_| AuditError::Stopped)
+    }
+}
+
+async fn writer(mut file: tokio::fs::File, mut rx: mpsc::Receiver<Command>, path: PathBuf) {
+    let mut buf = Vec::with_capacity(64 * 1024);
+    while let Some(first) = rx.recv().await {
+        // Batch whatever is queued into one write.
+        let mut acks = Vec::new();
+        let mut next = Some(first);
+        while let Some(Command::Write(record, ack)) = next {
+            if serde_json::to_writer(&mut buf, &record).is_ok() {
+                buf.push(b'\n');
+            }
+            if let Some(ack) = ack {
+                acks.push(ack);
+            }
+            next = rx.try_recv().ok();
+        }
+        let result = async {
+            file.write_all(&buf).await?;
+            file.flush().await?;
+            if !acks.is_empty() {
+                file.sync_data().await?;
+            }
+            Ok::<(), std::io::Error>(())
+        }
+        .await;
+        buf.clear();
+        if let Err(e) = &result {
+            tracing::error!(path = %path.display(), error = %e, "audit write failed");
+        }
+        for ack in acks {
+            let _ = ack.send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! Facts about an upstream database the classifier cannot see in the text: which
+//! functions exist, in which schema, and how volatile they are.
+//!
+//! Fetched from the upstream itself (`pg_proc`) over the session's own connection,
+//! cached per connection name, refreshed after [`CATALOG_TTL`]. If the catalog cannot
+//! be read, every function call is denied (fail closed).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a fetched catalog is used before a new session refreshes it.
+pub const CATALOG_TTL: Duration = Duration::from_secs(300);
+
+/// The query that reads the function catalog; one row per function.
+pub const FUNCTION_QUERY: &str = "SELECT n.nspname, p.proname, p.provolatile, p.prokind \
+     FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace";
+
+/// `pg_proc.provolatile`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Volatility {
+    Immutable,
+    Stable,
+    Volatile,
+}
+
+/// One function (all overloads of a name in a schema share an entry per overload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionInfo {
+    pub schema: String,
+    pub volatility: Volatility,
+    /// `pg_proc.prokind`: `f` function, `p` procedure, `a` aggregate, `w` window.
+    pub kind: char,
+}
+
+/// Functions by name.
+#[derive(Debug, Default)]
+pub struct FunctionCatalog {
+    by_name: HashMap<String, Vec<FunctionInfo>>,
+}
+
+impl FunctionCatalog {
+    /// Builds the catalog from rows of [`FUNCTION_QUERY`] (text format).
+    pub fn from_rows(rows: impl IntoIterator<Item = [String; 4]>) -> Self {
+        let mut by_name: HashMap<String, Vec<FunctionInfo>> = HashMap::new();
+        for [schema, name, volatility, kind] in rows {
+            let volatility = match volatility.as_str() {
+                "i" => Volatility::Immutable,
+                "s" => Volatility::Stable,
+                _ => Volatility::Volatile,
+            };
+            let kind = kind.chars().next().unwrap_or('f');
+            by_name.entry(name).or_default().push(FunctionInfo {
+                schema,
+                volatility,
+                kind,
+            });
+        }
+        FunctionCatalog { by_name }
+    }
+
+    /// All functions named `name`, in `schema` if given.
+    pub fn lookup<'a>(&'a self, schema: Option<&'a str>, name: &str) -> impl Iterator<Item = &'a FunctionInfo> + 'a {
+        self.by_name
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter(move |f| schema.is_none_or(|s| f.schema == s))
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}
+
+/// The cached catalog of one connection, shared by its sessions.
+#[derive(Default)]
+pub struct CatalogCache {
+    entry: Mutex<Option<(Instant, Arc<FunctionCatalog>)>>,
+}
+
+impl CatalogCache {
+    /// The cached catalog if it is fresh.
+    pub fn fresh(&self) -> Option<Arc<FunctionCatalog>> {
+        let entry = self.entry.lock().ok()?;
+        entry
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < CATALOG_TTL)
+            .map(|(_, c)| c.clone())
+    }
+
+    pub fn store(&self, catalog: Arc<FunctionCatalog>) {
+        if let Ok(mut entry) = self.entry.lock() {
+            *entry = Some((Instant::now(), catalog));
+        }
+    }
+}

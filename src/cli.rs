@@ -1,0 +1,310 @@
+//! The command line: `serve`, `check`, `demo`, `dev-issuer`, `token`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{parse_duration, Config, CredentialSource};
+use crate::gateway::Gateway;
+use crate::identity::dev_issuer::{DevIssuer, DevKey, TokenRequest};
+use crate::policy::GrantPolicy;
+
+#[derive(Parser, Debug)]
+#[command(name = "sqlgate", version, about = "Database firewall gateway: OIDC token in, short read-only grant out.")]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the gateway from a config file.
+    Serve {
+        #[arg(long, short, default_value = "gateway.toml")]
+        config: PathBuf,
+    },
+    /// Validate a config file and print who may reach what.
+    Check {
+        #[arg(long, short, default_value = "gateway.toml")]
+        config: PathBuf,
+    },
+    /// Start a self-contained demo: dev issuer, TLS gateway, one connection to local Postgres.
+    Demo {
+        /// Gateway listen address.
+        #[arg(long, default_value = "127.0.0.1:6432")]
+        listen: SocketAddr,
+        /// Upstream Postgres host:port.
+        #[arg(long, default_value = "127.0.0.1:5432")]
+        upstream: String,
+        /// Upstream database.
+        #[arg(long, default_value = "postgres")]
+        database: String,
+        /// Upstream user (the held credential; trust auth unless --password-env is set).
+        #[arg(long, default_value = "postgres")]
+        user: String,
+        /// Environment variable holding the upstream password.
+        #[arg(long)]
+        password_env: Option<String>,
+        /// Where the demo keeps its issuer key and audit trail.
+        #[arg(long, default_value = "var/demo")]
+        dir: PathBuf,
+    },
+    /// Serve OIDC discovery and JWKS for a signing key (created if missing).
+    DevIssuer {
+        #[arg(long, default_value = "var/dev-issuer-key.pem")]
+        key: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8899")]
+        listen: SocketAddr,
+    },
+    /// Mint an access token signed by a dev issuer key.
+    Token {
+        #[arg(long, default_value = "var/dev-issuer-key.pem")]
+        key: PathBuf,
+        /// Issuer URL (the dev issuer prints it).
+        #[arg(long, default_value = "http://127.0.0.1:8899")]
+        issuer: String,
+        #[arg(long, default_value = "api://sqlgate")]
+        audience: String,
+        /// Subject (`sub`).
+        #[arg(long, default_value = "agent-7")]
+        sub: String,
+        /// Group (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Scope (repeatable).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Client id (`cid`).
+        #[arg(long)]
+        cid: Option<String>,
+        /// Lifetime, e.g. 10m or 1h.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub async fn run(cli: Cli) -> i32 {
+    let result = match cli.command {
+        Command::Serve { config } => serve(config).await,
+        Command::Check { config } => check(config),
+        Command::Demo {
+            listen,
+            upstream,
+            database,
+            user,
+            password_env,
+            dir,
+        } => {
+            crate::demo::run(crate::demo::DemoOptions {
+                listen,
+                upstream,
+                database,
+                user,
+                password_env,
+                dir,
+            })
+            .await
+        }
+        Command::DevIssuer { key, listen } => dev_issuer(key, listen).await,
+        Command::Token {
+            key,
+            issuer,
+            audience,
+            sub,
+            groups,
+            scopes,
+            cid,
+            ttl,
+        } => token(key, issuer, audience, sub, groups, scopes, cid, ttl),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(message) => {
+            eprintln!("sqlgate: {message}");
+            1
+        }
+    }
+}
+
+async fn serve(path: PathBuf) -> Result<(), String> {
+    let config = Config::load(&path).map_err(|e| e.to_string())?;
+    let gateway = Gateway::start(config, None).await.map_err(|e| e.to_string())?;
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    gateway.shutdown();
+    gateway.stopped().await;
+    Ok(())
+}
+
+fn check(path: PathBuf) -> Result<(), String> {
+    let config = Config::load(&path).map_err(|e| e.to_string())?;
+    print!("{}", describe(&config));
+    Ok(())
+}
+
+/// The `check` report: listeners, identity, connections, and who may reach what.
+pub fn describe(config: &Config) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "{}: OK", config.source.display());
+    if let Some(addr) = config.listen.postgres {
+        let tls = match &config.listen.tls {
+            Some(files) => format!("TLS with {}", files.cert.display()),
+            None => "no certificate".into(),
+        };
+        let plain = if config.listen.allow_plaintext { ", plaintext allowed on loopback" } else { "" };
+        let _ = writeln!(out, "listen   postgres {addr} ({tls}{plain})");
+    }
+    let id = &config.identity;
+    let algs: Vec<String> = id.algorithms.iter().map(|a| format!("{a:?}")).collect();
+    let _ = writeln!(
+        out,
+        "identity issuer {} audience {} algorithms {} leeway {}s groups claim {:?}",
+        id.issuer,
+        id.audiences.join(","),
+        algs.join(","),
+        id.leeway.as_secs(),
+        id.groups_claim
+    );
+    if id.issuer.contains(".okta.com") && !id.issuer.contains("/oauth2/") {
+        let _ = writeln!(
+            out,
+            "warning: {} looks like an Okta org authorization server; its access tokens are for Okta's own APIs \
+             and cannot be validated by a third party. Use a custom authorization server \
+             (https://{{org}}.okta.com/oauth2/{{id}}).",
+            id.issuer
+        );
+    }
+    if id.issuer.starts_with("http://") {
+        let _ = writeln!(out, "warning: the issuer is plain http; use https outside of tests");
+    }
+    let _ = writeln!(out, "connections:");
+    for c in &config.connections {
+        let credential = match (&c.credential, c.credential.load()) {
+            (CredentialSource::None, _) => "".to_owned(),
+            (_, Ok(_)) => " [credential available]".to_owned(),
+            (_, Err(e)) => format!(" [warning: {e}]"),
+        };
+        let _ = writeln!(
+            out,
+            "  {:<20} {} {}/{} as {}, {}, upstream TLS {:?}{credential}",
+            c.name,
+            c.protocol.as_str(),
+            c.upstream,
+            c.database,
+            c.user,
+            c.credential.describe(),
+            c.upstream_tls
+        );
+    }
+    let _ = writeln!(out, "grants (first match wins):");
+    if config.grants.is_empty() {
+        let _ = writeln!(out, "  none: nobody can connect");
+    }
+    for (i, g) in config.grants.iter().enumerate() {
+        let mut who = Vec::new();
+        if !g.groups.is_empty() {
+            who.push(format!("groups {}", g.groups.join(", ")));
+        }
+        if !g.scopes.is_empty() {
+            who.push(format!("scopes {}", g.scopes.join(", ")));
+        }
+        if !g.subjects.is_empty() {
+            who.push(format!("subjects {}", g.subjects.join(", ")));
+        }
+        if !g.client_ids.is_empty() {
+            who.push(format!("client ids {}", g.client_ids.join(", ")));
+        }
+        let _ = writeln!(
+            out,
+            "  [{i}] {} -> {} ({}, ttl {})",
+            who.join(" or "),
+            g.connection,
+            g.access.as_str(),
+            humantime::format_duration(g.ttl)
+        );
+    }
+    let unreachable: Vec<&str> = config
+        .connections
+        .iter()
+        .filter(|c| !config.grants.iter().any(|g| g.connection == c.name))
+        .map(|c| c.name.as_str())
+        .collect();
+    if !unreachable.is_empty() {
+        let _ = writeln!(out, "warning: no grant reaches: {}", unreachable.join(", "));
+    }
+    let _ = GrantPolicy::from_config(config);
+    let _ = writeln!(out, "audit    {}", config.audit_dir.join("audit.jsonl").display());
+    out
+}
+
+async fn dev_issuer(key_path: PathBuf, listen: SocketAddr) -> Result<(), String> {
+    let key = DevKey::load_or_create(&key_path)?;
+    let kid = key.kid.clone();
+    let issuer = DevIssuer::start(listen, vec![key])
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    println!("dev issuer {} (key {} kid {kid})", issuer.url, key_path.display());
+    println!("discovery  {}/.well-known/openid-configuration", issuer.url);
+    wait_for_signal().await;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn token(
+    key: PathBuf,
+    issuer: String,
+    audience: String,
+    sub: String,
+    groups: Vec<String>,
+    scopes: Vec<String>,
+    cid: Option<String>,
+    ttl: String,
+) -> Result<(), String> {
+    let key = DevKey::load_or_create(&key)?;
+    let request = TokenRequest {
+        issuer: issuer.trim_end_matches('/').to_owned(),
+        audience,
+        subject: sub,
+        groups,
+        scopes,
+        client_id: cid,
+        ttl: parse_duration(&ttl)?,
+    };
+    println!("{}", request.mint(&key)?);
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,649 @@
+//! `gateway.toml`: what the DBA writes, read strictly and checked before anything runs.
+//!
+//! Parsing is two steps. [`RawConfig`] mirrors the file (serde, `deny_unknown_fields`,
+//! so a typo is an error, not a silently ignored key). [`Config::from_raw`] then checks
+//! what serde cannot — durations, addresses, references between sections, where
+//! credentials come from — and resolves relative paths against the config file's
+//! directory. Every problem is reported as a [`ConfigError`] naming the file, the key
+//! and what is wrong.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration problem, phrased for the person who wrote the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path}: {key}: {problem}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        problem: String,
+    },
+}
+
+// ---------------------------------------------------------------------------------
+// The file as written.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: RawListen,
+    pub identity: RawIdentity,
+    #[serde(default, rename = "connection")]
+    pub connections: Vec<RawConnection>,
+    #[serde(default, rename = "grant")]
+    pub grants: Vec<RawGrant>,
+    #[serde(default)]
+    pub audit: RawAudit,
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListen {
+    pub postgres: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    #[serde(default)]
+    pub allow_plaintext: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    pub issuer: String,
+    pub audience: OneOrMany,
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    #[serde(default = "default_scopes_claim")]
+    pub scopes_claim: String,
+    #[serde(default = "default_client_id_claim")]
+    pub client_id_claim: String,
+    #[serde(default = "default_leeway")]
+    pub leeway: String,
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Least time between two JWKS fetches triggered by an unknown `kid`.
+    #[serde(default = "default_jwks_refetch")]
+    pub jwks_min_refetch: String,
+    /// How long fetched keys are used before they are fetched again.
+    #[serde(default = "default_jwks_ttl")]
+    pub jwks_cache_ttl: String,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConnection {
+    pub name: String,
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
+    pub upstream: String,
+    pub database: String,
+    pub user: String,
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// An inline secret. Refused unless `insecure_dev_password = true` says this is a
+    /// throwaway development setup.
+    pub password: Option<String>,
+    #[serde(default)]
+    pub insecure_dev_password: bool,
+    #[serde(default = "default_upstream_tls")]
+    pub upstream_tls: String,
+    pub upstream_ca: Option<PathBuf>,
+    /// Server name for upstream TLS certificate checks (default: the upstream host).
+    pub upstream_tls_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGrant {
+    pub connection: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub subjects: Vec<String>,
+    #[serde(default)]
+    pub client_ids: Vec<String>,
+    #[serde(default = "default_access")]
+    pub access: String,
+    #[serde(default = "default_ttl")]
+    pub ttl: String,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_statement_bytes: Option<usize>,
+    pub connect_timeout: Option<String>,
+}
+
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+fn default_scopes_claim() -> String {
+    "scp".into()
+}
+fn default_client_id_claim() -> String {
+    "cid".into()
+}
+fn default_leeway() -> String {
+    "60s".into()
+}
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".into(), "ES256".into()]
+}
+fn default_jwks_refetch() -> String {
+    "30s".into()
+}
+fn default_jwks_ttl() -> String {
+    "10m".into()
+}
+fn default_protocol() -> String {
+    "postgres".into()
+}
+fn default_upstream_tls() -> String {
+    "disable".into()
+}
+fn default_access() -> String {
+    "read-only".into()
+}
+fn default_ttl() -> String {
+    "10m".into()
+}
+
+// ---------------------------------------------------------------------------------
+// The checked configuration the gateway runs on.
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from (for messages), if any.
+    pub source: PathBuf,
+    pub listen: Listen,
+    pub identity: IdentityConfig,
+    pub connections: Vec<ConnectionConfig>,
+    pub grants: Vec<GrantConfig>,
+    pub audit_dir: PathBuf,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listen {
+    pub postgres: Option<SocketAddr>,
+    pub tls: Option<TlsFiles>,
+    pub allow_plaintext: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub groups_claim: String,
+    pub scopes_claim: String,
+    pub client_id_claim: String,
+    pub leeway: Duration,
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    pub jwks_min_refetch: Duration,
+    pub jwks_cache_ttl: Duration,
+}
+
+/// The wire protocol a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Postgres,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Postgres => "postgres",
+        }
+    }
+}
+
+/// Where the held upstream credential comes from. The secret itself is read when a
+/// session needs it, so a rotated file or env var takes effect without a restart.
+#[derive(Debug, Clone)]
+pub enum CredentialSource {
+    None,
+    Env(String),
+    File(PathBuf),
+    Inline(String),
+}
+
+impl CredentialSource {
+    /// Reads the secret. Errors name the source, never the value.
+    pub fn load(&self) -> Result<Option<String>, String> {
+        match self {
+            CredentialSource::None => Ok(None),
+            CredentialSource::Env(var) => std::env::var(var)
+                .map(Some)
+                .map_err(|_| format!("environment variable {var} is not set")),
+            CredentialSource::File(path) => std::fs::read_to_string(path)
+                .map(|s| Some(s.trim_end_matches(['\r', '\n']).to_owned()))
+                .map_err(|e| format!("cannot read password file {}: {e}", path.display())),
+            CredentialSource::Inline(secret) => Ok(Some(secret.clone())),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            CredentialSource::None => "no password (trust)".into(),
+            CredentialSource::Env(var) => format!("password from ${var}"),
+            CredentialSource::File(path) => format!("password from {}", path.display()),
+            CredentialSource::Inline(_) => "inline dev password (insecure)".into(),
+        }
+    }
+}
+
+/// Upstream TLS mode, as libpq's sslmode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamTls {
+    Disable,
+    /// Encrypt, do not verify the certificate.
+    Require,
+    /// Encrypt and verify the certificate and host name.
+    VerifyFull,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConnectionConfig {
+    pub name: String,
+    pub protocol: Protocol,
+    pub upstream: String,
+    pub database: String,
+    pub user: String,
+    pub credential: CredentialSource,
+    pub upstream_tls: UpstreamTls,
+    pub upstream_ca: Option<PathBuf>,
+    pub upstream_tls_name: Option<String>,
+}
+
+/// What a grant allows once issued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    ReadOnly,
+}
+
+impl Access {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::ReadOnly => "read-only",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GrantConfig {
+    pub connection: String,
+    pub groups: Vec<String>,
+    pub scopes: Vec<String>,
+    pub subjects: Vec<String>,
+    pub client_ids: Vec<String>,
+    pub access: Access,
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_statement_bytes: usize,
+    pub connect_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_statement_bytes: 1 << 20,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Validates config text; `path` names it in errors and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        Config::from_raw(raw, path)
+    }
+
+    pub fn from_raw(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
+        let base = path.parent().map(Path::to_owned).unwrap_or_default();
+        let resolve = |p: &Path| if p.is_absolute() { p.to_owned() } else { base.join(p) };
+        let invalid = |key: &str, problem: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            problem,
+        };
+
+        // [listen]
+        let postgres = match &raw.listen.postgres {
+            Some(addr) => Some(addr.parse::<SocketAddr>().map_err(|e| {
+                invalid("listen.postgres", format!("{addr:?} is not an ip:port address ({e})"))
+            })?),
+            None => None,
+        };
+        if postgres.is_none() {
+            return Err(invalid("listen", "no listener configured: set listen.postgres".into()));
+        }
+        let tls = match (&raw.listen.tls_cert, &raw.listen.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: resolve(cert),
+                key: resolve(key),
+            }),
+            (None, None) => None,
+            (Some(_), None) => return Err(invalid("listen.tls_key", "tls_cert is set but tls_key is missing".into())),
+            (None, Some(_)) => return Err(invalid("listen.tls_cert", "tls_key is set but tls_cert is missing".into())),
+        };
+        if tls.is_none() && !raw.listen.allow_plaintext {
+            return Err(invalid(
+                "listen.tls_cert",
+                "clients send their token as a password, so TLS is required: set tls_cert and tls_key \
+                 (or allow_plaintext = true for a loopback-only test setup)"
+                    .into(),
+            ));
+        }
+        if raw.listen.allow_plaintext {
+            if let Some(addr) = postgres {
+                if !addr.ip().is_loopback() {
+                    return Err(invalid(
+                        "listen.allow_plaintext",
+                        format!("plaintext is only allowed on a loopback address, and listen.postgres is {addr}"),
+                    ));
+                }
+            }
+        }
+
+        // [identity]
+        let id = &raw.identity;
+        let issuer = id.issuer.trim_end_matches('/').to_owned();
+        if !(issuer.starts_with("https://") || issuer.starts_with("http://")) {
+            return Err(invalid("identity.issuer", format!("{issuer:?} is not an http(s) URL")));
+        }
+        let audiences = match &id.audience {
+            OneOrMany::One(a) => vec![a.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        };
+        if audiences.is_empty() || audiences.iter().any(String::is_empty) {
+            return Err(invalid("identity.audience", "must name the audience tokens are issued for".into()));
+        }
+        let mut algorithms = Vec::new();
+        for name in &id.algorithms {
+            let alg = crate::identity::parse_algorithm(name)
+                .map_err(|problem| invalid("identity.algorithms", problem))?;
+            algorithms.push(alg);
+        }
+        if algorithms.is_empty() {
+            return Err(invalid("identity.algorithms", "at least one algorithm is needed".into()));
+        }
+        let duration = |key: &str, value: &str| {
+            parse_duration(value).map_err(|problem| invalid(key, problem))
+        };
+        let identity = IdentityConfig {
+            issuer,
+            audiences,
+            groups_claim: id.groups_claim.clone(),
+            scopes_claim: id.scopes_claim.clone(),
+            client_id_claim: id.client_id_claim.clone(),
+            leeway: duration("identity.leeway", &id.leeway)?,
+            algorithms,
+            jwks_min_refetch: duration("identity.jwks_min_refetch", &id.jwks_min_refetch)?,
+            jwks_cache_ttl: duration("identity.jwks_cache_ttl", &id.jwks_cache_ttl)?,
+        };
+        if identity.leeway > Duration::from_secs(300) {
+            return Err(invalid("identity.leeway", "more than 5 minutes of clock skew is not accepted".into()));
+        }
+
+        // [[connection]]
+        let mut connections: Vec<ConnectionConfig> = Vec::new();
+        for (i, c) in raw.connections.iter().enumerate() {
+            let key = |field: &str| format!("connection[{i}] ({}).{field}", c.name);
+            if c.name.is_empty() || c.name.len() > 63 {
+                return Err(invalid(&key("name"), "must be 1 to 63 characters (clients put it in dbname)".into()));
+            }
+            if connections.iter().any(|o| o.name == c.name) {
+                return Err(invalid(&key("name"), format!("connection {:?} is defined twice", c.name)));
+            }
+            let protocol = match c.protocol.as_str() {
+                "postgres" | "postgresql" => Protocol::Postgres,
+                "mysql" | "mariadb" => {
+                    return Err(invalid(&key("protocol"), "MySQL/MariaDB connections are not supported yet".into()))
+                }
+                other => return Err(invalid(&key("protocol"), format!("unknown protocol {other:?} (expected \"postgres\")"))),
+            };
+            if !c.upstream.contains(':') {
+                return Err(invalid(&key("upstream"), format!("{:?} must be host:port", c.upstream)));
+            }
+            let sources = [c.password_env.is_some(), c.password_file.is_some(), c.password.is_some()];
+            if sources.iter().filter(|s| **s).count() > 1 {
+                return Err(invalid(&key("password_env"), "set only one of password_env, password_file, password".into()));
+            }
+            let credential = if let Some(var) = &c.password_env {
+                CredentialSource::Env(var.clone())
+            } else if let Some(file) = &c.password_file {
+                CredentialSource::File(resolve(file))
+            } else if let Some(secret) = &c.password {
+                if !c.insecure_dev_password {
+                    return Err(invalid(
+                        &key("password"),
+                        "inline passwords are refused: use password_env or password_file \
+                         (or set insecure_dev_password = true on a throwaway dev setup)"
+                            .into(),
+                    ));
+                }
+                CredentialSource::Inline(secret.clone())
+            } else {
+                CredentialSource::None
+            };
+            let upstream_tls = match c.upstream_tls.as_str() {
+                "disable" => UpstreamTls::Disable,
+                "require" => UpstreamTls::Require,
+                "verify-full" => UpstreamTls::VerifyFull,
+                other => {
+                    return Err(invalid(
+                        &key("upstream_tls"),
+                        format!("unknown mode {other:?} (expected disable, require or verify-full)"),
+                    ))
+                }
+            };
+            connections.push(ConnectionConfig {
+                name: c.name.clone(),
+                protocol,
+                upstream: c.upstream.clone(),
+                database: c.database.clone(),
+                user: c.user.clone(),
+                credential,
+                upstream_tls,
+                upstream_ca: c.upstream_ca.as_deref().map(resolve),
+                upstream_tls_name: c.upstream_tls_name.clone(),
+            });
+        }
+
+        // [[grant]]
+        let mut grants = Vec::new();
+        for (i, g) in raw.grants.iter().enumerate() {
+            let key = |field: &str| format!("grant[{i}].{field}");
+            if !connections.iter().any(|c| c.name == g.connection) {
+                let known: Vec<&str> = connections.iter().map(|c| c.name.as_str()).collect();
+                return Err(invalid(
+                    &key("connection"),
+                    format!("no [[connection]] named {:?} (defined: {})", g.connection, known.join(", ")),
+                ));
+            }
+            if g.groups.is_empty() && g.scopes.is_empty() && g.subjects.is_empty() && g.client_ids.is_empty() {
+                return Err(invalid(
+                    &key("groups"),
+                    "a grant must name who it is for: groups, scopes, subjects or client_ids".into(),
+                ));
+            }
+            let access = match g.access.as_str() {
+                "read-only" => Access::ReadOnly,
+                other => return Err(invalid(&key("access"), format!("unknown access {other:?} (expected \"read-only\")"))),
+            };
+            let ttl = duration(&key("ttl"), &g.ttl)?;
+            if ttl.is_zero() || ttl > Duration::from_secs(24 * 3600) {
+                return Err(invalid(&key("ttl"), "must be between 1s and 24h; grants are meant to be short".into()));
+            }
+            grants.push(GrantConfig {
+                connection: g.connection.clone(),
+                groups: g.groups.clone(),
+                scopes: g.scopes.clone(),
+                subjects: g.subjects.clone(),
+                client_ids: g.client_ids.clone(),
+                access,
+                ttl,
+            });
+        }
+
+        let audit_dir = resolve(raw.audit.dir.as_deref().unwrap_or(Path::new("var/audit")));
+        let mut limits = Limits::default();
+        if let Some(max) = raw.limits.max_statement_bytes {
+            if max == 0 || max > 64 << 20 {
+                return Err(invalid("limits.max_statement_bytes", "must be between 1 and 67108864".into()));
+            }
+            limits.max_statement_bytes = max;
+        }
+        if let Some(t) = &raw.limits.connect_timeout {
+            limits.connect_timeout = duration("limits.connect_timeout", t)?;
+        }
+
+        Ok(Config {
+            source: path.to_owned(),
+            listen: Listen {
+                postgres,
+                tls,
+                allow_plaintext: raw.listen.allow_plaintext,
+            },
+            identity,
+            connections,
+            grants,
+            audit_dir,
+            limits,
+        })
+    }
+
+    pub fn connection(&self, name: &str) -> Option<&ConnectionConfig> {
+        self.connections.iter().find(|c| c.name == name)
+    }
+}
+
+/// Parses "90s", "10m", "1h", "1h30m".
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration like 30s, 10m or 1h ({e})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [listen]
+        postgres = "127.0.0.1:6432"
+        tls_cert = "certs/gw.pem"
+        tls_key = "certs/gw-key.pem"
+
+        [identity]
+        issuer = "https://example.okta.com/oauth2/default"
+        audience = "api://sqlgate"
+
+        [[connection]]
+        name = "reporting"
+        upstream = "10.0.3.7:5432"
+        database = "reporting"
+        user = "sqlgate_ro"
+        password_env = "REPORTING_RO_PASSWORD"
+
+        [[grant]]
+        connection = "reporting"
+        groups = ["analytics-agents"]
+        ttl = "10m"
+    "#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/sqlgate/gateway.toml"))
+    }
+
+    #[test]
+    fn reads_the_design_sketch() {
+        let config = parse(GOOD).unwrap();
+        assert_eq!(config.grants[0].ttl, Duration::from_secs(600));
+        assert_eq!(config.listen.tls.unwrap().cert, Path::new("/etc/sqlgate/certs/gw.pem"));
+        assert_eq!(config.identity.algorithms.len(), 2);
+    }
+
+    #[test]
+    fn names_file_key_and_problem() {
+        let bad = GOOD.replace("connection = \"reporting\"\n", "connection = \"primary\"\n");
+        let err = parse(&bad).unwrap_err().to_string();
+        assert!(err.contains("/etc/sqlgate/gateway.toml"), "{err}");
+        assert!(err.contains("grant[0].connection"), "{err}");
+        assert!(err.contains("\"primary\""), "{err}");
+
+        let typo = GOOD.replace("ttl = \"10m\"", "tll = \"10m\"");
+        let err = parse(&typo).unwrap_err().to_string();
+        assert!(err.contains("unknown field `tll`"), "{err}");
+    }
+
+    #[test]
+    fn refuses_inline_secrets_and_public_plaintext() {
+        let inline = GOOD.replace("password_env = \"REPORTING_RO_PASSWORD\"", "password = \"hunter2\"");
+        let err = parse(&inline).unwrap_err().to_string();
+        assert!(err.contains("inline passwords are refused"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+
+        let public = GOOD
+            .replace("127.0.0.1:6432", "0.0.0.0:6432")
+            .replace("[identity]", "allow_plaintext = true\n[identity]");
+        let err = parse(&public).unwrap_err().to_string();
+        assert!(err.contains("loopback"), "{err}");
+    }
+
+    #[test]
+    fn refuses_unknown_algorithms_and_symmetric_ones() {
+        let hs = GOOD.replace("audience = \"api://sqlgate\"", "audience = \"a\"\nalgorithms = [\"HS256\"]");
+        assert!(parse(&hs).unwrap_err().to_string().contains("HS256"));
+    }
+}

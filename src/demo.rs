@@ -1,0 +1,127 @@
+//! `sqlgate demo`: everything needed to try the gateway, with nothing configured.
+//!
+//! Starts the dev OIDC issuer on a free loopback port, makes a self-signed TLS
+//! certificate, writes a config for one connection `demo` to the local Postgres and
+//! validates it like any other config, starts the gateway, and prints a token for
+//! group `analytics-agents` with a ready-to-paste `psql` line.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::identity::dev_issuer::{DevIssuer, DevKey, TokenRequest};
+
+pub struct DemoOptions {
+    pub listen: SocketAddr,
+    pub upstream: String,
+    pub database: String,
+    pub user: String,
+    pub password_env: Option<String>,
+    pub dir: PathBuf,
+}
+
+/// The demo's config text.
+pub fn demo_config(options: &DemoOptions, issuer: &str) -> String {
+    let password = match &options.password_env {
+        Some(var) => format!("password_env = {var:?}\n"),
+        None => String::new(),
+    };
+    format!(
+        r#"# Written by `sqlgate demo`.
+[listen]
+postgres = "{listen}"
+
+[identity]
+issuer = "{issuer}"
+audience = "api://sqlgate"
+
+[[connection]]
+name = "demo"
+upstream = "{upstream}"
+database = "{database}"
+user = "{user}"
+{password}
+[[grant]]
+connection = "demo"
+groups = ["analytics-agents"]
+access = "read-only"
+ttl = "30m"
+
+[audit]
+dir = "audit"
+"#,
+        listen = options.listen,
+        upstream = options.upstream,
+        database = options.database,
+        user = options.user,
+    )
+}
+
+pub async fn run(options: DemoOptions) -> Result<(), String> {
+    std::fs::create_dir_all(&options.dir).map_err(|e| format!("{}: {e}", options.dir.display()))?;
+    let key = DevKey::load_or_create(&options.dir.join("issuer-key.pem"))?;
+    let issuer = DevIssuer::start(SocketAddr::from(([127, 0, 0, 1], 0)), vec![key.clone()])
+        .await
+        .map_err(|e| format!("cannot start the dev issuer: {e}"))?;
+
+    let text = demo_config(&options, &issuer.url);
+    let config_path = options.dir.join("gateway.toml");
+    std::fs::write(&config_path, &text).map_err(|e| format!("{}: {e}", config_path.display()))?;
+    // The certificate lives in memory; the config is validated as written, with TLS.
+    let mut config = Config::parse(
+        &text.replace("[identity]", "allow_plaintext = true\n\n[identity]"),
+        &config_path,
+    )
+    .map_err(|e| e.to_string())?;
+    config.listen.allow_plaintext = false;
+
+    let (cert, cert_key) = crate::tls::self_signed()?;
+    let tls = crate::tls::server_config_from_pem(&cert, &cert_key)?;
+    let gateway = Gateway::start(config, Some(tls)).await.map_err(|e| e.to_string())?;
+
+    let token = TokenRequest {
+        issuer: issuer.url.clone(),
+        audience: "api://sqlgate".into(),
+        subject: "agent-7".into(),
+        groups: vec!["analytics-agents".into()],
+        scopes: vec![],
+        client_id: None,
+        ttl: Duration::from_secs(3600),
+    }
+    .mint(&key)?;
+    print_welcome(&gateway.postgres_addr, &issuer.url, &token, &config_path, &options.dir);
+    crate::cli::wait_for_signal().await;
+    gateway.shutdown();
+    gateway.stopped().await;
+    Ok(())
+}
+
+fn print_welcome(addr: &SocketAddr, issuer: &str, token: &str, config: &Path, dir: &Path) {
+    println!(
+        r#"sqlgate demo is running.
+  gateway   postgres://{addr}  (TLS, self-signed certificate)
+  issuer    {issuer}  (dev OIDC issuer: discovery + JWKS)
+  config    {config}
+  audit     {audit}
+
+A token for sub=agent-7, groups=[analytics-agents], valid 1 hour:
+
+export PGPASSWORD='{token}'
+
+Connect (the database name is the sqlgate connection name):
+
+psql "host={host} port={port} dbname=demo user=agent-7 sslmode=require"
+
+Then try:  SELECT version();            -- allowed
+           CREATE TABLE t (x int);      -- denied: the grant is read-only
+           SET default_transaction_read_only = off;   -- denied: pinned
+
+Ctrl-C stops the demo."#,
+        host = addr.ip(),
+        port = addr.port(),
+        audit = dir.join("audit").join("audit.jsonl").display(),
+        config = config.display(),
+    );
+}

@@ -1,0 +1,145 @@
+//! The gateway process: shared services, listeners, graceful shutdown.
+//!
+//! [`Gateway::start`] binds the configured listeners (port 0 picks a free port, which
+//! tests use), fetches the issuer's keys, opens the audit trail and spawns one task per
+//! client connection. [`RunningGateway::shutdown`] stops accepting and tells every
+//! session to end (each sends its client a FATAL "shutting down" error), as in tokio's
+//! mini-redis: a broadcast channel every session subscribes to.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use crate::audit::{AuditError, AuditLog};
+use crate::catalog::CatalogCache;
+use crate::config::Config;
+use crate::identity::Verifier;
+use crate::policy::GrantPolicy;
+use crate::session::cancel::CancelRegistry;
+
+/// Everything a session needs, shared by all sessions.
+pub struct Services {
+    pub config: Config,
+    pub verifier: Verifier,
+    pub grants: GrantPolicy,
+    pub audit: AuditLog,
+    /// Function catalogs by connection name.
+    pub catalogs: HashMap<String, CatalogCache>,
+    pub cancels: CancelRegistry,
+    /// Client-side TLS; `None` only when plaintext is allowed and no certificate is set.
+    pub tls: Option<TlsAcceptor>,
+    pub shutdown: broadcast::Sender<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// Builder entry point.
+pub struct Gateway;
+
+/// A started gateway.
+pub struct RunningGateway {
+    /// Where the Postgres listener is bound.
+    pub postgres_addr: SocketAddr,
+    pub services: Arc<Services>,
+    accept_task: JoinHandle<()>,
+}
+
+impl Gateway {
+    /// Starts the gateway. `tls` overrides the certificate files of the config (the
+    /// demo and tests pass a generated certificate).
+    pub async fn start(
+        config: Config,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Result<RunningGateway, StartError> {
+        crate::tls::init_crypto();
+        let tls = match (tls, &config.listen.tls) {
+            (Some(tls), _) => Some(tls),
+            (None, Some(files)) => Some(
+                crate::tls::server_config_from_files(&files.cert, &files.key).map_err(StartError::Tls)?,
+            ),
+            (None, None) => None,
+        };
+        let addr = config
+            .listen
+            .postgres
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 6432)));
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let postgres_addr = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+        let audit = AuditLog::open(&config.audit_dir).await?;
+        let verifier = Verifier::new(config.identity.clone());
+        if let Err(e) = verifier.prefetch().await {
+            tracing::warn!(error = %e, "cannot fetch the issuer's keys yet; will retry on the first login");
+        }
+        let (shutdown, _) = broadcast::channel(1);
+        let services = Arc::new(Services {
+            grants: GrantPolicy::from_config(&config),
+            catalogs: config
+                .connections
+                .iter()
+                .map(|c| (c.name.clone(), CatalogCache::default()))
+                .collect(),
+            verifier,
+            audit,
+            cancels: CancelRegistry::default(),
+            tls: tls.map(TlsAcceptor::from),
+            shutdown,
+            config,
+        });
+        tracing::info!(%postgres_addr, tls = services.tls.is_some(), "postgres listener ready");
+        let accept_task = tokio::spawn(accept_loop(listener, services.clone()));
+        Ok(RunningGateway {
+            postgres_addr,
+            services,
+            accept_task,
+        })
+    }
+}
+
+async fn accept_loop(listener: TcpListener, services: Arc<Services>) {
+    let mut shutdown = services.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    tokio::spawn(crate::session::postgres::handle_connection(tcp, peer, services.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.recv() => return,
+        }
+    }
+}
+
+impl RunningGateway {
+    /// Stops accepting connections and ends every session.
+    pub fn shutdown(&self) {
+        let _ = self.services.shutdown.send(());
+    }
+
+    /// Waits until the accept loop has stopped (after [`RunningGateway::shutdown`]).
+    pub async fn stopped(self) {
+        let _ = self.accept_task.await;
+    }
+}

@@ -1,0 +1,148 @@
+//! The issuer's signing keys, fetched the way an OIDC relying party must.
+//!
+//! `{issuer}/.well-known/openid-configuration` names the `jwks_uri`; the key set found
+//! there is cached. A token whose `kid` is not in the cache triggers a refetch — that
+//! is how a key rotation is picked up — but at most once per `min_refetch`, so a
+//! stream of tokens with made-up key ids cannot turn the gateway into a load generator
+//! against the identity provider. Keys are never fetched per query, only per login,
+//! and the cache is refreshed after `ttl` even when nothing is unknown.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::{JwkSet, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use tokio::sync::Mutex;
+
+/// Why no key could be found for a token.
+#[derive(Debug)]
+pub enum KeyLookupError {
+    /// The issuer does not publish this key id (after a refetch, if allowed).
+    Unknown,
+    /// The key exists but is declared for another algorithm.
+    WrongAlgorithm(String),
+    /// The issuer could not be reached or answered nonsense.
+    Fetch(String),
+}
+
+struct CachedKey {
+    key: Arc<DecodingKey>,
+    alg: Option<String>,
+}
+
+#[derive(Default)]
+struct State {
+    keys: HashMap<String, CachedKey>,
+    fetched_at: Option<Instant>,
+    last_attempt: Option<Instant>,
+}
+
+/// JWKS cache for one issuer.
+pub struct JwksCache {
+    issuer: String,
+    http: reqwest::Client,
+    min_refetch: Duration,
+    ttl: Duration,
+    state: Mutex<State>,
+}
+
+impl JwksCache {
+    pub fn new(issuer: &str, min_refetch: Duration, ttl: Duration) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap_or_default();
+        JwksCache {
+            issuer: issuer.trim_end_matches('/').to_owned(),
+            http,
+            min_refetch,
+            ttl,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// The key for `kid`, fetching the key set when it is unknown or stale.
+    pub async fn key(&self, kid: &str, alg: Algorithm) -> Result<Arc<DecodingKey>, KeyLookupError> {
+        let mut state = self.state.lock().await;
+        let stale = state.fetched_at.is_none_or(|t| t.elapsed() >= self.ttl);
+        let known = lookup(&state.keys, kid).is_some();
+        let may_refetch = state.last_attempt.is_none_or(|t| t.elapsed() >= self.min_refetch);
+        if (stale || !known) && may_refetch {
+            if let Err(e) = self.fetch_into(&mut state).await {
+                // Keep serving cached keys when the issuer is briefly unreachable.
+                if lookup(&state.keys, kid).is_none() {
+                    return Err(KeyLookupError::Fetch(e));
+                }
+                tracing::warn!(issuer = %self.issuer, error = %e, "JWKS refresh failed; using cached keys");
+            }
+        }
+        let cached = lookup(&state.keys, kid).ok_or(KeyLookupError::Unknown)?;
+        if let Some(key_alg) = &cached.alg {
+            if *key_alg != format!("{alg:?}") {
+                return Err(KeyLookupError::WrongAlgorithm(key_alg.clone()));
+            }
+        }
+        Ok(cached.key.clone())
+    }
+
+    /// Fetches the key set now.
+    pub async fn refresh(&self) -> Result<(), String> {
+        let mut state = self.state.lock().await;
+        self.fetch_into(&mut state).await
+    }
+
+    async fn fetch_into(&self, state: &mut State) -> Result<(), String> {
+        state.last_attempt = Some(Instant::now());
+        let discovery_url = format!("{}/.well-known/openid-configuration", self.issuer);
+        let discovery: serde_json::Value = self.get_json(&discovery_url).await?;
+        if discovery.get("issuer").and_then(|v| v.as_str()).map(|s| s.trim_end_matches('/')) != Some(&self.issuer) {
+            return Err(format!("{discovery_url} names a different issuer"));
+        }
+        let jwks_uri = discovery
+            .get("jwks_uri")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| format!("{discovery_url} has no jwks_uri"))?
+            .to_owned();
+        let set: JwkSet = serde_json::from_value(self.get_json(&jwks_uri).await?)
+            .map_err(|e| format!("{jwks_uri} is not a JWK set: {e}"))?;
+        let mut keys = HashMap::new();
+        for jwk in &set.keys {
+            if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+                continue;
+            }
+            let Ok(key) = DecodingKey::from_jwk(jwk) else {
+                continue; // a key type we cannot use; other keys may still serve
+            };
+            let kid = jwk.common.key_id.clone().unwrap_or_default();
+            let alg = jwk.common.key_algorithm.map(|a| format!("{a:?}"));
+            keys.insert(kid, CachedKey { key: Arc::new(key), alg });
+        }
+        tracing::info!(issuer = %self.issuer, keys = keys.len(), "fetched signing keys");
+        state.keys = keys;
+        state.fetched_at = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn get_json(&self, url: &str) -> Result<serde_json::Value, String> {
+        let response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("GET {url}: HTTP {}", response.status()));
+        }
+        response.json().await.map_err(|e| format!("GET {url}: not JSON: {e}"))
+    }
+}
+
+/// A token without `kid` may use the issuer's only key.
+fn lookup<'a>(keys: &'a HashMap<String, CachedKey>, kid: &str) -> Option<&'a CachedKey> {
+    match keys.get(kid) {
+        Some(k) => Some(k),
+        None if kid.is_empty() && keys.len() == 1 => keys.values().next(),
+        None => None,
+    }
+}

@@ -1,0 +1,228 @@
+//! What a verified identity may do: grants per connection, and the statement policy.
+//!
+//! [`GrantPolicy::decide`] turns principal × requested connection into a [`Grant`] or a
+//! [`Denial`] that says why. The token decides eligibility; the grant decides reach,
+//! and the grant is small: one connection, one access level, and an expiry that is
+//! the sooner of the grant's TTL and the token's `exp`.
+//!
+//! [`readonly`] decides single statements from the classifier's fact sheet.
+
+pub mod readonly;
+
+use std::time::{Duration, SystemTime};
+
+use crate::config::{Access, Config, GrantConfig};
+use crate::identity::Principal;
+
+/// Permission for one principal to use one connection until `expires_at`.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// Unique id, recorded with every statement of the session.
+    pub id: String,
+    pub connection: String,
+    pub access: Access,
+    pub expires_at: SystemTime,
+    /// Which `[[grant]]` entry matched (0-based), and on what.
+    pub rule_index: usize,
+    pub matched_on: String,
+}
+
+/// A refusal, phrased for the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    pub reason: String,
+}
+
+/// The `[[grant]]` entries of the config, in file order.
+#[derive(Debug, Clone)]
+pub struct GrantPolicy {
+    grants: Vec<GrantConfig>,
+    connections: Vec<String>,
+}
+
+impl GrantPolicy {
+    pub fn from_config(config: &Config) -> Self {
+        GrantPolicy {
+            grants: config.grants.clone(),
+            connections: config.connections.iter().map(|c| c.name.clone()).collect(),
+        }
+    }
+
+    /// Decides whether `principal` may use `connection` now. The first matching
+    /// `[[grant]]` in file order wins.
+    pub fn decide(&self, principal: &Principal, connection: &str, now: SystemTime) -> Result<Grant, Denial> {
+        if principal.token_expires_at <= now {
+            return Err(Denial {
+                reason: "token has expired".into(),
+            });
+        }
+        for (index, grant) in self.grants.iter().enumerate() {
+            if grant.connection != connection {
+                continue;
+            }
+            if let Some(matched_on) = matches(grant, principal) {
+                let expires_at = (now + grant.ttl).min(principal.token_expires_at);
+                return Ok(Grant {
+                    id: format!("g-{:016x}", rand::random::<u64>()),
+                    connection: connection.to_owned(),
+                    access: grant.access,
+                    expires_at,
+                    rule_index: index,
+                    matched_on,
+                });
+            }
+        }
+        Err(self.explain_denial(principal, connection))
+    }
+
+    /// The connections this principal could reach (for messages and `sqlgate check`).
+    pub fn reachable(&self, principal: &Principal) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for grant in &self.grants {
+            if matches(grant, principal).is_some() && !names.contains(&grant.connection) {
+                names.push(grant.connection.clone());
+            }
+        }
+        names
+    }
+
+    fn explain_denial(&self, principal: &Principal, connection: &str) -> Denial {
+        let who = describe(principal);
+        let reason = if !self.connections.iter().any(|c| c == connection) {
+            format!("there is no connection named {connection:?}; the database name must be a sqlgate connection name")
+        } else {
+            format!("{who} has no grant for connection {connection:?}")
+        };
+        let reachable = self.reachable(principal);
+        let reason = if reachable.is_empty() {
+            reason
+        } else {
+            format!("{reason} (it may use: {})", reachable.join(", "))
+        };
+        Denial { reason }
+    }
+}
+
+/// Which selector of `grant` matches `principal`, if any.
+fn matches(grant: &GrantConfig, p: &Principal) -> Option<String> {
+    if let Some(g) = grant.groups.iter().find(|g| p.groups.contains(g)) {
+        return Some(format!("group {g}"));
+    }
+    if let Some(s) = grant.scopes.iter().find(|s| p.scopes.contains(s)) {
+        return Some(format!("scope {s}"));
+    }
+    if grant.subjects.contains(&p.subject) {
+        return Some(format!("subject {}", p.subject));
+    }
+    if let Some(cid) = &p.client_id {
+        if grant.client_ids.contains(cid) {
+            return Some(format!("client id {cid}"));
+        }
+    }
+    None
+}
+
+/// "identity agent-7 (groups analytics-agents)" — how denials name the asker.
+fn describe(p: &Principal) -> String {
+    let mut parts = Vec::new();
+    if !p.groups.is_empty() {
+        parts.push(format!("groups {}", p.groups.join(", ")));
+    }
+    if !p.scopes.is_empty() {
+        parts.push(format!("scopes {}", p.scopes.join(" ")));
+    }
+    if let Some(cid) = &p.client_id {
+        parts.push(format!("client {cid}"));
+    }
+    if parts.is_empty() {
+        format!("identity {} (no groups, scopes or client id)", p.subject)
+    } else {
+        format!("identity {} ({})", p.subject, parts.join("; "))
+    }
+}
+
+/// Time left on a grant, for messages.
+pub fn remaining(grant: &Grant, now: SystemTime) -> Duration {
+    grant.expires_at.duration_since(now).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn policy() -> GrantPolicy {
+        let config = Config::parse(
+            r#"
+            [listen]
+            postgres = "127.0.0.1:0"
+            allow_plaintext = true
+            [identity]
+            issuer = "https://example.okta.com/oauth2/default"
+            audience = "api://sqlgate"
+            [[connection]]
+            name = "replica"
+            upstream = "127.0.0.1:5432"
+            database = "d"
+            user = "u"
+            [[connection]]
+            name = "primary"
+            upstream = "127.0.0.1:5432"
+            database = "d"
+            user = "u"
+            [[grant]]
+            connection = "replica"
+            groups = ["analytics-agents"]
+            ttl = "10m"
+            [[grant]]
+            connection = "replica"
+            client_ids = ["svc-app"]
+            ttl = "1m"
+            "#,
+            Path::new("gateway.toml"),
+        )
+        .unwrap();
+        GrantPolicy::from_config(&config)
+    }
+
+    fn principal(groups: &[&str], exp_in: u64) -> Principal {
+        Principal {
+            subject: "agent-7".into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            scopes: vec![],
+            client_id: None,
+            token_id: None,
+            token_expires_at: SystemTime::now() + Duration::from_secs(exp_in),
+        }
+    }
+
+    #[test]
+    fn grant_expiry_is_the_sooner_of_ttl_and_token() {
+        let now = SystemTime::now();
+        let long = policy().decide(&principal(&["analytics-agents"], 3600), "replica", now).unwrap();
+        assert_eq!(long.expires_at, now + Duration::from_secs(600));
+        let p = principal(&["analytics-agents"], 30);
+        let short = policy().decide(&p, "replica", now).unwrap();
+        assert_eq!(short.expires_at, p.token_expires_at);
+    }
+
+    #[test]
+    fn denial_names_group_connection_and_alternatives() {
+        let p = principal(&["analytics-agents"], 3600);
+        let d = policy().decide(&p, "primary", SystemTime::now()).unwrap_err();
+        assert!(d.reason.contains("groups analytics-agents"), "{}", d.reason);
+        assert!(d.reason.contains("\"primary\""), "{}", d.reason);
+        assert!(d.reason.contains("it may use: replica"), "{}", d.reason);
+        let nobody = principal(&["marketing"], 3600);
+        assert!(policy().decide(&nobody, "replica", SystemTime::now()).is_err());
+    }
+
+    #[test]
+    fn client_credentials_tokens_match_on_client_id() {
+        let mut p = principal(&[], 3600);
+        p.client_id = Some("svc-app".into());
+        let g = policy().decide(&p, "replica", SystemTime::now()).unwrap();
+        assert_eq!(g.matched_on, "client id svc-app");
+        assert_eq!(g.rule_index, 1);
+    }
+}

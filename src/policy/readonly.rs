@@ -1,0 +1,375 @@
+//! The read-only statement policy (DESIGN.md decision 5), on the classifier's facts.
+//!
+//! Read-only means allow-list: queries without locking clauses, INTO or writing CTEs;
+//! EXPLAIN (with ANALYZE only of an allowed statement); SHOW; a short list of harmless
+//! settings; transaction control that does not ask for READ WRITE; cursors, PREPARE
+//! and `COPY ... TO STDOUT` over allowed queries. Everything else is denied, and so is
+//! any statement calling a function that can write or escape the session: built-ins on
+//! [`DENIED_BUILTINS`], volatile user-defined functions and procedures, and functions
+//! the upstream catalog does not know.
+
+use crate::catalog::{FunctionCatalog, Volatility};
+use crate::sql::{CopyDirection, QualifiedName, SetFacts, StatementFacts, StatementKind, TransactionOp};
+
+/// The decision on one statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    Deny { reason: String },
+}
+
+impl Verdict {
+    fn deny(reason: impl Into<String>) -> Verdict {
+        Verdict::Deny { reason: reason.into() }
+    }
+}
+
+/// Settings a read-only session may change. Everything else — notably
+/// `default_transaction_read_only`, `transaction_read_only`, `role`,
+/// `session_authorization` and `standard_conforming_strings` — is refused.
+pub const ALLOWED_SETTINGS: &[&str] = &[
+    "application_name",
+    "search_path",
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+    "idle_session_timeout",
+    "timezone",
+    "datestyle",
+    "intervalstyle",
+    "extra_float_digits",
+    "client_encoding",
+    "client_min_messages",
+    "bytea_output",
+    "xmloption",
+    "lc_monetary",
+    "lc_numeric",
+    "lc_time",
+    "transaction_isolation",
+    "default_transaction_isolation",
+    "work_mem",
+    "jit",
+    "plan_cache_mode",
+    "max_parallel_workers_per_gather",
+    "cursor_tuple_fraction",
+    "geqo",
+    "row_security",
+];
+
+/// Encodings in which every byte of a multi-byte character has the high bit set, so
+/// the classifier's lexer and the server agree on every quote and backslash.
+const SAFE_CLIENT_ENCODINGS: &[&str] = &["utf8", "utf-8", "unicode"];
+
+/// Built-in functions with side effects, or that read files, run SQL passed as text,
+/// control other sessions or the server. Matched by exact name or by prefix (`*`).
+pub const DENIED_BUILTINS: &[&str] = &[
+    "set_config",
+    "nextval",
+    "setval",
+    "pg_terminate_backend",
+    "pg_cancel_backend",
+    "pg_reload_conf",
+    "pg_rotate_logfile",
+    "pg_log_backend_memory_contexts",
+    "lo_*",
+    "loread",
+    "lowrite",
+    "dblink*",
+    "pg_read_file",
+    "pg_read_binary_file",
+    "pg_ls_*",
+    "pg_stat_file",
+    "pg_file_*",
+    "query_to_xml*",
+    "query_to_xmlschema",
+    "cursor_to_xml*",
+    "table_to_xml*",
+    "schema_to_xml*",
+    "database_to_xml*",
+    "pg_advisory*",
+    "pg_try_advisory*",
+    "pg_notify",
+    "pg_create_*",
+    "pg_drop_replication_slot",
+    "pg_replication_*",
+    "pg_logical_*",
+    "pg_copy_*_replication_slot",
+    "pg_switch_wal",
+    "pg_backup_*",
+    "pg_start_backup",
+    "pg_stop_backup",
+    "pg_promote",
+    "pg_wal_replay_*",
+    "pg_stat_reset*",
+    "pg_import_system_collations",
+    "pg_nextoid",
+    "txid_current",
+    "pg_current_xact_id",
+    "binary_upgrade_*",
+    "brin_summarize_*",
+    "brin_desummarize_range",
+    "gin_clean_pending_list",
+    "pg_stat_statements_reset",
+];
+
+/// Whether `name` is on [`DENIED_BUILTINS`].
+pub fn denied_builtin(name: &str) -> bool {
+    DENIED_BUILTINS.iter().any(|pattern| match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => *pattern == name,
+    })
+}
+
+/// Decides one statement.
+pub fn decide(facts: &StatementFacts, catalog: Option<&FunctionCatalog>) -> Verdict {
+    let kind = decide_kind(&facts.kind, facts);
+    if kind != Verdict::Allow {
+        return kind;
+    }
+    for function in &facts.functions {
+        if let Err(reason) = check_function(function, catalog) {
+            return Verdict::deny(reason);
+        }
+    }
+    Verdict::Allow
+}
+
+fn decide_kind(kind: &StatementKind, facts: &StatementFacts) -> Verdict {
+    match kind {
+        StatementKind::Empty | StatementKind::Show => Verdict::Allow,
+        StatementKind::Query => check_query(facts),
+        StatementKind::Explain { analyze: false, inner } => match inner.as_ref() {
+            // Planning alone runs nothing, so EXPLAIN of a write is fine.
+            StatementKind::Query => Verdict::Allow,
+            StatementKind::Other { label } if matches!(label.as_str(), "INSERT" | "UPDATE" | "DELETE" | "MERGE") => {
+                Verdict::Allow
+            }
+            other => Verdict::deny(format!("EXPLAIN of {} is not allowed", other.label())),
+        },
+        StatementKind::Explain { analyze: true, inner }
+        | StatementKind::DeclareCursor { inner }
+        | StatementKind::Prepare { inner } => match inner.as_ref() {
+            StatementKind::Query => check_query(facts),
+            other => Verdict::deny(format!(
+                "{} runs the statement, and {} is not allowed in a read-only session",
+                kind.label(),
+                other.label()
+            )),
+        },
+        StatementKind::Copy { direction, inner } => match direction {
+            CopyDirection::From => Verdict::deny("COPY FROM writes to a table"),
+            CopyDirection::ToServer => Verdict::deny("COPY to a server file or program runs on the database server"),
+            CopyDirection::ToClient => match inner.as_deref() {
+                None | Some(StatementKind::Query) => check_query(facts),
+                Some(other) => Verdict::deny(format!("COPY of {} is not allowed", other.label())),
+            },
+        },
+        StatementKind::Set(set) => check_set(set),
+        StatementKind::Transaction { op, read_write } => match op {
+            TransactionOp::Begin if *read_write => {
+                Verdict::deny("the session is read-only; a READ WRITE transaction cannot be started")
+            }
+            TransactionOp::TwoPhase => Verdict::deny("two-phase commit is not allowed"),
+            _ => Verdict::Allow,
+        },
+        StatementKind::Fetch
+        | StatementKind::CloseCursor
+        | StatementKind::Execute
+        | StatementKind::Deallocate
+        | StatementKind::Discard => Verdict::Allow,
+        StatementKind::Other { label } => {
+            Verdict::deny(format!("{label} is not allowed: the grant is read-only"))
+        }
+    }
+}
+
+fn check_query(facts: &StatementFacts) -> Verdict {
+    if let Some(write) = facts.writes.first() {
+        return Verdict::deny(format!("a query containing {write} writes data (data-modifying WITH)"));
+    }
+    if facts.locking {
+        return Verdict::deny("row locking clauses (FOR UPDATE/SHARE) take write locks");
+    }
+    if facts.into {
+        return Verdict::deny("SELECT INTO creates a table");
+    }
+    Verdict::Allow
+}
+
+fn check_set(set: &SetFacts) -> Verdict {
+    match set {
+        SetFacts::ResetAll | SetFacts::Reset { .. } => {
+            // Reset values are the session's startup values, where sqlgate pins
+            // read-only mode and standard_conforming_strings.
+            Verdict::Allow
+        }
+        SetFacts::TransactionModes { read_write: true } => {
+            Verdict::deny("the session is read-only; transactions cannot be made READ WRITE")
+        }
+        SetFacts::TransactionModes { read_write: false } => Verdict::Allow,
+        SetFacts::Value { name, values } => {
+            let name = name.as_str();
+            if name == "client_encoding" {
+                let ok = values.len() == 1 && SAFE_CLIENT_ENCODINGS.contains(&values[0].as_str());
+                return if ok {
+                    Verdict::Allow
+                } else {
+                    Verdict::deny("client_encoding is pinned to UTF8 (multi-byte encodings like SJIS or GBK can hide quotes from the firewall)")
+                };
+            }
+            if ALLOWED_SETTINGS.contains(&name) || name.starts_with("enable_") {
+                return Verdict::Allow;
+            }
+            match name {
+                "default_transaction_read_only" | "transaction_read_only" => {
+                    Verdict::deny(format!("{name} is pinned on: the session is read-only"))
+                }
+                "standard_conforming_strings" => {
+                    Verdict::deny("standard_conforming_strings is pinned on so the firewall parses strings as the server does")
+                }
+                "role" | "session_authorization" => Verdict::deny(format!("changing {name} is not allowed")),
+                _ => Verdict::deny(format!("SET {name} is not on the list of settings a read-only session may change")),
+            }
+        }
+    }
+}
+
+/// Whether calling `function` is allowed, from the deny-list and the catalog.
+pub fn check_function(function: &QualifiedName, catalog: Option<&FunctionCatalog>) -> Result<(), String> {
+    let name = function.name.as_str();
+    let builtin_schema = matches!(function.schema.as_deref(), None | Some("pg_catalog"));
+    if (denied_builtin(name) && builtin_schema) || name.starts_with("dblink") {
+        return Err(format!("function {function} is not allowed: it has side effects or reaches outside the session"));
+    }
+    let Some(catalog) = catalog else {
+        return Err(format!("function {function} cannot be checked: the upstream function catalog is unavailable"));
+    };
+    let mut found = false;
+    for info in catalog.lookup(function.schema.as_deref(), name) {
+        found = true;
+        if info.schema == "pg_catalog" {
+            continue; // built-in, and not on the deny-list
+        }
+        if info.kind == 'p' {
+            return Err(format!("{function} is a procedure; procedures are not allowed"));
+        }
+        if info.volatility == Volatility::Volatile {
+            return Err(format!(
+                "function {}.{name} is VOLATILE and may write; only IMMUTABLE or STABLE user functions are allowed",
+                info.schema
+            ));
+        }
+    }
+    if !found {
+        return Err(format!("function {function} does not exist in the upstream catalog"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sql::postgres::classify;
+
+    fn catalog() -> FunctionCatalog {
+        let row = |s: &str, n: &str, v: &str, k: &str| [s.to_string(), n.to_string(), v.to_string(), k.to_string()];
+        FunctionCatalog::from_rows([
+            row("pg_catalog", "lower", "i", "f"),
+            row("pg_catalog", "now", "s", "f"),
+            row("pg_catalog", "count", "i", "a"),
+            row("pg_catalog", "set_config", "v", "f"),
+            row("pg_catalog", "nextval", "v", "f"),
+            row("pg_catalog", "random", "v", "f"),
+            row("public", "safe_fn", "s", "f"),
+            row("public", "evil_fn", "v", "f"),
+            row("public", "proc1", "v", "p"),
+        ])
+    }
+
+    fn verdict(sql: &str) -> Verdict {
+        let cat = catalog();
+        let all = classify(sql, 1 << 20).unwrap();
+        for facts in &all {
+            let v = decide(facts, Some(&cat));
+            if v != Verdict::Allow {
+                return v;
+            }
+        }
+        Verdict::Allow
+    }
+
+    fn allowed(sql: &str) {
+        assert_eq!(verdict(sql), Verdict::Allow, "{sql}");
+    }
+
+    fn denied(sql: &str, why: &str) {
+        match verdict(sql) {
+            Verdict::Deny { reason } => assert!(reason.contains(why), "{sql}: {reason}"),
+            Verdict::Allow => panic!("allowed: {sql}"),
+        }
+    }
+
+    #[test]
+    fn reads_and_their_write_neighbours() {
+        allowed("SELECT lower(name), count(*) FROM t GROUP BY 1");
+        denied("INSERT INTO t VALUES (1)", "INSERT is not allowed");
+        allowed("WITH x AS (SELECT 1) SELECT * FROM x");
+        denied("WITH x AS (UPDATE t SET a = 1 RETURNING *) SELECT * FROM x", "UPDATE");
+        allowed("SELECT * FROM t FOR READ ONLY");
+        denied("SELECT * FROM t FOR UPDATE", "locking");
+        denied("SELECT * INTO t2 FROM t", "SELECT INTO");
+        allowed("EXPLAIN DELETE FROM t");
+        denied("EXPLAIN ANALYZE DELETE FROM t", "DELETE is not allowed");
+        allowed("EXPLAIN ANALYZE SELECT 1");
+    }
+
+    #[test]
+    fn functions_by_catalog() {
+        allowed("SELECT now(), safe_fn()");
+        denied("SELECT evil_fn()", "VOLATILE");
+        denied("SELECT public.proc1()", "procedure");
+        denied("SELECT pg_catalog.set_config('default_transaction_read_only', 'off', false)", "set_config");
+        denied("SELECT nextval('s')", "nextval");
+        denied("SELECT nope()", "does not exist");
+        allowed("SELECT random()");
+        denied("SELECT lo_import('/etc/passwd')", "lo_import");
+    }
+
+    #[test]
+    fn settings_and_transactions() {
+        allowed("SET application_name = 'x'");
+        allowed("SET extra_float_digits = 3");
+        allowed("SET NAMES 'UTF8'");
+        denied("SET client_encoding = 'SJIS'", "pinned to UTF8");
+        denied("SET default_transaction_read_only = off", "pinned on");
+        denied("SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE", "READ WRITE");
+        denied("SET ROLE postgres", "role");
+        allowed("RESET ALL");
+        allowed("begin transaction");
+        allowed("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY");
+        denied("START TRANSACTION READ WRITE", "READ WRITE");
+        allowed("SAVEPOINT a; RELEASE SAVEPOINT a; ROLLBACK TO SAVEPOINT a; COMMIT");
+        denied("PREPARE TRANSACTION 'x'", "two-phase");
+        denied("SET transaction_read_only = off; DELETE FROM t", "pinned on");
+    }
+
+    #[test]
+    fn server_side_escapes() {
+        denied("COPY t TO '/tmp/x'", "server file");
+        denied("COPY t FROM STDIN", "COPY FROM");
+        allowed("COPY t TO STDOUT");
+        allowed("COPY (SELECT 1) TO STDOUT WITH (FORMAT csv)");
+        denied("COPY (DELETE FROM t RETURNING *) TO STDOUT", "DELETE");
+        denied("ALTER SYSTEM SET fsync = off", "ALTER SYSTEM");
+        denied("VACUUM t", "VACUUM");
+        denied("LOCK TABLE t", "LOCK");
+        denied("DO $$ BEGIN DELETE FROM t; END $$", "DO");
+        denied("CALL proc1()", "CALL");
+        allowed("DECLARE c CURSOR FOR SELECT 1; FETCH 1 FROM c; CLOSE c");
+        denied("DECLARE c CURSOR FOR SELECT * FROM t FOR UPDATE", "locking");
+        allowed("PREPARE p AS SELECT 1; EXECUTE p; DEALLOCATE p");
+        denied("PREPARE p AS DELETE FROM t", "DELETE");
+        denied("LISTEN x", "LISTEN");
+        denied("NOTIFY x", "NOTIFY");
+    }
+}

@@ -1,0 +1,172 @@
+//! The classifier: statement text in, a dialect-agnostic fact sheet out.
+//!
+//! Each dialect has a front end that parses with that server's own grammar and fills
+//! the same [`StatementFacts`]: what kind of statement it is, which functions it calls
+//! and tables it names anywhere in its tree, whether it locks rows, writes through a
+//! CTE or selects INTO a table. Policy ([`crate::policy::readonly`]) runs on these
+//! facts only, so the read-only rules are written once for every protocol.
+//!
+//! Front ends: [`postgres`] (libpg_query via `pg_query`). MySQL/MariaDB will follow.
+//! A front end that cannot parse a statement returns [`ClassifyError`]; the caller
+//! denies — nothing unparsed is ever forwarded.
+
+pub mod postgres;
+
+use std::fmt;
+
+/// A schema-qualified name as written (`schema` is `None` when unqualified).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct QualifiedName {
+    pub schema: Option<String>,
+    pub name: String,
+}
+
+impl fmt::Display for QualifiedName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.schema {
+            Some(schema) => write!(f, "{schema}.{}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// One statement's facts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementFacts {
+    /// This statement's own text (one part of a multi-statement message).
+    pub text: String,
+    pub kind: StatementKind,
+    /// Every function called anywhere in the statement.
+    pub functions: Vec<QualifiedName>,
+    /// Every table or view named anywhere in the statement.
+    pub tables: Vec<QualifiedName>,
+    /// Data-modifying statements nested anywhere, e.g. `INSERT` inside a CTE.
+    pub writes: Vec<String>,
+    /// A locking clause (`FOR UPDATE`, `FOR SHARE`, ...) anywhere.
+    pub locking: bool,
+    /// `SELECT ... INTO` a new table anywhere.
+    pub into: bool,
+}
+
+/// What a statement is, as far as policy cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatementKind {
+    /// Nothing but whitespace, comments or `;`.
+    Empty,
+    /// SELECT, VALUES, TABLE.
+    Query,
+    Explain {
+        analyze: bool,
+        inner: Box<StatementKind>,
+    },
+    Show,
+    Set(SetFacts),
+    Transaction {
+        op: TransactionOp,
+        /// Asks for `READ WRITE`.
+        read_write: bool,
+    },
+    DeclareCursor {
+        inner: Box<StatementKind>,
+    },
+    /// FETCH or MOVE on a cursor.
+    Fetch,
+    CloseCursor,
+    Copy {
+        direction: CopyDirection,
+        inner: Option<Box<StatementKind>>,
+    },
+    Prepare {
+        inner: Box<StatementKind>,
+    },
+    Execute,
+    Deallocate,
+    Discard,
+    /// Anything else, labelled as a person would say it ("INSERT", "DROP TABLE").
+    Other { label: String },
+}
+
+/// SET and RESET forms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetFacts {
+    /// `SET [LOCAL] name = value`; values are as written, lowercased.
+    Value { name: String, values: Vec<String> },
+    /// `SET TRANSACTION ...` or `SET SESSION CHARACTERISTICS AS TRANSACTION ...`.
+    TransactionModes { read_write: bool },
+    /// `RESET name` or `SET name TO DEFAULT`.
+    Reset { name: String },
+    ResetAll,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransactionOp {
+    Begin,
+    Commit,
+    Rollback,
+    Savepoint,
+    Release,
+    RollbackTo,
+    /// Two-phase commit: PREPARE TRANSACTION, COMMIT/ROLLBACK PREPARED.
+    TwoPhase,
+}
+
+/// Where a COPY moves data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyDirection {
+    /// `COPY ... TO STDOUT`.
+    ToClient,
+    /// `COPY ... TO 'file'` or `TO PROGRAM`: runs on the database server.
+    ToServer,
+    /// `COPY ... FROM ...`: a write.
+    From,
+}
+
+impl StatementKind {
+    /// The statement kind as a person would name it, for messages and audit.
+    pub fn label(&self) -> String {
+        match self {
+            StatementKind::Empty => "empty statement".into(),
+            StatementKind::Query => "SELECT".into(),
+            StatementKind::Explain { analyze: true, .. } => "EXPLAIN ANALYZE".into(),
+            StatementKind::Explain { .. } => "EXPLAIN".into(),
+            StatementKind::Show => "SHOW".into(),
+            StatementKind::Set(SetFacts::Reset { .. } | SetFacts::ResetAll) => "RESET".into(),
+            StatementKind::Set(SetFacts::TransactionModes { .. }) => "SET TRANSACTION".into(),
+            StatementKind::Set(_) => "SET".into(),
+            StatementKind::Transaction { op, .. } => match op {
+                TransactionOp::Begin => "BEGIN",
+                TransactionOp::Commit => "COMMIT",
+                TransactionOp::Rollback => "ROLLBACK",
+                TransactionOp::Savepoint => "SAVEPOINT",
+                TransactionOp::Release => "RELEASE SAVEPOINT",
+                TransactionOp::RollbackTo => "ROLLBACK TO SAVEPOINT",
+                TransactionOp::TwoPhase => "two-phase commit",
+            }
+            .into(),
+            StatementKind::DeclareCursor { .. } => "DECLARE CURSOR".into(),
+            StatementKind::Fetch => "FETCH".into(),
+            StatementKind::CloseCursor => "CLOSE".into(),
+            StatementKind::Copy {
+                direction: CopyDirection::From,
+                ..
+            } => "COPY FROM".into(),
+            StatementKind::Copy { .. } => "COPY TO".into(),
+            StatementKind::Prepare { .. } => "PREPARE".into(),
+            StatementKind::Execute => "EXECUTE".into(),
+            StatementKind::Deallocate => "DEALLOCATE".into(),
+            StatementKind::Discard => "DISCARD".into(),
+            StatementKind::Other { label } => label.clone(),
+        }
+    }
+}
+
+/// The statement could not be classified; it is denied.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ClassifyError {
+    #[error("statement does not parse: {0}")]
+    Syntax(String),
+    #[error("statement is {len} bytes, over the limit of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+    #[error("statement could not be analysed ({0})")]
+    Internal(String),
+}

@@ -1,0 +1,372 @@
+//! Postgres front end of the classifier, on libpg_query (the server's own lexer and
+//! grammar, via `pg_query`).
+//!
+//! Because it is the server's grammar, the gateway and the server agree on where a
+//! statement ends, what is a string and what is a comment (decision 3 of DESIGN.md):
+//! `standard_conforming_strings` on, `E''` strings, dollar quotes, nested comments.
+//! A multi-statement Query message is parsed once and yields one fact sheet per
+//! statement, each with its own text.
+//!
+//! The statement kind comes from the typed tree. The "anywhere in the tree" facts
+//! (functions, tables, nested writes, locking, INTO) come from a walk over *every*
+//! node: the tree is serialised generically and scanned, so no node type can hide a
+//! function call from us (pg_query's own `nodes()` iterator visits only a subset).
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use pg_query::protobuf::{self, a_const, node::Node as N, Node, TransactionStmtKind, VariableSetKind};
+use serde_json::Value;
+
+use super::{
+    ClassifyError, CopyDirection, QualifiedName, SetFacts, StatementFacts, StatementKind, TransactionOp,
+};
+
+/// Classifies every statement in `sql`.
+pub fn classify(sql: &str, max_bytes: usize) -> Result<Vec<StatementFacts>, ClassifyError> {
+    if sql.len() > max_bytes {
+        return Err(ClassifyError::TooLarge {
+            len: sql.len(),
+            max: max_bytes,
+        });
+    }
+    if sql.contains('\0') {
+        return Err(ClassifyError::Syntax("statement contains a NUL byte".into()));
+    }
+    // pg_query's result post-processing can panic on trees it does not expect; a
+    // panic here must become a denial, not a crashed session.
+    let parsed = catch_unwind(AssertUnwindSafe(|| pg_query::parse(sql)))
+        .map_err(|_| ClassifyError::Internal("parser panicked".into()))?
+        .map_err(|e| ClassifyError::Syntax(parse_error_message(e)))?;
+    let mut out = Vec::with_capacity(parsed.protobuf.stmts.len());
+    for raw in &parsed.protobuf.stmts {
+        let node = raw
+            .stmt
+            .as_ref()
+            .and_then(|n| n.node.as_ref())
+            .ok_or_else(|| ClassifyError::Internal("empty statement node".into()))?;
+        let text = statement_text(sql, raw.stmt_location, raw.stmt_len);
+        out.push(facts(node, text)?);
+    }
+    Ok(out)
+}
+
+fn parse_error_message(e: pg_query::Error) -> String {
+    match e {
+        pg_query::Error::Parse(m) => m,
+        other => other.to_string(),
+    }
+}
+
+/// The part of `sql` a RawStmt covers (`len` 0 means "to the end").
+fn statement_text(sql: &str, location: i32, len: i32) -> String {
+    let start = usize::try_from(location).unwrap_or(0).min(sql.len());
+    let end = if len <= 0 {
+        sql.len()
+    } else {
+        start.saturating_add(len as usize).min(sql.len())
+    };
+    sql.get(start..end).unwrap_or(sql).trim().to_owned()
+}
+
+fn facts(node: &N, text: String) -> Result<StatementFacts, ClassifyError> {
+    let tree = serde_json::to_value(node).map_err(|e| ClassifyError::Internal(e.to_string()))?;
+    let mut facts = StatementFacts {
+        text,
+        kind: kind(node, &tree),
+        functions: Vec::new(),
+        tables: Vec::new(),
+        writes: Vec::new(),
+        locking: false,
+        into: false,
+    };
+    scan(&tree, &mut facts);
+    Ok(facts)
+}
+
+/// The statement kind from the typed tree.
+fn kind(node: &N, tree: &Value) -> StatementKind {
+    match node {
+        N::SelectStmt(_) => StatementKind::Query,
+        N::ExplainStmt(e) => StatementKind::Explain {
+            analyze: e.options.iter().any(|o| def_name(o) == Some("analyze")),
+            inner: Box::new(inner_kind(e.query.as_deref())),
+        },
+        N::VariableShowStmt(_) => StatementKind::Show,
+        N::VariableSetStmt(s) => StatementKind::Set(set_facts(s)),
+        N::TransactionStmt(t) => {
+            let op = match TransactionStmtKind::try_from(t.kind) {
+                Ok(TransactionStmtKind::TransStmtBegin | TransactionStmtKind::TransStmtStart) => TransactionOp::Begin,
+                Ok(TransactionStmtKind::TransStmtCommit) => TransactionOp::Commit,
+                Ok(TransactionStmtKind::TransStmtRollback) => TransactionOp::Rollback,
+                Ok(TransactionStmtKind::TransStmtSavepoint) => TransactionOp::Savepoint,
+                Ok(TransactionStmtKind::TransStmtRelease) => TransactionOp::Release,
+                Ok(TransactionStmtKind::TransStmtRollbackTo) => TransactionOp::RollbackTo,
+                _ => TransactionOp::TwoPhase,
+            };
+            StatementKind::Transaction {
+                op,
+                read_write: asks_read_write(&t.options),
+            }
+        }
+        N::DeclareCursorStmt(d) => StatementKind::DeclareCursor {
+            inner: Box::new(inner_kind(d.query.as_deref())),
+        },
+        N::FetchStmt(_) => StatementKind::Fetch,
+        N::ClosePortalStmt(_) => StatementKind::CloseCursor,
+        N::CopyStmt(c) => StatementKind::Copy {
+            direction: if c.is_from {
+                CopyDirection::From
+            } else if c.is_program || !c.filename.is_empty() {
+                CopyDirection::ToServer
+            } else {
+                CopyDirection::ToClient
+            },
+            inner: c.query.as_deref().map(|q| Box::new(inner_kind(Some(q)))),
+        },
+        N::PrepareStmt(p) => StatementKind::Prepare {
+            inner: Box::new(inner_kind(p.query.as_deref())),
+        },
+        N::ExecuteStmt(_) => StatementKind::Execute,
+        N::DeallocateStmt(_) => StatementKind::Deallocate,
+        N::DiscardStmt(_) => StatementKind::Discard,
+        _ => StatementKind::Other {
+            label: other_label(node, tree),
+        },
+    }
+}
+
+fn inner_kind(node: Option<&Node>) -> StatementKind {
+    match node.and_then(|n| n.node.as_ref()) {
+        Some(inner) => match serde_json::to_value(inner) {
+            Ok(tree) => kind(inner, &tree),
+            Err(_) => StatementKind::Other {
+                label: "unknown statement".into(),
+            },
+        },
+        None => StatementKind::Other {
+            label: "unknown statement".into(),
+        },
+    }
+}
+
+/// "InsertStmt" → "INSERT", "CreateTableAsStmt" → "CREATE TABLE AS", with a few
+/// names spelled the way SQL spells them.
+fn other_label(node: &N, tree: &Value) -> String {
+    match node {
+        N::InsertStmt(_) => return "INSERT".into(),
+        N::UpdateStmt(_) => return "UPDATE".into(),
+        N::DeleteStmt(_) => return "DELETE".into(),
+        N::MergeStmt(_) => return "MERGE".into(),
+        N::CreateStmt(_) => return "CREATE TABLE".into(),
+        N::IndexStmt(_) => return "CREATE INDEX".into(),
+        N::ViewStmt(_) => return "CREATE VIEW".into(),
+        N::CreateFunctionStmt(_) => return "CREATE FUNCTION".into(),
+        N::DoStmt(_) => return "DO".into(),
+        N::VacuumStmt(v) => return if v.is_vacuumcmd { "VACUUM" } else { "ANALYZE" }.into(),
+        N::DropStmt(d) => {
+            let object = protobuf::ObjectType::try_from(d.remove_type)
+                .map(|t| t.as_str_name().trim_start_matches("OBJECT_").replace('_', " "))
+                .unwrap_or_default();
+            return format!("DROP {object}").trim_end().to_owned();
+        }
+        _ => {}
+    }
+    let name = tree
+        .as_object()
+        .and_then(|o| o.keys().next())
+        .map(String::as_str)
+        .unwrap_or("statement");
+    let name = name.strip_suffix("Stmt").unwrap_or(name);
+    let mut label = String::new();
+    for (i, ch) in name.chars().enumerate() {
+        if ch.is_uppercase() && i > 0 {
+            label.push(' ');
+        }
+        label.push(ch.to_ascii_uppercase());
+    }
+    label
+}
+
+fn def_name(node: &Node) -> Option<&str> {
+    match node.node.as_ref()? {
+        N::DefElem(d) => Some(d.defname.as_str()),
+        _ => None,
+    }
+}
+
+/// Whether transaction options contain `READ WRITE` (`transaction_read_only` false).
+fn asks_read_write(options: &[Node]) -> bool {
+    options.iter().any(|o| match o.node.as_ref() {
+        Some(N::DefElem(d)) if d.defname == "transaction_read_only" => {
+            !matches!(d.arg.as_deref().and_then(|a| a.node.as_ref()).and_then(const_value), Some(v) if v == "1" || v == "true")
+        }
+        _ => false,
+    })
+}
+
+fn set_facts(s: &protobuf::VariableSetStmt) -> SetFacts {
+    let name = s.name.to_ascii_lowercase();
+    match VariableSetKind::try_from(s.kind) {
+        Ok(VariableSetKind::VarResetAll) => SetFacts::ResetAll,
+        Ok(VariableSetKind::VarReset | VariableSetKind::VarSetDefault) => SetFacts::Reset { name },
+        Ok(VariableSetKind::VarSetMulti) => SetFacts::TransactionModes {
+            read_write: asks_read_write(&s.args),
+        },
+        _ => SetFacts::Value {
+            name,
+            values: s
+                .args
+                .iter()
+                .map(|a| a.node.as_ref().and_then(const_value).unwrap_or_else(|| "?".into()))
+                .collect(),
+        },
+    }
+}
+
+/// A constant as text (lowercased), or `None` for anything that is not a constant.
+fn const_value(node: &N) -> Option<String> {
+    match node {
+        N::AConst(c) => Some(match c.val.as_ref()? {
+            a_const::Val::Ival(i) => i.ival.to_string(),
+            a_const::Val::Fval(f) => f.fval.clone(),
+            a_const::Val::Boolval(b) => b.boolval.to_string(),
+            a_const::Val::Sval(s) => s.sval.to_ascii_lowercase(),
+            a_const::Val::Bsval(b) => b.bsval.clone(),
+        }),
+        N::TypeCast(t) => t.arg.as_deref().and_then(|a| a.node.as_ref()).and_then(const_value),
+        _ => None,
+    }
+}
+
+/// Walks every node of the serialised tree and records the facts found anywhere.
+fn scan(value: &Value, facts: &mut StatementFacts) {
+    match value {
+        Value::Object(map) => {
+            for (key, child) in map {
+                match key.as_str() {
+                    "FuncCall" => {
+                        if let Some(name) = name_list(child.get("funcname")) {
+                            if !facts.functions.contains(&name) {
+                                facts.functions.push(name);
+                            }
+                        }
+                    }
+                    "RangeVar" => {
+                        let get = |k: &str| child.get(k).and_then(Value::as_str).unwrap_or("");
+                        let table = QualifiedName {
+                            schema: Some(get("schemaname")).filter(|s| !s.is_empty()).map(str::to_owned),
+                            name: get("relname").to_owned(),
+                        };
+                        if !facts.tables.contains(&table) {
+                            facts.tables.push(table);
+                        }
+                    }
+                    "InsertStmt" => facts.writes.push("INSERT".into()),
+                    "UpdateStmt" => facts.writes.push("UPDATE".into()),
+                    "DeleteStmt" => facts.writes.push("DELETE".into()),
+                    "MergeStmt" => facts.writes.push("MERGE".into()),
+                    "LockingClause" => facts.locking = true,
+                    "into_clause" if !child.is_null() => facts.into = true,
+                    _ => {}
+                }
+                scan(child, facts);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|i| scan(i, facts)),
+        _ => {}
+    }
+}
+
+/// A name list (`[{"node":{"String":{"sval":"pg_catalog"}}}, ...]`) as a qualified name.
+fn name_list(list: Option<&Value>) -> Option<QualifiedName> {
+    let parts: Vec<&str> = list?
+        .as_array()?
+        .iter()
+        .filter_map(|n| n.pointer("/node/String/sval").and_then(Value::as_str))
+        .collect();
+    match parts.as_slice() {
+        [name] => Some(QualifiedName {
+            schema: None,
+            name: (*name).to_owned(),
+        }),
+        [.., schema, name] => Some(QualifiedName {
+            schema: Some((*schema).to_owned()),
+            name: (*name).to_owned(),
+        }),
+        [] => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(sql: &str) -> StatementFacts {
+        let mut all = classify(sql, 1 << 20).unwrap();
+        assert_eq!(all.len(), 1, "{sql}");
+        all.remove(0)
+    }
+
+    #[test]
+    fn finds_functions_everywhere() {
+        let f = one("SELECT CASE WHEN x THEN coalesce(pg_catalog.set_config('a','b',false), '') END FROM t ORDER BY lower(y)");
+        let names: Vec<String> = f.functions.iter().map(|n| n.to_string()).collect();
+        assert!(names.contains(&"pg_catalog.set_config".to_string()), "{names:?}");
+        assert!(names.contains(&"lower".to_string()), "{names:?}");
+        let f = one("SELECT ARRAY[nextval('s')]::text[] FROM (VALUES (1)) v(x)");
+        assert!(f.functions.iter().any(|n| n.name == "nextval"));
+    }
+
+    #[test]
+    fn sees_writes_locks_and_into() {
+        assert_eq!(one("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d").writes, vec!["DELETE"]);
+        assert!(one("SELECT * FROM t FOR UPDATE").locking);
+        assert!(one("SELECT * FROM (SELECT * FROM t FOR SHARE) s").locking);
+        assert!(one("SELECT 1 INTO newtable").into);
+        assert!(!one("SELECT 1").into);
+    }
+
+    #[test]
+    fn splits_like_the_server() {
+        // With standard_conforming_strings on, '\' is a complete string: two statements.
+        let all = classify(r"SELECT '\'; DELETE FROM t; -- '", 1 << 20).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[1].kind.label(), "DELETE");
+        assert_eq!(all[1].text, "DELETE FROM t");
+        // Dollar quotes and nested comments hide nothing.
+        let all = classify("SELECT $$; DROP TABLE t; $$ /* /* ; */ DROP */", 1 << 20).unwrap();
+        assert_eq!(all.len(), 1);
+        assert!(classify("", 1 << 20).unwrap().is_empty());
+        assert!(classify(";", 1 << 20).unwrap().is_empty());
+    }
+
+    #[test]
+    fn labels_and_modes() {
+        assert_eq!(one("drop table t").kind.label(), "DROP TABLE");
+        assert_eq!(one("ALTER SYSTEM SET x = 1").kind.label(), "ALTER SYSTEM");
+        assert_eq!(one("create table t as select 1").kind.label(), "CREATE TABLE AS");
+        assert!(matches!(
+            one("begin transaction read write").kind,
+            StatementKind::Transaction { op: TransactionOp::Begin, read_write: true }
+        ));
+        assert!(matches!(
+            one("START TRANSACTION READ ONLY, ISOLATION LEVEL SERIALIZABLE").kind,
+            StatementKind::Transaction { read_write: false, .. }
+        ));
+        assert_eq!(
+            one("SET client_encoding TO 'SJIS'").kind,
+            StatementKind::Set(SetFacts::Value { name: "client_encoding".into(), values: vec!["sjis".into()] })
+        );
+        assert!(matches!(one("explain analyze select 1").kind, StatementKind::Explain { analyze: true, .. }));
+        assert!(matches!(
+            one("COPY t TO PROGRAM 'sh'").kind,
+            StatementKind::Copy { direction: CopyDirection::ToServer, .. }
+        ));
+    }
+
+    #[test]
+    fn refuses_what_does_not_parse_and_what_is_too_big() {
+        assert!(matches!(classify("SELEC 1", 100), Err(ClassifyError::Syntax(_))));
+        assert!(matches!(classify("SELECT 1", 3), Err(ClassifyError::TooLarge { .. })));
+    }
+}
