@@ -177,9 +177,8 @@ fn decide_kind(kind: &StatementKind, facts: &StatementFacts) -> Verdict {
         | StatementKind::Execute
         | StatementKind::Deallocate
         | StatementKind::Discard => Verdict::Allow,
-        StatementKind::Other { label } => {
-            Verdict::deny(format!("{label} is not allowed: the grant is read-only"))
-        }
+        // The caller names the statement kind ("DROP TABLE denied: ...").
+        StatementKind::Other { .. } => Verdict::deny("the grant is read-only"),
     }
 }
 
@@ -286,13 +285,15 @@ mod tests {
         ])
     }
 
+    /// The verdict, with a denial phrased as the session phrases it.
     fn verdict(sql: &str) -> Verdict {
         let cat = catalog();
         let all = classify(sql, 1 << 20).unwrap();
         for facts in &all {
-            let v = decide(facts, Some(&cat));
-            if v != Verdict::Allow {
-                return v;
+            if let Verdict::Deny { reason } = decide(facts, Some(&cat)) {
+                return Verdict::Deny {
+                    reason: format!("{} denied: {reason}", facts.kind.label()),
+                };
             }
         }
         Verdict::Allow
@@ -312,14 +313,14 @@ mod tests {
     #[test]
     fn reads_and_their_write_neighbours() {
         allowed("SELECT lower(name), count(*) FROM t GROUP BY 1");
-        denied("INSERT INTO t VALUES (1)", "INSERT is not allowed");
+        denied("INSERT INTO t VALUES (1)", "INSERT denied: the grant is read-only");
         allowed("WITH x AS (SELECT 1) SELECT * FROM x");
         denied("WITH x AS (UPDATE t SET a = 1 RETURNING *) SELECT * FROM x", "UPDATE");
         allowed("SELECT * FROM t FOR READ ONLY");
         denied("SELECT * FROM t FOR UPDATE", "locking");
         denied("SELECT * INTO t2 FROM t", "SELECT INTO");
         allowed("EXPLAIN DELETE FROM t");
-        denied("EXPLAIN ANALYZE DELETE FROM t", "DELETE is not allowed");
+        denied("EXPLAIN ANALYZE DELETE FROM t", "EXPLAIN ANALYZE denied: EXPLAIN ANALYZE runs the statement, and DELETE is not allowed");
         allowed("EXPLAIN ANALYZE SELECT 1");
     }
 

@@ -1,0 +1,242 @@
+//! Test harness: a real dev issuer, a real gateway on an ephemeral port, and a
+//! private database and role on the local Postgres for each test.
+//!
+//! The upstream role owns its tables and *could* write: the tests prove that the
+//! gateway, not the database's permissions, is what stops writes.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlgate::config::Config;
+use sqlgate::gateway::{Gateway, RunningGateway};
+use sqlgate::identity::dev_issuer::{DevIssuer, DevKey, TokenRequest};
+use tokio_postgres::{Client, NoTls};
+
+pub const PG: &str = "host=127.0.0.1 port=5432 user=postgres dbname=postgres";
+pub const AUDIENCE: &str = "api://sqlgate";
+
+/// Connects to the local Postgres directly as a superuser.
+pub async fn admin(dbname: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(&format!("host=127.0.0.1 port=5432 user=postgres dbname={dbname}"), NoTls)
+        .await
+        .expect("local Postgres on 127.0.0.1:5432 (start it with .ci/run)");
+    tokio::spawn(conn);
+    client
+}
+
+/// A unique lowercase name.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
+}
+
+/// A private database owned by a private role, with a small table.
+pub struct TestDb {
+    pub name: String,
+    pub role: String,
+}
+
+impl TestDb {
+    pub async fn create() -> TestDb {
+        let name = unique("sg_db");
+        let role = unique("sg_role");
+        let admin = admin("postgres").await;
+        admin.batch_execute(&format!("CREATE ROLE {role} LOGIN")).await.unwrap();
+        admin.batch_execute(&format!("CREATE DATABASE {name} OWNER {role}")).await.unwrap();
+        let (db, conn) = tokio_postgres::connect(&format!("host=127.0.0.1 port=5432 user={role} dbname={name}"), NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        db.batch_execute(
+            "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL, price numeric(10,2));
+             INSERT INTO items VALUES (1, 'apple', 1.25), (2, 'pear', 2.50), (3, 'fig', 4.00);
+             CREATE SEQUENCE counter;
+             CREATE FUNCTION stable_double(x int) RETURNS int LANGUAGE sql STABLE AS 'SELECT x * 2';
+             CREATE FUNCTION volatile_wipe() RETURNS int LANGUAGE sql VOLATILE AS 'DELETE FROM items RETURNING 1';",
+        )
+        .await
+        .unwrap();
+        TestDb { name, role }
+    }
+
+    /// A direct connection as the owner, to check what really happened.
+    pub async fn direct(&self) -> Client {
+        let (db, conn) = tokio_postgres::connect(&format!("host=127.0.0.1 port=5432 user={} dbname={}", self.role, self.name), NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        db
+    }
+
+    pub async fn item_count(&self) -> i64 {
+        self.direct().await.query_one("SELECT count(*) FROM items", &[]).await.unwrap().get(0)
+    }
+}
+
+/// Options for a test gateway.
+pub struct Setup {
+    pub grant_ttl: &'static str,
+    pub allow_plaintext: bool,
+    pub extra_config: String,
+    /// Connection lines override (credential tests).
+    pub connection_extra: String,
+    pub user_override: Option<String>,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            grant_ttl: "10m",
+            allow_plaintext: true,
+            extra_config: String::new(),
+            connection_extra: String::new(),
+            user_override: None,
+        }
+    }
+}
+
+pub struct TestGateway {
+    pub gateway: RunningGateway,
+    pub issuer: DevIssuer,
+    pub key: DevKey,
+    pub db: TestDb,
+    pub audit_dir: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TestGateway {
+    pub async fn start() -> TestGateway {
+        TestGateway::start_with(Setup::default()).await
+    }
+
+    pub async fn start_with(setup: Setup) -> TestGateway {
+        let db = TestDb::create().await;
+        let key = DevKey::generate().unwrap();
+        let issuer = DevIssuer::start(SocketAddr::from(([127, 0, 0, 1], 0)), vec![key.clone()]).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let user = setup.user_override.clone().unwrap_or_else(|| db.role.clone());
+        let text = format!(
+            r#"
+[listen]
+postgres = "127.0.0.1:0"
+allow_plaintext = {plain}
+
+[identity]
+issuer = "{issuer}"
+audience = "{AUDIENCE}"
+jwks_min_refetch = "0s"
+{extra}
+
+[[connection]]
+name = "reporting"
+upstream = "127.0.0.1:5432"
+database = "{db}"
+user = "{user}"
+{conn_extra}
+
+[[connection]]
+name = "primary"
+upstream = "127.0.0.1:5432"
+database = "{db}"
+user = "{user}"
+
+[[grant]]
+connection = "reporting"
+groups = ["analytics-agents"]
+ttl = "{ttl}"
+
+[[grant]]
+connection = "primary"
+groups = ["dba"]
+ttl = "{ttl}"
+
+[audit]
+dir = "audit"
+"#,
+            plain = setup.allow_plaintext,
+            issuer = issuer.url,
+            extra = setup.extra_config,
+            db = db.name,
+            conn_extra = setup.connection_extra,
+            ttl = setup.grant_ttl,
+        );
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, &text).unwrap();
+        let config = Config::load(&path).unwrap();
+        let (cert, cert_key) = sqlgate::tls::self_signed().unwrap();
+        let tls = sqlgate::tls::server_config_from_pem(&cert, &cert_key).unwrap();
+        let gateway = Gateway::start(config, Some(tls)).await.unwrap();
+        TestGateway {
+            gateway,
+            audit_dir: dir.path().join("audit"),
+            issuer,
+            key,
+            db,
+            _dir: dir,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.gateway.postgres_addr.port()
+    }
+
+    /// A token request for `agent-7` in `groups`.
+    pub fn request(&self, groups: &[&str]) -> TokenRequest {
+        TokenRequest {
+            issuer: self.issuer.url.clone(),
+            audience: AUDIENCE.into(),
+            subject: "agent-7".into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            scopes: vec![],
+            client_id: None,
+            ttl: Duration::from_secs(3600),
+        }
+    }
+
+    pub fn token(&self, groups: &[&str]) -> String {
+        self.request(groups).mint(&self.key).unwrap()
+    }
+
+    pub fn conn_string(&self, dbname: &str, token: &str) -> String {
+        format!("host=127.0.0.1 port={} dbname={dbname} user=agent-7 password={token}", self.port())
+    }
+
+    /// Connects through the gateway as an analytics agent.
+    pub async fn agent(&self) -> Client {
+        self.connect("reporting", &self.token(&["analytics-agents"])).await.unwrap()
+    }
+
+    pub async fn connect(&self, dbname: &str, token: &str) -> Result<Client, tokio_postgres::Error> {
+        let (client, conn) = tokio_postgres::connect(&self.conn_string(dbname, token), NoTls).await?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+
+    /// The audit trail's records so far.
+    pub async fn audit(&self) -> Vec<Value> {
+        // Statement records are queued; give the writer a moment.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let text = std::fs::read_to_string(self.audit_dir.join("audit.jsonl")).unwrap_or_default();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+}
+
+/// The SQLSTATE and message of a failed call.
+pub fn db_error(e: &tokio_postgres::Error) -> (String, String) {
+    match e.as_db_error() {
+        Some(db) => (db.code().code().to_owned(), db.message().to_owned()),
+        None => ("".into(), e.to_string()),
+    }
+}
+
+/// Asserts a statement is denied by the gateway (42501, our message naming `kind`).
+pub async fn assert_denied(client: &Client, sql: &str, kind: &str, why: &str) {
+    let err = client.batch_execute(sql).await.expect_err(sql);
+    let (code, message) = db_error(&err);
+    assert_eq!(code, "42501", "{sql}: {message}");
+    assert!(message.starts_with(&format!("sqlgate: {kind} denied")), "{sql}: {message}");
+    assert!(message.contains(why), "{sql}: {message}");
+}
