@@ -93,7 +93,7 @@ pub const DENIED_BUILTINS: &[&str] = &[
     "pg_drop_replication_slot",
     "pg_replication_*",
     "pg_logical_*",
-    "pg_copy_*_replication_slot",
+    "pg_copy_*",
     "pg_switch_wal",
     "pg_backup_*",
     "pg_start_backup",

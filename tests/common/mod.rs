@@ -123,6 +123,8 @@ impl TestGateway {
 [listen]
 postgres = "127.0.0.1:0"
 allow_plaintext = {plain}
+tls_cert = "cert.pem"
+tls_key = "key.pem"
 
 [identity]
 issuer = "{issuer}"
@@ -163,12 +165,13 @@ dir = "audit"
             conn_extra = setup.connection_extra,
             ttl = setup.grant_ttl,
         );
+        let (cert, cert_key) = sqlgate::tls::self_signed().unwrap();
+        std::fs::write(dir.path().join("cert.pem"), cert).unwrap();
+        std::fs::write(dir.path().join("key.pem"), cert_key).unwrap();
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, &text).unwrap();
         let config = Config::load(&path).unwrap();
-        let (cert, cert_key) = sqlgate::tls::self_signed().unwrap();
-        let tls = sqlgate::tls::server_config_from_pem(&cert, &cert_key).unwrap();
-        let gateway = Gateway::start(config, Some(tls)).await.unwrap();
+        let gateway = Gateway::start(config, None).await.unwrap();
         TestGateway {
             gateway,
             audit_dir: dir.path().join("audit"),
