@@ -60,7 +60,11 @@ impl FunctionCatalog {
     }
 
     /// All functions named `name`, in `schema` if given.
-    pub fn lookup<'a>(&'a self, schema: Option<&'a str>, name: &str) -> impl Iterator<Item = &'a FunctionInfo> + 'a {
+    pub fn lookup<'a>(
+        &'a self,
+        schema: Option<&'a str>,
+        name: &str,
+    ) -> impl Iterator<Item = &'a FunctionInfo> + 'a {
         self.by_name
             .get(name)
             .into_iter()

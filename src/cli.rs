@@ -11,7 +11,11 @@ use crate::identity::dev_issuer::{DevIssuer, DevKey, TokenRequest};
 use crate::policy::GrantPolicy;
 
 #[derive(Parser, Debug)]
-#[command(name = "sqlgate", version, about = "Database firewall gateway: OIDC token in, short read-only grant out.")]
+#[command(
+    name = "sqlgate",
+    version,
+    about = "Database firewall gateway: OIDC token in, short read-only grant out."
+)]
 pub struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -139,7 +143,9 @@ pub async fn run(cli: Cli) -> i32 {
 
 async fn serve(path: PathBuf) -> Result<(), String> {
     let config = Config::load(&path).map_err(|e| e.to_string())?;
-    let gateway = Gateway::start(config, None).await.map_err(|e| e.to_string())?;
+    let gateway = Gateway::start(config, None)
+        .await
+        .map_err(|e| e.to_string())?;
     wait_for_signal().await;
     tracing::info!("shutting down");
     gateway.shutdown();
@@ -163,7 +169,11 @@ pub fn describe(config: &Config) -> String {
             Some(files) => format!("TLS with {}", files.cert.display()),
             None => "no certificate".into(),
         };
-        let plain = if config.listen.allow_plaintext { ", plaintext allowed on loopback" } else { "" };
+        let plain = if config.listen.allow_plaintext {
+            ", plaintext allowed on loopback"
+        } else {
+            ""
+        };
         let _ = writeln!(out, "listen   postgres {addr} ({tls}{plain})");
     }
     let id = &config.identity;
@@ -187,7 +197,10 @@ pub fn describe(config: &Config) -> String {
         );
     }
     if id.issuer.starts_with("http://") {
-        let _ = writeln!(out, "warning: the issuer is plain http; use https outside of tests");
+        let _ = writeln!(
+            out,
+            "warning: the issuer is plain http; use https outside of tests"
+        );
     }
     let _ = writeln!(out, "connections:");
     for c in &config.connections {
@@ -245,7 +258,11 @@ pub fn describe(config: &Config) -> String {
         let _ = writeln!(out, "warning: no grant reaches: {}", unreachable.join(", "));
     }
     let _ = GrantPolicy::from_config(config);
-    let _ = writeln!(out, "audit    {}", config.audit_dir.join("audit.jsonl").display());
+    let _ = writeln!(
+        out,
+        "audit    {}",
+        config.audit_dir.join("audit.jsonl").display()
+    );
     out
 }
 
@@ -255,7 +272,11 @@ async fn dev_issuer(key_path: PathBuf, listen: SocketAddr) -> Result<(), String>
     let issuer = DevIssuer::start(listen, vec![key])
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    println!("dev issuer {} (key {} kid {kid})", issuer.url, key_path.display());
+    println!(
+        "dev issuer {} (key {} kid {kid})",
+        issuer.url,
+        key_path.display()
+    );
     println!("discovery  {}/.well-known/openid-configuration", issuer.url);
     wait_for_signal().await;
     Ok(())

@@ -352,7 +352,13 @@ impl Config {
 
     pub fn from_raw(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         let base = path.parent().map(Path::to_owned).unwrap_or_default();
-        let resolve = |p: &Path| if p.is_absolute() { p.to_owned() } else { base.join(p) };
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                base.join(p)
+            }
+        };
         let invalid = |key: &str, problem: String| ConfigError::Invalid {
             path: path.to_owned(),
             key: key.to_owned(),
@@ -362,12 +368,18 @@ impl Config {
         // [listen]
         let postgres = match &raw.listen.postgres {
             Some(addr) => Some(addr.parse::<SocketAddr>().map_err(|e| {
-                invalid("listen.postgres", format!("{addr:?} is not an ip:port address ({e})"))
+                invalid(
+                    "listen.postgres",
+                    format!("{addr:?} is not an ip:port address ({e})"),
+                )
             })?),
             None => None,
         };
         if postgres.is_none() {
-            return Err(invalid("listen", "no listener configured: set listen.postgres".into()));
+            return Err(invalid(
+                "listen",
+                "no listener configured: set listen.postgres".into(),
+            ));
         }
         let tls = match (&raw.listen.tls_cert, &raw.listen.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles {
@@ -375,8 +387,18 @@ impl Config {
                 key: resolve(key),
             }),
             (None, None) => None,
-            (Some(_), None) => return Err(invalid("listen.tls_key", "tls_cert is set but tls_key is missing".into())),
-            (None, Some(_)) => return Err(invalid("listen.tls_cert", "tls_key is set but tls_cert is missing".into())),
+            (Some(_), None) => {
+                return Err(invalid(
+                    "listen.tls_key",
+                    "tls_cert is set but tls_key is missing".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "listen.tls_cert",
+                    "tls_key is set but tls_cert is missing".into(),
+                ))
+            }
         };
         if tls.is_none() && !raw.listen.allow_plaintext {
             return Err(invalid(
@@ -401,14 +423,20 @@ impl Config {
         let id = &raw.identity;
         let issuer = id.issuer.trim_end_matches('/').to_owned();
         if !(issuer.starts_with("https://") || issuer.starts_with("http://")) {
-            return Err(invalid("identity.issuer", format!("{issuer:?} is not an http(s) URL")));
+            return Err(invalid(
+                "identity.issuer",
+                format!("{issuer:?} is not an http(s) URL"),
+            ));
         }
         let audiences = match &id.audience {
             OneOrMany::One(a) => vec![a.clone()],
             OneOrMany::Many(v) => v.clone(),
         };
         if audiences.is_empty() || audiences.iter().any(String::is_empty) {
-            return Err(invalid("identity.audience", "must name the audience tokens are issued for".into()));
+            return Err(invalid(
+                "identity.audience",
+                "must name the audience tokens are issued for".into(),
+            ));
         }
         let mut algorithms = Vec::new();
         for name in &id.algorithms {
@@ -417,11 +445,13 @@ impl Config {
             algorithms.push(alg);
         }
         if algorithms.is_empty() {
-            return Err(invalid("identity.algorithms", "at least one algorithm is needed".into()));
+            return Err(invalid(
+                "identity.algorithms",
+                "at least one algorithm is needed".into(),
+            ));
         }
-        let duration = |key: &str, value: &str| {
-            parse_duration(value).map_err(|problem| invalid(key, problem))
-        };
+        let duration =
+            |key: &str, value: &str| parse_duration(value).map_err(|problem| invalid(key, problem));
         let identity = IdentityConfig {
             issuer,
             audiences,
@@ -434,7 +464,10 @@ impl Config {
             jwks_cache_ttl: duration("identity.jwks_cache_ttl", &id.jwks_cache_ttl)?,
         };
         if identity.leeway > Duration::from_secs(300) {
-            return Err(invalid("identity.leeway", "more than 5 minutes of clock skew is not accepted".into()));
+            return Err(invalid(
+                "identity.leeway",
+                "more than 5 minutes of clock skew is not accepted".into(),
+            ));
         }
 
         // [[connection]]
@@ -442,24 +475,48 @@ impl Config {
         for (i, c) in raw.connections.iter().enumerate() {
             let key = |field: &str| format!("connection[{i}] ({}).{field}", c.name);
             if c.name.is_empty() || c.name.len() > 63 {
-                return Err(invalid(&key("name"), "must be 1 to 63 characters (clients put it in dbname)".into()));
+                return Err(invalid(
+                    &key("name"),
+                    "must be 1 to 63 characters (clients put it in dbname)".into(),
+                ));
             }
             if connections.iter().any(|o| o.name == c.name) {
-                return Err(invalid(&key("name"), format!("connection {:?} is defined twice", c.name)));
+                return Err(invalid(
+                    &key("name"),
+                    format!("connection {:?} is defined twice", c.name),
+                ));
             }
             let protocol = match c.protocol.as_str() {
                 "postgres" | "postgresql" => Protocol::Postgres,
                 "mysql" | "mariadb" => {
-                    return Err(invalid(&key("protocol"), "MySQL/MariaDB connections are not supported yet".into()))
+                    return Err(invalid(
+                        &key("protocol"),
+                        "MySQL/MariaDB connections are not supported yet".into(),
+                    ))
                 }
-                other => return Err(invalid(&key("protocol"), format!("unknown protocol {other:?} (expected \"postgres\")"))),
+                other => {
+                    return Err(invalid(
+                        &key("protocol"),
+                        format!("unknown protocol {other:?} (expected \"postgres\")"),
+                    ))
+                }
             };
             if !c.upstream.contains(':') {
-                return Err(invalid(&key("upstream"), format!("{:?} must be host:port", c.upstream)));
+                return Err(invalid(
+                    &key("upstream"),
+                    format!("{:?} must be host:port", c.upstream),
+                ));
             }
-            let sources = [c.password_env.is_some(), c.password_file.is_some(), c.password.is_some()];
+            let sources = [
+                c.password_env.is_some(),
+                c.password_file.is_some(),
+                c.password.is_some(),
+            ];
             if sources.iter().filter(|s| **s).count() > 1 {
-                return Err(invalid(&key("password_env"), "set only one of password_env, password_file, password".into()));
+                return Err(invalid(
+                    &key("password_env"),
+                    "set only one of password_env, password_file, password".into(),
+                ));
             }
             let credential = if let Some(var) = &c.password_env {
                 CredentialSource::Env(var.clone())
@@ -485,7 +542,9 @@ impl Config {
                 other => {
                     return Err(invalid(
                         &key("upstream_tls"),
-                        format!("unknown mode {other:?} (expected disable, require or verify-full)"),
+                        format!(
+                            "unknown mode {other:?} (expected disable, require or verify-full)"
+                        ),
                     ))
                 }
             };
@@ -510,22 +569,39 @@ impl Config {
                 let known: Vec<&str> = connections.iter().map(|c| c.name.as_str()).collect();
                 return Err(invalid(
                     &key("connection"),
-                    format!("no [[connection]] named {:?} (defined: {})", g.connection, known.join(", ")),
+                    format!(
+                        "no [[connection]] named {:?} (defined: {})",
+                        g.connection,
+                        known.join(", ")
+                    ),
                 ));
             }
-            if g.groups.is_empty() && g.scopes.is_empty() && g.subjects.is_empty() && g.client_ids.is_empty() {
+            if g.groups.is_empty()
+                && g.scopes.is_empty()
+                && g.subjects.is_empty()
+                && g.client_ids.is_empty()
+            {
                 return Err(invalid(
                     &key("groups"),
-                    "a grant must name who it is for: groups, scopes, subjects or client_ids".into(),
+                    "a grant must name who it is for: groups, scopes, subjects or client_ids"
+                        .into(),
                 ));
             }
             let access = match g.access.as_str() {
                 "read-only" => Access::ReadOnly,
-                other => return Err(invalid(&key("access"), format!("unknown access {other:?} (expected \"read-only\")"))),
+                other => {
+                    return Err(invalid(
+                        &key("access"),
+                        format!("unknown access {other:?} (expected \"read-only\")"),
+                    ))
+                }
             };
             let ttl = duration(&key("ttl"), &g.ttl)?;
             if ttl.is_zero() || ttl > Duration::from_secs(24 * 3600) {
-                return Err(invalid(&key("ttl"), "must be between 1s and 24h; grants are meant to be short".into()));
+                return Err(invalid(
+                    &key("ttl"),
+                    "must be between 1s and 24h; grants are meant to be short".into(),
+                ));
             }
             grants.push(GrantConfig {
                 connection: g.connection.clone(),
@@ -542,7 +618,10 @@ impl Config {
         let mut limits = Limits::default();
         if let Some(max) = raw.limits.max_statement_bytes {
             if max == 0 || max > 64 << 20 {
-                return Err(invalid("limits.max_statement_bytes", "must be between 1 and 67108864".into()));
+                return Err(invalid(
+                    "limits.max_statement_bytes",
+                    "must be between 1 and 67108864".into(),
+                ));
             }
             limits.max_statement_bytes = max;
         }
@@ -572,7 +651,8 @@ impl Config {
 
 /// Parses "90s", "10m", "1h", "1h30m".
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration like 30s, 10m or 1h ({e})"))
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration like 30s, 10m or 1h ({e})"))
 }
 
 #[cfg(test)]
@@ -610,7 +690,10 @@ mod tests {
     fn reads_the_design_sketch() {
         let config = parse(GOOD).unwrap();
         assert_eq!(config.grants[0].ttl, Duration::from_secs(600));
-        assert_eq!(config.listen.tls.unwrap().cert, Path::new("/etc/sqlgate/certs/gw.pem"));
+        assert_eq!(
+            config.listen.tls.unwrap().cert,
+            Path::new("/etc/sqlgate/certs/gw.pem")
+        );
         assert_eq!(config.identity.algorithms.len(), 2);
     }
 
@@ -629,7 +712,10 @@ mod tests {
 
     #[test]
     fn refuses_inline_secrets_and_public_plaintext() {
-        let inline = GOOD.replace("password_env = \"REPORTING_RO_PASSWORD\"", "password = \"hunter2\"");
+        let inline = GOOD.replace(
+            "password_env = \"REPORTING_RO_PASSWORD\"",
+            "password = \"hunter2\"",
+        );
         let err = parse(&inline).unwrap_err().to_string();
         assert!(err.contains("inline passwords are refused"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
@@ -643,7 +729,10 @@ mod tests {
 
     #[test]
     fn refuses_unknown_algorithms_and_symmetric_ones() {
-        let hs = GOOD.replace("audience = \"api://sqlgate\"", "audience = \"a\"\nalgorithms = [\"HS256\"]");
+        let hs = GOOD.replace(
+            "audience = \"api://sqlgate\"",
+            "audience = \"a\"\nalgorithms = [\"HS256\"]",
+        );
         assert!(parse(&hs).unwrap_err().to_string().contains("HS256"));
     }
 }

@@ -79,7 +79,9 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
 
     let (cert, cert_key) = crate::tls::self_signed()?;
     let tls = crate::tls::server_config_from_pem(&cert, &cert_key)?;
-    let gateway = Gateway::start(config, Some(tls)).await.map_err(|e| e.to_string())?;
+    let gateway = Gateway::start(config, Some(tls))
+        .await
+        .map_err(|e| e.to_string())?;
 
     let token = TokenRequest {
         issuer: issuer.url.clone(),
@@ -91,7 +93,13 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
         ttl: Duration::from_secs(3600),
     }
     .mint(&key)?;
-    print_welcome(&gateway.postgres_addr, &issuer.url, &token, &config_path, &options.dir);
+    print_welcome(
+        &gateway.postgres_addr,
+        &issuer.url,
+        &token,
+        &config_path,
+        &options.dir,
+    );
     crate::cli::wait_for_signal().await;
     gateway.shutdown();
     gateway.stopped().await;

@@ -71,7 +71,8 @@ impl Gateway {
         let tls = match (tls, &config.listen.tls) {
             (Some(tls), _) => Some(tls),
             (None, Some(files)) => Some(
-                crate::tls::server_config_from_files(&files.cert, &files.key).map_err(StartError::Tls)?,
+                crate::tls::server_config_from_files(&files.cert, &files.key)
+                    .map_err(StartError::Tls)?,
             ),
             (None, None) => None,
         };
@@ -82,7 +83,9 @@ impl Gateway {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
-        let postgres_addr = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+        let postgres_addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr, source })?;
         let audit = AuditLog::open(&config.audit_dir).await?;
         let verifier = Verifier::new(config.identity.clone());
         if let Err(e) = verifier.prefetch().await {

@@ -41,7 +41,10 @@ pub fn server_config_from_pem(cert_pem: &str, key_pem: &str) -> Result<Arc<Serve
     server_config(certs, key)
 }
 
-fn server_config(certs: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<Arc<ServerConfig>, String> {
+fn server_config(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<ServerConfig>, String> {
     init_crypto();
     let config = ServerConfig::builder()
         .with_no_client_auth()
@@ -53,7 +56,8 @@ fn server_config(certs: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static
 /// A self-signed certificate for `localhost` and 127.0.0.1: (cert PEM, key PEM).
 pub fn self_signed() -> Result<(String, String), String> {
     let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
-    let cert = rcgen::generate_simple_self_signed(names).map_err(|e| format!("cannot make a certificate: {e}"))?;
+    let cert = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| format!("cannot make a certificate: {e}"))?;
     Ok((cert.cert.pem(), cert.signing_key.serialize_pem()))
 }
 
@@ -65,9 +69,13 @@ pub fn upstream_config(verify: bool, ca_file: Option<&Path>) -> Result<Arc<Clien
         let mut roots = RootCertStore::empty();
         match ca_file {
             Some(path) => {
-                for cert in CertificateDer::pem_file_iter(path).map_err(|e| format!("{}: {e}", path.display()))? {
+                for cert in CertificateDer::pem_file_iter(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?
+                {
                     let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
-                    roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
                 }
             }
             None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),

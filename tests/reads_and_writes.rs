@@ -12,13 +12,20 @@ async fn reads_of_many_shapes_return_exact_results() {
     let c = gw.agent().await;
 
     let rows = c
-        .query("SELECT id, name FROM items WHERE price > $1::int4 ORDER BY id", &[&2i32])
+        .query(
+            "SELECT id, name FROM items WHERE price > $1::int4 ORDER BY id",
+            &[&2i32],
+        )
         .await
         .unwrap();
     let names: Vec<String> = rows.iter().map(|r| r.get(1)).collect();
     assert_eq!(names, ["pear", "fig"]);
 
-    let total: String = c.query_one("SELECT sum(price)::text FROM items", &[]).await.unwrap().get(0);
+    let total: String = c
+        .query_one("SELECT sum(price)::text FROM items", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(total, "7.75");
     let ranked: i64 = c
         .query_one("WITH r AS (SELECT name, rank() OVER (ORDER BY price DESC) AS k FROM items) SELECT k FROM r WHERE name = 'pear'", &[])
@@ -26,14 +33,25 @@ async fn reads_of_many_shapes_return_exact_results() {
         .unwrap()
         .get(0);
     assert_eq!(ranked, 2);
-    let doubled: i32 = c.query_one("SELECT stable_double(21)", &[]).await.unwrap().get(0);
+    let doubled: i32 = c
+        .query_one("SELECT stable_double(21)", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(doubled, 42);
     let v: String = c.query_one("SELECT version()", &[]).await.unwrap().get(0);
     assert!(v.starts_with("PostgreSQL"));
-    let schema: String = c.query_one("SELECT current_schema()", &[]).await.unwrap().get(0);
+    let schema: String = c
+        .query_one("SELECT current_schema()", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(schema, "public");
     let joined: i64 = c
-        .query_one("SELECT count(*) FROM items a JOIN items b ON a.id < b.id", &[])
+        .query_one(
+            "SELECT count(*) FROM items a JOIN items b ON a.id < b.id",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -42,16 +60,31 @@ async fn reads_of_many_shapes_return_exact_results() {
     assert_eq!(values, 2);
     let explain = c.query("EXPLAIN SELECT * FROM items", &[]).await.unwrap();
     assert!(!explain.is_empty());
-    let analyzed = c.query("EXPLAIN ANALYZE SELECT * FROM items", &[]).await.unwrap();
+    let analyzed = c
+        .query("EXPLAIN ANALYZE SELECT * FROM items", &[])
+        .await
+        .unwrap();
     assert!(!analyzed.is_empty());
     // The read-only mode is pinned upstream, and RESET ALL returns to it.
     c.batch_execute("RESET ALL").await.unwrap();
-    let ro: String = c.query_one("SHOW default_transaction_read_only", &[]).await.unwrap().get(0);
+    let ro: String = c
+        .query_one("SHOW default_transaction_read_only", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(ro, "on");
-    let scs: String = c.query_one("SHOW standard_conforming_strings", &[]).await.unwrap().get(0);
+    let scs: String = c
+        .query_one("SHOW standard_conforming_strings", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(scs, "on");
     // Strings are lexed as the server lexes them.
-    let s: String = c.query_one(r"SELECT 'a\' || E'\x41' || $$;$$", &[]).await.unwrap().get(0);
+    let s: String = c
+        .query_one(r"SELECT 'a\' || E'\x41' || $$;$$", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(s, r"a\A;");
 }
 
@@ -79,7 +112,9 @@ async fn driver_connect_chatter_passes() {
         "ROLLBACK",
         "DISCARD ALL",
     ] {
-        c.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        c.batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 }
 
@@ -88,24 +123,62 @@ async fn writes_and_ddl_are_denied_with_allowed_neighbours() {
     let gw = TestGateway::start().await;
     let c = gw.agent().await;
     c.batch_execute("SELECT * FROM items").await.unwrap();
-    assert_denied(&c, "INSERT INTO items VALUES (4, 'kiwi', 1)", "INSERT", "read-only").await;
+    assert_denied(
+        &c,
+        "INSERT INTO items VALUES (4, 'kiwi', 1)",
+        "INSERT",
+        "read-only",
+    )
+    .await;
     assert_denied(&c, "UPDATE items SET price = 0", "UPDATE", "read-only").await;
     assert_denied(&c, "DELETE FROM items", "DELETE", "read-only").await;
     assert_denied(&c, "DROP TABLE items", "DROP TABLE", "read-only").await;
     assert_denied(&c, "TRUNCATE items", "TRUNCATE", "read-only").await;
     assert_denied(&c, "CREATE TABLE t2 (x int)", "CREATE TABLE", "read-only").await;
     assert_denied(&c, "GRANT ALL ON items TO PUBLIC", "GRANT", "read-only").await;
-    assert_denied(&c, "ALTER SYSTEM SET work_mem = '1GB'", "ALTER SYSTEM", "read-only").await;
+    assert_denied(
+        &c,
+        "ALTER SYSTEM SET work_mem = '1GB'",
+        "ALTER SYSTEM",
+        "read-only",
+    )
+    .await;
     assert_denied(&c, "VACUUM items", "VACUUM", "read-only").await;
     assert_denied(&c, "LOCK TABLE items", "LOCK", "read-only").await;
-    assert_denied(&c, "DO $$ BEGIN DELETE FROM items; END $$", "DO", "read-only").await;
-    assert_denied(&c, "SELECT * INTO copy_of_items FROM items", "SELECT", "SELECT INTO").await;
-    c.batch_execute("WITH x AS (SELECT * FROM items) SELECT * FROM x").await.unwrap();
-    assert_denied(&c, "WITH x AS (DELETE FROM items RETURNING *) SELECT * FROM x", "SELECT", "DELETE").await;
-    c.batch_execute("SELECT * FROM items FOR READ ONLY").await.unwrap();
+    assert_denied(
+        &c,
+        "DO $$ BEGIN DELETE FROM items; END $$",
+        "DO",
+        "read-only",
+    )
+    .await;
+    assert_denied(
+        &c,
+        "SELECT * INTO copy_of_items FROM items",
+        "SELECT",
+        "SELECT INTO",
+    )
+    .await;
+    c.batch_execute("WITH x AS (SELECT * FROM items) SELECT * FROM x")
+        .await
+        .unwrap();
+    assert_denied(
+        &c,
+        "WITH x AS (DELETE FROM items RETURNING *) SELECT * FROM x",
+        "SELECT",
+        "DELETE",
+    )
+    .await;
+    c.batch_execute("SELECT * FROM items FOR READ ONLY")
+        .await
+        .unwrap();
     assert_denied(&c, "SELECT * FROM items FOR UPDATE", "SELECT", "locking").await;
     // The session is still usable, and nothing was written.
-    let n: i64 = c.query_one("SELECT count(*) FROM items", &[]).await.unwrap().get(0);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM items", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 3);
     assert_eq!(gw.db.item_count().await, 3);
 }
@@ -115,32 +188,86 @@ async fn read_only_escapes_are_denied_with_allowed_neighbours() {
     let gw = TestGateway::start().await;
     let c = gw.agent().await;
     c.batch_execute("SET application_name = 'x'").await.unwrap();
-    assert_denied(&c, "SET default_transaction_read_only = off", "SET", "pinned on").await;
-    assert_denied(&c, "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE", "SET TRANSACTION", "READ WRITE").await;
+    assert_denied(
+        &c,
+        "SET default_transaction_read_only = off",
+        "SET",
+        "pinned on",
+    )
+    .await;
+    assert_denied(
+        &c,
+        "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+        "SET TRANSACTION",
+        "READ WRITE",
+    )
+    .await;
     c.batch_execute("BEGIN; ROLLBACK").await.unwrap();
     assert_denied(&c, "BEGIN READ WRITE", "BEGIN", "READ WRITE").await;
     assert_denied(&c, "SET ROLE postgres", "SET", "role").await;
     assert_denied(&c, "SET standard_conforming_strings = off", "SET", "pinned").await;
-    c.batch_execute("SET client_encoding = 'UTF8'").await.unwrap();
+    c.batch_execute("SET client_encoding = 'UTF8'")
+        .await
+        .unwrap();
     assert_denied(&c, "SET client_encoding = 'SJIS'", "SET", "UTF8").await;
     // One message that turns read-only off and then writes: denied as a whole, and
     // none of it runs (the server's read-only mode alone would not stop this).
-    assert_denied(&c, "SET transaction_read_only = off; DELETE FROM items", "SET", "pinned on").await;
+    assert_denied(
+        &c,
+        "SET transaction_read_only = off; DELETE FROM items",
+        "SET",
+        "pinned on",
+    )
+    .await;
     c.batch_execute("SELECT 1; SELECT 2").await.unwrap();
     assert_denied(&c, "SELECT 1; DELETE FROM items", "DELETE", "read-only").await;
     // Side-effecting and escaping functions; their harmless neighbours work.
-    c.batch_execute("SELECT current_setting('application_name')").await.unwrap();
-    assert_denied(&c, "SELECT set_config('default_transaction_read_only', 'off', false)", "SELECT", "set_config").await;
-    c.batch_execute("SELECT currval('counter') IS NULL FROM items WHERE false").await.unwrap();
+    c.batch_execute("SELECT current_setting('application_name')")
+        .await
+        .unwrap();
+    assert_denied(
+        &c,
+        "SELECT set_config('default_transaction_read_only', 'off', false)",
+        "SELECT",
+        "set_config",
+    )
+    .await;
+    c.batch_execute("SELECT currval('counter') IS NULL FROM items WHERE false")
+        .await
+        .unwrap();
     assert_denied(&c, "SELECT nextval('counter')", "SELECT", "nextval").await;
     c.batch_execute("SELECT stable_double(1)").await.unwrap();
     assert_denied(&c, "SELECT volatile_wipe()", "SELECT", "VOLATILE").await;
     assert_denied(&c, "SELECT lo_import('/etc/passwd')", "SELECT", "lo_import").await;
-    assert_denied(&c, "SELECT pg_read_file('/etc/passwd')", "SELECT", "pg_read_file").await;
-    assert_denied(&c, "SELECT query_to_xml('DELETE FROM items RETURNING 1', true, true, '')", "SELECT", "query_to_xml").await;
-    assert_denied(&c, "SELECT pg_terminate_backend(1)", "SELECT", "pg_terminate_backend").await;
+    assert_denied(
+        &c,
+        "SELECT pg_read_file('/etc/passwd')",
+        "SELECT",
+        "pg_read_file",
+    )
+    .await;
+    assert_denied(
+        &c,
+        "SELECT query_to_xml('DELETE FROM items RETURNING 1', true, true, '')",
+        "SELECT",
+        "query_to_xml",
+    )
+    .await;
+    assert_denied(
+        &c,
+        "SELECT pg_terminate_backend(1)",
+        "SELECT",
+        "pg_terminate_backend",
+    )
+    .await;
     // COPY: to the client is a read; to a server file or program is not.
-    assert_denied(&c, "COPY items TO '/tmp/sqlgate-items'", "COPY TO", "server file").await;
+    assert_denied(
+        &c,
+        "COPY items TO '/tmp/sqlgate-items'",
+        "COPY TO",
+        "server file",
+    )
+    .await;
     assert_denied(&c, "COPY items TO PROGRAM 'cat'", "COPY TO", "server").await;
     assert_denied(&c, "COPY items FROM STDIN", "COPY FROM", "writes").await;
     assert_eq!(gw.db.item_count().await, 3);

@@ -30,7 +30,11 @@ async fn denial_inside_a_transaction_aborts_it_like_any_error() {
     c.batch_execute("BEGIN; SAVEPOINT a").await.unwrap();
     assert!(c.batch_execute("UPDATE items SET price = 0").await.is_err());
     c.batch_execute("ROLLBACK TO SAVEPOINT a").await.unwrap();
-    let n: i64 = c.query_one("SELECT count(*) FROM items", &[]).await.unwrap().get(0);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM items", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 3);
     c.batch_execute("COMMIT").await.unwrap();
 }
@@ -50,17 +54,26 @@ async fn pipelined_queries_keep_their_order_around_a_denial() {
     assert_eq!(d.unwrap().get::<_, i32>(0), 3);
     // Prepared statements: the denied one never exists upstream.
     assert!(c.prepare("DELETE FROM items WHERE id = $1").await.is_err());
-    let stmt = c.prepare("SELECT name FROM items WHERE id = $1").await.unwrap();
+    let stmt = c
+        .prepare("SELECT name FROM items WHERE id = $1")
+        .await
+        .unwrap();
     let name: String = c.query_one(&stmt, &[&2i32]).await.unwrap().get(0);
     assert_eq!(name, "pear");
 }
 
 /// A minimal raw protocol client, to send one extended-protocol batch with a single
 /// Sync and record the message types that come back.
-async fn raw_batch(port: u16, user: &str, dbname: &str, password: Option<&str>, statements: &[&str]) -> Vec<char> {
+async fn raw_batch(
+    port: u16,
+    user: &str,
+    dbname: &str,
+    password: Option<&str>,
+    statements: &[&str],
+) -> Vec<char> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let mut out = BytesMut::new();
-    frontend::startup_message([("user", user), ("database", dbname)].into_iter(), &mut out).unwrap();
+    frontend::startup_message([("user", user), ("database", dbname)], &mut out).unwrap();
     s.write_all(&out).await.unwrap();
     let mut buf = BytesMut::new();
     let read = |buf: &mut BytesMut| -> Option<(u8, BytesMut)> {
@@ -77,7 +90,10 @@ async fn raw_batch(port: u16, user: &str, dbname: &str, password: Option<&str>, 
     // Login.
     loop {
         let Some((tag, frame)) = read(&mut buf) else {
-            assert!(s.read_buf(&mut buf).await.unwrap() > 0, "closed during login");
+            assert!(
+                s.read_buf(&mut buf).await.unwrap() > 0,
+                "closed during login"
+            );
             continue;
         };
         match tag {
@@ -94,9 +110,19 @@ async fn raw_batch(port: u16, user: &str, dbname: &str, password: Option<&str>, 
     let mut out = BytesMut::new();
     for sql in statements {
         frontend::parse("", sql, std::iter::empty(), &mut out).unwrap();
-        frontend::bind("", "", std::iter::empty::<i16>(), std::iter::empty::<Option<i32>>(), |_: Option<i32>, _| Ok::<_, Box<dyn std::error::Error + Sync + Send>>(postgres_protocol::IsNull::Yes), Some(0), &mut out)
-            .map_err(|_| ())
-            .unwrap();
+        frontend::bind(
+            "",
+            "",
+            std::iter::empty::<i16>(),
+            std::iter::empty::<Option<i32>>(),
+            |_: Option<i32>, _| {
+                Ok::<_, Box<dyn std::error::Error + Sync + Send>>(postgres_protocol::IsNull::Yes)
+            },
+            Some(0),
+            &mut out,
+        )
+        .map_err(|_| ())
+        .unwrap();
         frontend::execute("", 0, &mut out).unwrap();
     }
     frontend::sync(&mut out);
@@ -127,7 +153,14 @@ async fn extended_batch_with_a_denial_matches_postgres_after_an_error() {
     )
     .await;
     // The same batch straight to Postgres, with a statement that fails at Parse.
-    let direct = raw_batch(5432, &gw.db.role, &gw.db.name, None, &["SELECT 1", "SELEC 2", "SELECT 2"]).await;
+    let direct = raw_batch(
+        5432,
+        &gw.db.role,
+        &gw.db.name,
+        None,
+        &["SELECT 1", "SELEC 2", "SELECT 2"],
+    )
+    .await;
     assert_eq!(through_gateway, direct);
     // ParseComplete, BindComplete, DataRow, CommandComplete, Error, ReadyForQuery.
     assert_eq!(through_gateway, vec!['1', '2', 'D', 'C', 'E', 'Z']);
@@ -142,19 +175,26 @@ async fn grant_expiry_ends_a_live_idle_session() {
     })
     .await;
     let token = gw.token(&["analytics-agents"]);
-    let (client, conn) = tokio_postgres::connect(&gw.conn_string("reporting", &token), NoTls).await.unwrap();
+    let (client, conn) = tokio_postgres::connect(&gw.conn_string("reporting", &token), NoTls)
+        .await
+        .unwrap();
     let conn = tokio::spawn(conn);
     client.batch_execute("SELECT 1").await.unwrap();
     // The gateway sends FATAL while the session is idle; the driver sees the
     // connection end with that error.
-    let ended = tokio::time::timeout(Duration::from_secs(10), conn).await.unwrap().unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .unwrap()
+        .unwrap();
     let err = ended.unwrap_err();
     let (code, message) = db_error(&err);
     assert_eq!(code, "28000");
     assert!(message.contains("expired"), "{message}");
     assert!(client.batch_execute("SELECT 1").await.is_err());
     let audit = gw.audit().await;
-    assert!(audit.iter().any(|r| r["event"] == "session.ended" && r["reason"] == "grant expired"));
+    assert!(audit
+        .iter()
+        .any(|r| r["event"] == "session.ended" && r["reason"] == "grant expired"));
 }
 
 #[tokio::test]
@@ -181,19 +221,30 @@ async fn plaintext_is_refused_unless_configured() {
         ..Default::default()
     })
     .await;
-    let err = gw.connect("reporting", &gw.token(&["analytics-agents"])).await.unwrap_err();
+    let err = gw
+        .connect("reporting", &gw.token(&["analytics-agents"]))
+        .await
+        .unwrap_err();
     let (code, message) = db_error(&err);
     assert_eq!(code, "28000");
     assert!(message.contains("requires TLS"), "{message}");
     // The neighbour: the same token over TLS, with psql.
-    let out = psql(gw.port(), &gw.token(&["analytics-agents"]), "require", "SELECT name FROM items WHERE id = 3").await;
+    let out = psql(
+        gw.port(),
+        &gw.token(&["analytics-agents"]),
+        "require",
+        "SELECT name FROM items WHERE id = 3",
+    )
+    .await;
     assert_eq!(out.0.trim(), "fig", "{out:?}");
 }
 
 /// Runs psql off the runtime thread (the gateway runs on the same runtime).
 async fn psql(port: u16, token: &str, sslmode: &str, sql: &str) -> (String, String) {
     let (token, sslmode, sql) = (token.to_owned(), sslmode.to_owned(), sql.to_owned());
-    tokio::task::spawn_blocking(move || psql_blocking(port, &token, &sslmode, &sql)).await.unwrap()
+    tokio::task::spawn_blocking(move || psql_blocking(port, &token, &sslmode, &sql))
+        .await
+        .unwrap()
 }
 
 fn psql_blocking(port: u16, token: &str, sslmode: &str, sql: &str) -> (String, String) {
@@ -207,7 +258,10 @@ fn psql_blocking(port: u16, token: &str, sslmode: &str, sql: &str) -> (String, S
         .env("PGPASSWORD", token)
         .output()
         .expect("psql");
-    (String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 #[tokio::test]
@@ -216,10 +270,19 @@ async fn psql_over_tls_reads_copies_and_is_denied_writes() {
     let token = gw.token(&["analytics-agents"]);
     let (out, _) = psql(gw.port(), &token, "require", "SELECT count(*) FROM items").await;
     assert_eq!(out.trim(), "3");
-    let (out, _) = psql(gw.port(), &token, "require", "COPY (SELECT id FROM items ORDER BY id) TO STDOUT").await;
+    let (out, _) = psql(
+        gw.port(),
+        &token,
+        "require",
+        "COPY (SELECT id FROM items ORDER BY id) TO STDOUT",
+    )
+    .await;
     assert_eq!(out.trim(), "1\n2\n3");
     let (_, err) = psql(gw.port(), &token, "require", "DROP TABLE items").await;
-    assert!(err.contains("sqlgate: DROP TABLE denied: the grant is read-only"), "{err}");
+    assert!(
+        err.contains("sqlgate: DROP TABLE denied: the grant is read-only"),
+        "{err}"
+    );
     // Cursors inside a transaction.
     let (out, err) = psql(
         gw.port(),
@@ -239,12 +302,19 @@ async fn statements_are_audited_without_secrets() {
     let _ = c.batch_execute("DELETE FROM items").await;
     drop(c);
     let audit = gw.audit().await;
-    let statements: Vec<&serde_json::Value> = audit.iter().filter(|r| r["event"] == "statement").collect();
-    let allowed = statements.iter().find(|r| r["statement"] == "SELECT 42").unwrap();
+    let statements: Vec<&serde_json::Value> =
+        audit.iter().filter(|r| r["event"] == "statement").collect();
+    let allowed = statements
+        .iter()
+        .find(|r| r["statement"] == "SELECT 42")
+        .unwrap();
     assert_eq!(allowed["decision"], "allow");
     assert_eq!(allowed["sub"], "agent-7");
     assert!(allowed["grant_id"].as_str().unwrap().starts_with("g-"));
-    let denied = statements.iter().find(|r| r["statement"] == "DELETE FROM items").unwrap();
+    let denied = statements
+        .iter()
+        .find(|r| r["statement"] == "DELETE FROM items")
+        .unwrap();
     assert_eq!(denied["decision"], "deny");
     assert_eq!(denied["kind"], "DELETE");
     assert_eq!(denied["reason"], "the grant is read-only");

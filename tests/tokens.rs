@@ -53,7 +53,10 @@ async fn issuer_audience_and_subject_are_checked() {
     req.issuer = "https://evil.example.com".into();
     let (code, message) = refused(&gw, "reporting", &req.mint(&gw.key).unwrap()).await;
     assert_eq!(code, "28P01");
-    assert!(message.contains("issuer") && message.contains("evil.example.com"), "{message}");
+    assert!(
+        message.contains("issuer") && message.contains("evil.example.com"),
+        "{message}"
+    );
 
     let mut req = gw.request(&["analytics-agents"]);
     req.audience = "api://something-else".into();
@@ -77,7 +80,9 @@ async fn forged_signatures_and_algorithms_are_refused() {
 
     // Same header (kid of the real key), payload signed by another key.
     let other = DevKey::generate().unwrap();
-    let forged = other.sign(&gw.request(&["analytics-agents"]).claims()).unwrap();
+    let forged = other
+        .sign(&gw.request(&["analytics-agents"]).claims())
+        .unwrap();
     let forged_parts: Vec<&str> = forged.split('.').collect();
     let spliced = format!("{}.{}.{}", parts[0], forged_parts[1], forged_parts[2]);
     let (code, message) = refused(&gw, "reporting", &spliced).await;
@@ -92,7 +97,11 @@ async fn forged_signatures_and_algorithms_are_refused() {
     assert!(message.contains("signature is invalid"), "{message}");
 
     // alg none.
-    let none = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), parts[1]);
+    let none = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        parts[1]
+    );
     let (code, message) = refused(&gw, "reporting", &none).await;
     assert_eq!(code, "28P01");
     assert!(message.contains("none"), "{message}");
@@ -126,13 +135,23 @@ async fn unknown_keys_are_refused_and_rotated_keys_are_picked_up() {
 
     // The issuer publishes the new key: the gateway refetches on the unknown kid.
     gw.issuer.add_key(next.clone());
-    gw.connect("reporting", &rotated).await.unwrap().batch_execute("SELECT 1").await.unwrap();
+    gw.connect("reporting", &rotated)
+        .await
+        .unwrap()
+        .batch_execute("SELECT 1")
+        .await
+        .unwrap();
     gw.connect("reporting", &old).await.unwrap();
     // The old key is withdrawn; after the cache refreshes, its tokens are refused.
     gw.issuer.remove_key(&gw.key.kid);
     tokio::time::sleep(Duration::from_millis(10)).await;
     let other = DevKey::generate().unwrap();
-    let _ = refused(&gw, "reporting", &gw.request(&["analytics-agents"]).mint(&other).unwrap()).await;
+    let _ = refused(
+        &gw,
+        "reporting",
+        &gw.request(&["analytics-agents"]).mint(&other).unwrap(),
+    )
+    .await;
     let (_, message) = refused(&gw, "reporting", &old).await;
     assert!(message.contains("unknown key"), "{message}");
 }
@@ -143,25 +162,42 @@ async fn grants_follow_groups_and_connections() {
     // Group with no grant at all.
     let (code, message) = refused(&gw, "reporting", &gw.token(&["marketing"])).await;
     assert_eq!(code, "28000");
-    assert!(message.contains("(groups marketing) has no grant for connection \"reporting\""), "{message}");
+    assert!(
+        message.contains("(groups marketing) has no grant for connection \"reporting\""),
+        "{message}"
+    );
     // A grant exists, but for another connection.
     let (code, message) = refused(&gw, "primary", &gw.token(&["analytics-agents"])).await;
     assert_eq!(code, "28000");
-    assert!(message.contains("no grant for connection \"primary\""), "{message}");
+    assert!(
+        message.contains("no grant for connection \"primary\""),
+        "{message}"
+    );
     assert!(message.contains("it may use: reporting"), "{message}");
     // A connection that does not exist.
     let (_, message) = refused(&gw, "nope", &gw.token(&["analytics-agents"])).await;
-    assert!(message.contains("no connection named \"nope\""), "{message}");
+    assert!(
+        message.contains("no connection named \"nope\""),
+        "{message}"
+    );
     // The neighbours: each group reaches its own connection.
-    gw.connect("reporting", &gw.token(&["analytics-agents"])).await.unwrap();
+    gw.connect("reporting", &gw.token(&["analytics-agents"]))
+        .await
+        .unwrap();
     gw.connect("primary", &gw.token(&["dba"])).await.unwrap();
 
     // Every decision is in the audit trail, without the token.
     let token = gw.token(&["analytics-agents"]);
     gw.connect("reporting", &token).await.unwrap();
     let audit = gw.audit().await;
-    let denied = audit.iter().filter(|r| r["event"] == "grant.denied").count();
-    let issued = audit.iter().filter(|r| r["event"] == "grant.issued").count();
+    let denied = audit
+        .iter()
+        .filter(|r| r["event"] == "grant.denied")
+        .count();
+    let issued = audit
+        .iter()
+        .filter(|r| r["event"] == "grant.issued")
+        .count();
     assert_eq!((denied, issued), (3, 3));
     let text = std::fs::read_to_string(gw.audit_dir.join("audit.jsonl")).unwrap();
     assert!(!text.contains(&token[..40]));

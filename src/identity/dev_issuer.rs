@@ -46,7 +46,8 @@ impl DevKey {
                 Algorithm::RS256,
             ),
         };
-        let mut jwk = Jwk::from_encoding_key(&encoding, alg).map_err(|e| format!("cannot derive the public key: {e}"))?;
+        let mut jwk = Jwk::from_encoding_key(&encoding, alg)
+            .map_err(|e| format!("cannot derive the public key: {e}"))?;
         let kid = jwk.thumbprint(ThumbprintHash::SHA256)[..16].to_owned();
         jwk.common.key_id = Some(kid.clone());
         jwk.common.public_key_use = Some(PublicKeyUse::Signature);
@@ -88,7 +89,8 @@ impl DevKey {
     pub fn sign(&self, claims: &Value) -> Result<String, String> {
         let mut header = Header::new(self.alg);
         header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.encoding).map_err(|e| format!("cannot sign: {e}"))
+        jsonwebtoken::encode(&header, claims, &self.encoding)
+            .map_err(|e| format!("cannot sign: {e}"))
     }
 }
 
@@ -230,7 +232,10 @@ async fn discovery(State(state): State<IssuerState>) -> Json<Value> {
 
 async fn jwks(State(state): State<IssuerState>) -> Json<Value> {
     let keys: Vec<Value> = match state.keys.read() {
-        Ok(keys) => keys.iter().filter_map(|k| serde_json::to_value(k.jwk()).ok()).collect(),
+        Ok(keys) => keys
+            .iter()
+            .filter_map(|k| serde_json::to_value(k.jwk()).ok())
+            .collect(),
         Err(_) => Vec::new(),
     };
     Json(json!({ "keys": keys }))

@@ -67,7 +67,9 @@ impl JwksCache {
         let mut state = self.state.lock().await;
         let stale = state.fetched_at.is_none_or(|t| t.elapsed() >= self.ttl);
         let known = lookup(&state.keys, kid).is_some();
-        let may_refetch = state.last_attempt.is_none_or(|t| t.elapsed() >= self.min_refetch);
+        let may_refetch = state
+            .last_attempt
+            .is_none_or(|t| t.elapsed() >= self.min_refetch);
         if (stale || !known) && may_refetch {
             if let Err(e) = self.fetch_into(&mut state).await {
                 // Keep serving cached keys when the issuer is briefly unreachable.
@@ -96,7 +98,12 @@ impl JwksCache {
         state.last_attempt = Some(Instant::now());
         let discovery_url = format!("{}/.well-known/openid-configuration", self.issuer);
         let discovery: serde_json::Value = self.get_json(&discovery_url).await?;
-        if discovery.get("issuer").and_then(|v| v.as_str()).map(|s| s.trim_end_matches('/')) != Some(&self.issuer) {
+        if discovery
+            .get("issuer")
+            .and_then(|v| v.as_str())
+            .map(|s| s.trim_end_matches('/'))
+            != Some(&self.issuer)
+        {
             return Err(format!("{discovery_url} names a different issuer"));
         }
         let jwks_uri = discovery
@@ -116,7 +123,13 @@ impl JwksCache {
             };
             let kid = jwk.common.key_id.clone().unwrap_or_default();
             let alg = jwk.common.key_algorithm.map(|a| format!("{a:?}"));
-            keys.insert(kid, CachedKey { key: Arc::new(key), alg });
+            keys.insert(
+                kid,
+                CachedKey {
+                    key: Arc::new(key),
+                    alg,
+                },
+            );
         }
         tracing::info!(issuer = %self.issuer, keys = keys.len(), "fetched signing keys");
         state.keys = keys;
@@ -134,7 +147,10 @@ impl JwksCache {
         if !response.status().is_success() {
             return Err(format!("GET {url}: HTTP {}", response.status()));
         }
-        response.json().await.map_err(|e| format!("GET {url}: not JSON: {e}"))
+        response
+            .json()
+            .await
+            .map_err(|e| format!("GET {url}: not JSON: {e}"))
     }
 }
 

@@ -78,7 +78,9 @@ pub fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
         .parse()
         .map_err(|_| format!("unknown algorithm {name:?} (use RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA)"))?;
     if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
-        return Err(format!("{name} is a shared-secret algorithm; only public-key algorithms can be allowed"));
+        return Err(format!(
+            "{name} is a shared-secret algorithm; only public-key algorithms can be allowed"
+        ));
     }
     Ok(alg)
 }
@@ -91,7 +93,11 @@ pub struct Verifier {
 
 impl Verifier {
     pub fn new(config: IdentityConfig) -> Self {
-        let keys = JwksCache::new(&config.issuer, config.jwks_min_refetch, config.jwks_cache_ttl);
+        let keys = JwksCache::new(
+            &config.issuer,
+            config.jwks_min_refetch,
+            config.jwks_cache_ttl,
+        );
         Verifier { config, keys }
     }
 
@@ -108,14 +114,23 @@ impl Verifier {
             return Err(TokenError::NotAJwt);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
-            ErrorKind::InvalidAlgorithmName | ErrorKind::Json(_) => {
-                TokenError::Malformed("unsupported or missing algorithm in the header (alg \"none\" is never accepted)".into())
-            }
+            ErrorKind::InvalidAlgorithmName | ErrorKind::Json(_) => TokenError::Malformed(
+                "unsupported or missing algorithm in the header (alg \"none\" is never accepted)"
+                    .into(),
+            ),
             _ => TokenError::Malformed(format!("cannot read the header ({e})")),
         })?;
         if !self.config.algorithms.contains(&header.alg) {
-            let allowed: Vec<String> = self.config.algorithms.iter().map(|a| format!("{a:?}")).collect();
-            return Err(TokenError::AlgorithmNotAllowed(format!("{:?}", header.alg), allowed.join(", ")));
+            let allowed: Vec<String> = self
+                .config
+                .algorithms
+                .iter()
+                .map(|a| format!("{a:?}"))
+                .collect();
+            return Err(TokenError::AlgorithmNotAllowed(
+                format!("{:?}", header.alg),
+                allowed.join(", "),
+            ));
         }
         let kid = header.kid.clone().unwrap_or_default();
         let key = self.keys.key(&kid, header.alg).await.map_err(|e| match e {
@@ -135,13 +150,15 @@ impl Verifier {
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.validate_nbf = true;
 
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation).map_err(|e| {
-            match e.kind() {
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation).map_err(
+            |e| match e.kind() {
                 ErrorKind::InvalidSignature => TokenError::BadSignature,
                 ErrorKind::ExpiredSignature => TokenError::Expired(0),
                 ErrorKind::ImmatureSignature => TokenError::NotYetValid(0),
                 ErrorKind::InvalidIssuer => TokenError::WrongIssuer(String::new()),
-                ErrorKind::InvalidAudience => TokenError::WrongAudience(self.config.audiences.join(" or ")),
+                ErrorKind::InvalidAudience => {
+                    TokenError::WrongAudience(self.config.audiences.join(" or "))
+                }
                 ErrorKind::MissingRequiredClaim(c) => TokenError::MissingClaim(c.clone()),
                 ErrorKind::InvalidClaimFormat(c) => TokenError::BadClaim(c.clone()),
                 ErrorKind::InvalidAlgorithm => TokenError::AlgorithmNotAllowed(
@@ -149,8 +166,8 @@ impl Verifier {
                     "the key does not match this algorithm".into(),
                 ),
                 _ => TokenError::Malformed(e.to_string()),
-            }
-        });
+            },
+        );
         // Fill in the claim values the library does not report, for a useful message.
         let claims = match data {
             Ok(d) => d.claims,
@@ -168,7 +185,11 @@ impl Verifier {
             TokenError::Expired(_) => TokenError::Expired(int("exp")),
             TokenError::NotYetValid(_) => TokenError::NotYetValid(int("nbf")),
             TokenError::WrongIssuer(_) => TokenError::WrongIssuer(
-                claims.get("iss").and_then(Value::as_str).unwrap_or("").to_owned(),
+                claims
+                    .get("iss")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
             ),
             other => other,
         }
@@ -178,7 +199,9 @@ impl Verifier {
         let now = unix_now();
         let leeway = self.config.leeway.as_secs() as i64;
         if let Some(iat) = claims.get("iat") {
-            let iat = iat.as_i64().ok_or_else(|| TokenError::BadClaim("iat".into()))?;
+            let iat = iat
+                .as_i64()
+                .ok_or_else(|| TokenError::BadClaim("iat".into()))?;
             if iat > now + leeway {
                 return Err(TokenError::IssuedInFuture(iat));
             }
@@ -217,7 +240,9 @@ fn string_list(claims: &Map<String, Value>, name: &str) -> Result<Vec<String>, T
             let mut seen = HashSet::new();
             let mut out = Vec::with_capacity(items.len());
             for item in items {
-                let s = item.as_str().ok_or_else(|| TokenError::BadClaim(name.to_owned()))?;
+                let s = item
+                    .as_str()
+                    .ok_or_else(|| TokenError::BadClaim(name.to_owned()))?;
                 if seen.insert(s) {
                     out.push(s.to_owned());
                 }
@@ -232,7 +257,9 @@ fn string_list(claims: &Map<String, Value>, name: &str) -> Result<Vec<String>, T
 fn unverified_claims(token: &str) -> Option<Map<String, Value>> {
     use base64::Engine;
     let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 

@@ -50,7 +50,12 @@ impl GrantPolicy {
 
     /// Decides whether `principal` may use `connection` now. The first matching
     /// `[[grant]]` in file order wins.
-    pub fn decide(&self, principal: &Principal, connection: &str, now: SystemTime) -> Result<Grant, Denial> {
+    pub fn decide(
+        &self,
+        principal: &Principal,
+        connection: &str,
+        now: SystemTime,
+    ) -> Result<Grant, Denial> {
         if principal.token_expires_at <= now {
             return Err(Denial {
                 reason: "token has expired".into(),
@@ -199,7 +204,9 @@ mod tests {
     #[test]
     fn grant_expiry_is_the_sooner_of_ttl_and_token() {
         let now = SystemTime::now();
-        let long = policy().decide(&principal(&["analytics-agents"], 3600), "replica", now).unwrap();
+        let long = policy()
+            .decide(&principal(&["analytics-agents"], 3600), "replica", now)
+            .unwrap();
         assert_eq!(long.expires_at, now + Duration::from_secs(600));
         let p = principal(&["analytics-agents"], 30);
         let short = policy().decide(&p, "replica", now).unwrap();
@@ -209,12 +216,16 @@ mod tests {
     #[test]
     fn denial_names_group_connection_and_alternatives() {
         let p = principal(&["analytics-agents"], 3600);
-        let d = policy().decide(&p, "primary", SystemTime::now()).unwrap_err();
+        let d = policy()
+            .decide(&p, "primary", SystemTime::now())
+            .unwrap_err();
         assert!(d.reason.contains("groups analytics-agents"), "{}", d.reason);
         assert!(d.reason.contains("\"primary\""), "{}", d.reason);
         assert!(d.reason.contains("it may use: replica"), "{}", d.reason);
         let nobody = principal(&["marketing"], 3600);
-        assert!(policy().decide(&nobody, "replica", SystemTime::now()).is_err());
+        assert!(policy()
+            .decide(&nobody, "replica", SystemTime::now())
+            .is_err());
     }
 
     #[test]

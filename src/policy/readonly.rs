@@ -9,7 +9,9 @@
 //! the upstream catalog does not know.
 
 use crate::catalog::{FunctionCatalog, Volatility};
-use crate::sql::{CopyDirection, QualifiedName, SetFacts, StatementFacts, StatementKind, TransactionOp};
+use crate::sql::{
+    CopyDirection, QualifiedName, SetFacts, StatementFacts, StatementKind, TransactionOp,
+};
 
 /// The decision on one statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,7 +22,9 @@ pub enum Verdict {
 
 impl Verdict {
     fn deny(reason: impl Into<String>) -> Verdict {
-        Verdict::Deny { reason: reason.into() }
+        Verdict::Deny {
+            reason: reason.into(),
+        }
     }
 }
 
@@ -114,10 +118,12 @@ pub const DENIED_BUILTINS: &[&str] = &[
 
 /// Whether `name` is on [`DENIED_BUILTINS`].
 pub fn denied_builtin(name: &str) -> bool {
-    DENIED_BUILTINS.iter().any(|pattern| match pattern.strip_suffix('*') {
-        Some(prefix) => name.starts_with(prefix),
-        None => *pattern == name,
-    })
+    DENIED_BUILTINS
+        .iter()
+        .any(|pattern| match pattern.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => *pattern == name,
+        })
 }
 
 /// Decides one statement.
@@ -138,15 +144,23 @@ fn decide_kind(kind: &StatementKind, facts: &StatementFacts) -> Verdict {
     match kind {
         StatementKind::Empty | StatementKind::Show => Verdict::Allow,
         StatementKind::Query => check_query(facts),
-        StatementKind::Explain { analyze: false, inner } => match inner.as_ref() {
+        StatementKind::Explain {
+            analyze: false,
+            inner,
+        } => match inner.as_ref() {
             // Planning alone runs nothing, so EXPLAIN of a write is fine.
             StatementKind::Query => Verdict::Allow,
-            StatementKind::Other { label } if matches!(label.as_str(), "INSERT" | "UPDATE" | "DELETE" | "MERGE") => {
+            StatementKind::Other { label }
+                if matches!(label.as_str(), "INSERT" | "UPDATE" | "DELETE" | "MERGE") =>
+            {
                 Verdict::Allow
             }
             other => Verdict::deny(format!("EXPLAIN of {} is not allowed", other.label())),
         },
-        StatementKind::Explain { analyze: true, inner }
+        StatementKind::Explain {
+            analyze: true,
+            inner,
+        }
         | StatementKind::DeclareCursor { inner }
         | StatementKind::Prepare { inner } => match inner.as_ref() {
             StatementKind::Query => check_query(facts),
@@ -158,7 +172,9 @@ fn decide_kind(kind: &StatementKind, facts: &StatementFacts) -> Verdict {
         },
         StatementKind::Copy { direction, inner } => match direction {
             CopyDirection::From => Verdict::deny("COPY FROM writes to a table"),
-            CopyDirection::ToServer => Verdict::deny("COPY to a server file or program runs on the database server"),
+            CopyDirection::ToServer => {
+                Verdict::deny("COPY to a server file or program runs on the database server")
+            }
             CopyDirection::ToClient => match inner.as_deref() {
                 None | Some(StatementKind::Query) => check_query(facts),
                 Some(other) => Verdict::deny(format!("COPY of {} is not allowed", other.label())),
@@ -166,9 +182,9 @@ fn decide_kind(kind: &StatementKind, facts: &StatementFacts) -> Verdict {
         },
         StatementKind::Set(set) => check_set(set),
         StatementKind::Transaction { op, read_write } => match op {
-            TransactionOp::Begin if *read_write => {
-                Verdict::deny("the session is read-only; a READ WRITE transaction cannot be started")
-            }
+            TransactionOp::Begin if *read_write => Verdict::deny(
+                "the session is read-only; a READ WRITE transaction cannot be started",
+            ),
             TransactionOp::TwoPhase => Verdict::deny("two-phase commit is not allowed"),
             _ => Verdict::Allow,
         },
@@ -184,7 +200,9 @@ fn decide_kind(kind: &StatementKind, facts: &StatementFacts) -> Verdict {
 
 fn check_query(facts: &StatementFacts) -> Verdict {
     if let Some(write) = facts.writes.first() {
-        return Verdict::deny(format!("a query containing {write} writes data (data-modifying WITH)"));
+        return Verdict::deny(format!(
+            "a query containing {write} writes data (data-modifying WITH)"
+        ));
     }
     if facts.locking {
         return Verdict::deny("row locking clauses (FOR UPDATE/SHARE) take write locks");
@@ -234,14 +252,19 @@ fn check_set(set: &SetFacts) -> Verdict {
 }
 
 /// Whether calling `function` is allowed, from the deny-list and the catalog.
-pub fn check_function(function: &QualifiedName, catalog: Option<&FunctionCatalog>) -> Result<(), String> {
+pub fn check_function(
+    function: &QualifiedName,
+    catalog: Option<&FunctionCatalog>,
+) -> Result<(), String> {
     let name = function.name.as_str();
     let builtin_schema = matches!(function.schema.as_deref(), None | Some("pg_catalog"));
     if (denied_builtin(name) && builtin_schema) || name.starts_with("dblink") {
         return Err(format!("function {function} is not allowed: it has side effects or reaches outside the session"));
     }
     let Some(catalog) = catalog else {
-        return Err(format!("function {function} cannot be checked: the upstream function catalog is unavailable"));
+        return Err(format!(
+            "function {function} cannot be checked: the upstream function catalog is unavailable"
+        ));
     };
     let mut found = false;
     for info in catalog.lookup(function.schema.as_deref(), name) {
@@ -250,7 +273,9 @@ pub fn check_function(function: &QualifiedName, catalog: Option<&FunctionCatalog
             continue; // built-in, and not on the deny-list
         }
         if info.kind == 'p' {
-            return Err(format!("{function} is a procedure; procedures are not allowed"));
+            return Err(format!(
+                "{function} is a procedure; procedures are not allowed"
+            ));
         }
         if info.volatility == Volatility::Volatile {
             return Err(format!(
@@ -260,7 +285,9 @@ pub fn check_function(function: &QualifiedName, catalog: Option<&FunctionCatalog
         }
     }
     if !found {
-        return Err(format!("function {function} does not exist in the upstream catalog"));
+        return Err(format!(
+            "function {function} does not exist in the upstream catalog"
+        ));
     }
     Ok(())
 }
@@ -271,7 +298,9 @@ mod tests {
     use crate::sql::postgres::classify;
 
     fn catalog() -> FunctionCatalog {
-        let row = |s: &str, n: &str, v: &str, k: &str| [s.to_string(), n.to_string(), v.to_string(), k.to_string()];
+        let row = |s: &str, n: &str, v: &str, k: &str| {
+            [s.to_string(), n.to_string(), v.to_string(), k.to_string()]
+        };
         FunctionCatalog::from_rows([
             row("pg_catalog", "lower", "i", "f"),
             row("pg_catalog", "now", "s", "f"),
@@ -313,14 +342,23 @@ mod tests {
     #[test]
     fn reads_and_their_write_neighbours() {
         allowed("SELECT lower(name), count(*) FROM t GROUP BY 1");
-        denied("INSERT INTO t VALUES (1)", "INSERT denied: the grant is read-only");
+        denied(
+            "INSERT INTO t VALUES (1)",
+            "INSERT denied: the grant is read-only",
+        );
         allowed("WITH x AS (SELECT 1) SELECT * FROM x");
-        denied("WITH x AS (UPDATE t SET a = 1 RETURNING *) SELECT * FROM x", "UPDATE");
+        denied(
+            "WITH x AS (UPDATE t SET a = 1 RETURNING *) SELECT * FROM x",
+            "UPDATE",
+        );
         allowed("SELECT * FROM t FOR READ ONLY");
         denied("SELECT * FROM t FOR UPDATE", "locking");
         denied("SELECT * INTO t2 FROM t", "SELECT INTO");
         allowed("EXPLAIN DELETE FROM t");
-        denied("EXPLAIN ANALYZE DELETE FROM t", "EXPLAIN ANALYZE denied: EXPLAIN ANALYZE runs the statement, and DELETE is not allowed");
+        denied(
+            "EXPLAIN ANALYZE DELETE FROM t",
+            "EXPLAIN ANALYZE denied: EXPLAIN ANALYZE runs the statement, and DELETE is not allowed",
+        );
         allowed("EXPLAIN ANALYZE SELECT 1");
     }
 
@@ -329,7 +367,10 @@ mod tests {
         allowed("SELECT now(), safe_fn()");
         denied("SELECT evil_fn()", "VOLATILE");
         denied("SELECT public.proc1()", "procedure");
-        denied("SELECT pg_catalog.set_config('default_transaction_read_only', 'off', false)", "set_config");
+        denied(
+            "SELECT pg_catalog.set_config('default_transaction_read_only', 'off', false)",
+            "set_config",
+        );
         denied("SELECT nextval('s')", "nextval");
         denied("SELECT nope()", "does not exist");
         allowed("SELECT random()");
@@ -343,7 +384,10 @@ mod tests {
         allowed("SET NAMES 'UTF8'");
         denied("SET client_encoding = 'SJIS'", "pinned to UTF8");
         denied("SET default_transaction_read_only = off", "pinned on");
-        denied("SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE", "READ WRITE");
+        denied(
+            "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+            "READ WRITE",
+        );
         denied("SET ROLE postgres", "role");
         allowed("RESET ALL");
         allowed("begin transaction");
@@ -351,7 +395,10 @@ mod tests {
         denied("START TRANSACTION READ WRITE", "READ WRITE");
         allowed("SAVEPOINT a; RELEASE SAVEPOINT a; ROLLBACK TO SAVEPOINT a; COMMIT");
         denied("PREPARE TRANSACTION 'x'", "two-phase");
-        denied("SET transaction_read_only = off; DELETE FROM t", "pinned on");
+        denied(
+            "SET transaction_read_only = off; DELETE FROM t",
+            "pinned on",
+        );
     }
 
     #[test]

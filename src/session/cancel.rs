@@ -29,7 +29,12 @@ pub struct CancelRegistry {
 
 impl CancelRegistry {
     /// Registers a session's upstream key; returns the gateway's (pid, secret).
-    pub fn register(&self, upstream_addr: &str, upstream_pid: i32, upstream_secret: i32) -> (i32, i32) {
+    pub fn register(
+        &self,
+        upstream_addr: &str,
+        upstream_pid: i32,
+        upstream_secret: i32,
+    ) -> (i32, i32) {
         let secret = rand::random::<i32>();
         let Ok(mut targets) = self.targets.lock() else {
             return (0, secret);
@@ -64,7 +69,12 @@ impl CancelRegistry {
         let target = targets.get(&pid)?;
         let expected = target.secret.to_be_bytes();
         // Compare without an early exit on the first differing byte.
-        let same = secret.len() == 4 && expected.iter().zip(secret).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        let same = secret.len() == 4
+            && expected
+                .iter()
+                .zip(secret)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
         same.then(|| target.clone())
     }
 }
@@ -73,7 +83,11 @@ impl CancelRegistry {
 pub async fn send_upstream_cancel(target: &CancelTarget) -> std::io::Result<()> {
     let mut stream = TcpStream::connect(&target.upstream_addr).await?;
     let mut buf = BytesMut::new();
-    postgres_protocol::message::frontend::cancel_request(target.upstream_pid, target.upstream_secret, &mut buf);
+    postgres_protocol::message::frontend::cancel_request(
+        target.upstream_pid,
+        target.upstream_secret,
+        &mut buf,
+    );
     stream.write_all(&buf).await?;
     stream.shutdown().await
 }

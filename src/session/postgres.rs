@@ -97,7 +97,10 @@ async fn negotiate(
                     return Err("data after SSLRequest before the TLS handshake".into());
                 }
                 tcp.write_all(b"S").await.map_err(|e| e.to_string())?;
-                let tls = acceptor.accept(tcp).await.map_err(|e| format!("TLS handshake failed: {e}"))?;
+                let tls = acceptor
+                    .accept(tcp)
+                    .await
+                    .map_err(|e| format!("TLS handshake failed: {e}"))?;
                 let mut stream: BoxStream = Box::new(tls);
                 return match read_initial(&mut stream, &mut buf).await? {
                     Some(InitialPacket::Startup(startup)) => Ok(Some((stream, buf, startup, true))),
@@ -116,12 +119,17 @@ async fn negotiate(
                 forward_cancel(services, pid, &secret).await;
                 return Ok(None);
             }
-            InitialPacket::Startup(startup) => return Ok(Some((Box::new(tcp), buf, startup, false))),
+            InitialPacket::Startup(startup) => {
+                return Ok(Some((Box::new(tcp), buf, startup, false)))
+            }
         }
     }
 }
 
-async fn read_initial<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) -> Result<Option<InitialPacket>, String> {
+async fn read_initial<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<Option<InitialPacket>, String> {
     loop {
         if let Some(packet) = decode_initial(buf).map_err(|e| e.to_string())? {
             return Ok(Some(packet));
@@ -185,22 +193,48 @@ impl Session {
 
     /// Startup checks, token, grant, upstream. `Ok(Some)`: ready to relay.
     /// `Ok(None)`: the client left. `Err`: send this FATAL error and close.
-    async fn login(&mut self, startup: &StartupMessage, tls: bool, connection: &str) -> Result<Option<Ready>, PgError> {
+    async fn login(
+        &mut self,
+        startup: &StartupMessage,
+        tls: bool,
+        connection: &str,
+    ) -> Result<Option<Ready>, PgError> {
         let services = self.services.clone();
         let config = &services.config;
-        if !tls && !(config.listen.allow_plaintext && self.peer.ip().is_loopback()) {
-            return Err(PgError::fatal("28000", "sqlgate requires TLS: the password is a bearer token")
-                .with_hint("connect with sslmode=require"));
+        let plaintext_ok = config.listen.allow_plaintext && self.peer.ip().is_loopback();
+        if !(tls || plaintext_ok) {
+            return Err(PgError::fatal(
+                "28000",
+                "sqlgate requires TLS: the password is a bearer token",
+            )
+            .with_hint("connect with sslmode=require"));
         }
         if startup.param("user").is_none_or(str::is_empty) {
-            return Err(PgError::fatal("28000", "no user name in the startup packet"));
+            return Err(PgError::fatal(
+                "28000",
+                "no user name in the startup packet",
+            ));
         }
-        if startup.param("replication").is_some_and(|v| !matches!(v, "false" | "off" | "0" | "no")) {
-            return Err(PgError::fatal("0A000", "sqlgate does not allow replication connections"));
+        if startup
+            .param("replication")
+            .is_some_and(|v| !matches!(v, "false" | "off" | "0" | "no"))
+        {
+            return Err(PgError::fatal(
+                "0A000",
+                "sqlgate does not allow replication connections",
+            ));
         }
-        if startup.param("options").is_some_and(|v| !v.trim().is_empty()) {
-            return Err(PgError::fatal("0A000", "sqlgate does not accept startup options (-c ...)")
-                .with_hint("run SET after connecting; settings a read-only session may change are allowed"));
+        if startup
+            .param("options")
+            .is_some_and(|v| !v.trim().is_empty())
+        {
+            return Err(PgError::fatal(
+                "0A000",
+                "sqlgate does not accept startup options (-c ...)",
+            )
+            .with_hint(
+                "run SET after connecting; settings a read-only session may change are allowed",
+            ));
         }
         let mut out = BytesMut::new();
         let protocol_options: Vec<&str> = startup
@@ -232,11 +266,18 @@ impl Session {
                 rec.decision = Some(Decision::Deny);
                 rec.reason = Some(format!("token rejected: {e}"));
                 self.audit_durable(rec).await?;
-                return Err(PgError::fatal("28P01", format!("sqlgate: token rejected: {e}")));
+                return Err(PgError::fatal(
+                    "28P01",
+                    format!("sqlgate: token rejected: {e}"),
+                ));
             }
         };
 
-        let grant = match self.services.grants.decide(&principal, connection, SystemTime::now()) {
+        let grant = match self
+            .services
+            .grants
+            .decide(&principal, connection, SystemTime::now())
+        {
             Ok(grant) => grant,
             Err(denial) => {
                 let mut rec = self.record(AuditEvent::GrantDenied, connection);
@@ -245,7 +286,10 @@ impl Session {
                 rec.decision = Some(Decision::Deny);
                 rec.reason = Some(denial.reason.clone());
                 self.audit_durable(rec).await?;
-                return Err(PgError::fatal("28000", format!("sqlgate: {}", denial.reason)));
+                return Err(PgError::fatal(
+                    "28000",
+                    format!("sqlgate: {}", denial.reason),
+                ));
             }
         };
         let mut rec = self.record(AuditEvent::GrantIssued, connection);
@@ -253,14 +297,22 @@ impl Session {
         rec.sub = Some(principal.subject.clone());
         rec.groups = Some(principal.groups.clone());
         rec.decision = Some(Decision::Allow);
-        rec.reason = Some(format!("grant[{}] matched on {}", grant.rule_index, grant.matched_on));
+        rec.reason = Some(format!(
+            "grant[{}] matched on {}",
+            grant.rule_index, grant.matched_on
+        ));
         rec.expires_at = Some(rfc3339(grant.expires_at));
         // Audit before effect: the grant is on disk before the upstream is touched.
         self.audit_durable(rec).await?;
 
         let conn = config
             .connection(connection)
-            .ok_or_else(|| PgError::fatal("3D000", format!("sqlgate: no connection named {connection:?}")))?
+            .ok_or_else(|| {
+                PgError::fatal(
+                    "3D000",
+                    format!("sqlgate: no connection named {connection:?}"),
+                )
+            })?
             .clone();
         let client_params: Vec<(String, String)> = startup
             .params
@@ -295,10 +347,10 @@ impl Session {
             },
         };
 
-        let (pid, secret) = self
-            .services
-            .cancels
-            .register(&conn.upstream, up.backend_pid, up.backend_secret);
+        let (pid, secret) =
+            self.services
+                .cancels
+                .register(&conn.upstream, up.backend_pid, up.backend_secret);
         let mut out = BytesMut::new();
         backend::auth_ok(&mut out);
         for frame in up.parameter_status.iter().chain(&up.notices) {
@@ -334,7 +386,10 @@ impl Session {
     async fn audit_durable(&self, rec: AuditRecord) -> Result<(), PgError> {
         self.services.audit.record_durable(rec).await.map_err(|e| {
             tracing::error!(error = %e, "audit trail unavailable; refusing the connection");
-            PgError::fatal("58030", "sqlgate: the audit trail is unavailable, so no connection can be granted")
+            PgError::fatal(
+                "58030",
+                "sqlgate: the audit trail is unavailable, so no connection can be granted",
+            )
         })
     }
 
@@ -381,11 +436,23 @@ impl Session {
             catalog,
             marker: format!("sqlgate_denied_{nonce:08x}_"),
         };
-        let deadline = Instant::now() + grant.expires_at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+        let deadline = Instant::now()
+            + grant
+                .expires_at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
         let client_buf = std::mem::take(&mut self.buf);
 
         let to_upstream = client_to_upstream(&mut client_r, client_buf, &mut up_w, ctl_tx, &ctx);
-        let to_client = upstream_to_client(&mut up_r, upstream.buf, &mut client_w, ctl_rx, deadline, &mut shutdown, &ctx);
+        let to_client = upstream_to_client(
+            &mut up_r,
+            upstream.buf,
+            &mut client_w,
+            ctl_rx,
+            deadline,
+            &mut shutdown,
+            &ctx,
+        );
         let reason = tokio::select! {
             r = to_upstream => r,
             r = to_client => r,
@@ -452,7 +519,11 @@ enum TextDecision {
 }
 
 impl RelayContext {
-    fn decide(&self, text: &str, cache: &mut HashMap<String, Arc<Vec<(String, String)>>>) -> TextDecision {
+    fn decide(
+        &self,
+        text: &str,
+        cache: &mut HashMap<String, Arc<Vec<(String, String)>>>,
+    ) -> TextDecision {
         if let Some(parts) = cache.get(text) {
             return TextDecision::Allow(parts.clone());
         }
@@ -471,7 +542,9 @@ impl RelayContext {
                     parts: vec![Classified {
                         text: text.to_owned(),
                         kind: "unparsed".into(),
-                        verdict: Verdict::Deny { reason: e.to_string() },
+                        verdict: Verdict::Deny {
+                            reason: e.to_string(),
+                        },
                     }],
                 };
             }
@@ -487,7 +560,8 @@ impl RelayContext {
         let denied = parts.iter().position(|p| p.verdict != Verdict::Allow);
         match denied {
             None => {
-                let allowed: Arc<Vec<(String, String)>> = Arc::new(parts.into_iter().map(|p| (p.text, p.kind)).collect());
+                let allowed: Arc<Vec<(String, String)>> =
+                    Arc::new(parts.into_iter().map(|p| (p.text, p.kind)).collect());
                 if cache.len() >= VERDICT_CACHE_ENTRIES {
                     cache.clear();
                 }
@@ -499,11 +573,14 @@ impl RelayContext {
                     Verdict::Deny { reason } => (parts[index].kind.clone(), reason.clone()),
                     Verdict::Allow => (String::new(), String::new()),
                 };
-                let mut error = PgError::error("42501", format!("sqlgate: {kind} denied: {reason}")).with_hint(format!(
+                let mut error =
+                    PgError::error("42501", format!("sqlgate: {kind} denied: {reason}")).with_hint(
+                        format!(
                     "the grant for connection {:?} is {}; nothing of this message was executed",
                     self.grant.connection,
                     self.grant.access.as_str()
-                ));
+                ),
+                    );
                 if parts.len() > 1 {
                     error = error.with_detail(format!(
                         "statement {} of {} in this message was denied: {}",
@@ -514,7 +591,10 @@ impl RelayContext {
                     for (i, part) in parts.iter_mut().enumerate() {
                         if i != index && part.verdict == Verdict::Allow {
                             part.verdict = Verdict::Deny {
-                                reason: format!("not forwarded: statement {} of the same message was denied", index + 1),
+                                reason: format!(
+                                    "not forwarded: statement {} of the same message was denied",
+                                    index + 1
+                                ),
                             };
                         }
                     }
@@ -525,7 +605,12 @@ impl RelayContext {
     }
 
     fn statement_record(&self, text: &str, kind: &str, verdict: &Verdict) -> AuditRecord {
-        let mut rec = AuditRecord::new(AuditEvent::Statement, &self.session_id, &self.grant.connection, &self.client_addr);
+        let mut rec = AuditRecord::new(
+            AuditEvent::Statement,
+            &self.session_id,
+            &self.grant.connection,
+            &self.client_addr,
+        );
         rec.grant_id = Some(self.grant.id.clone());
         rec.sub = Some(self.principal.subject.clone());
         rec.statement = Some(text.to_owned());
@@ -577,22 +662,34 @@ async fn client_to_upstream(
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(e) => {
-                    fatal = Some(PgError::fatal("08P01", format!("invalid message from client: {e}")));
+                    fatal = Some(PgError::fatal(
+                        "08P01",
+                        format!("invalid message from client: {e}"),
+                    ));
                     break;
                 }
             };
             let text = match frame.tag {
                 frontend::QUERY => frontend::query_text(frame.body()).map(|t| (t, None)),
-                frontend::PARSE => frontend::parse_message(frame.body()).map(|p| (p.query, Some(p.name))),
+                frontend::PARSE => {
+                    frontend::parse_message(frame.body()).map(|p| (p.query, Some(p.name)))
+                }
                 frontend::FUNCTION_CALL => {
                     seq += 1;
-                    let error = PgError::error("42501", "sqlgate: FunctionCall messages are not allowed")
-                        .with_hint("call functions with SELECT; the statement is checked like any other");
+                    let error =
+                        PgError::error("42501", "sqlgate: FunctionCall messages are not allowed")
+                            .with_hint(
+                            "call functions with SELECT; the statement is checked like any other",
+                        );
                     let _ = ctl.send(Control::Denied { seq, error });
                     probe_query(&ctx.marker, seq, &mut out);
-                    ctx.audit(ctx.statement_record("<FunctionCall message>", "FunctionCall", &Verdict::Deny {
-                        reason: "FunctionCall protocol messages are not allowed".into(),
-                    }))
+                    ctx.audit(ctx.statement_record(
+                        "<FunctionCall message>",
+                        "FunctionCall",
+                        &Verdict::Deny {
+                            reason: "FunctionCall protocol messages are not allowed".into(),
+                        },
+                    ))
                     .await;
                     continue;
                 }
@@ -626,7 +723,10 @@ async fn client_to_upstream(
             let (text, parse_name) = match text {
                 Ok(t) => t,
                 Err(e) => {
-                    fatal = Some(PgError::fatal("08P01", format!("invalid message from client: {e}")));
+                    fatal = Some(PgError::fatal(
+                        "08P01",
+                        format!("invalid message from client: {e}"),
+                    ));
                     break;
                 }
             };
@@ -634,7 +734,8 @@ async fn client_to_upstream(
                 TextDecision::Allow(parts) => {
                     out.extend_from_slice(&frame.raw);
                     for (text, kind) in parts.iter() {
-                        ctx.audit(ctx.statement_record(text, kind, &Verdict::Allow)).await;
+                        ctx.audit(ctx.statement_record(text, kind, &Verdict::Allow))
+                            .await;
                     }
                 }
                 TextDecision::Deny { error, parts } => {
@@ -647,7 +748,8 @@ async fn client_to_upstream(
                         Some(name) => probe_parse(&ctx.marker, seq, name, &mut out),
                     }
                     for part in &parts {
-                        ctx.audit(ctx.statement_record(&part.text, &part.kind, &part.verdict)).await;
+                        ctx.audit(ctx.statement_record(&part.text, &part.kind, &part.verdict))
+                            .await;
                     }
                 }
             }
@@ -795,11 +897,18 @@ async fn upstream_to_client(
 fn probe_seq(body: &[u8], marker: &[u8]) -> Option<u64> {
     let at = body.windows(marker.len()).position(|w| w == marker)?;
     let digits = &body[at + marker.len()..];
-    let end = digits.iter().position(|b| !b.is_ascii_digit()).unwrap_or(digits.len());
+    let end = digits
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(digits.len());
     std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
 }
 
-async fn write_parts<W: AsyncWrite + Unpin>(w: &mut W, first: &[u8], second: &[u8]) -> std::io::Result<()> {
+async fn write_parts<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    first: &[u8],
+    second: &[u8],
+) -> std::io::Result<()> {
     if !first.is_empty() {
         w.write_all(first).await?;
     }

@@ -22,7 +22,8 @@ use crate::catalog::{FunctionCatalog, FUNCTION_QUERY};
 use crate::config::{ConnectionConfig, UpstreamTls};
 
 /// Settings pinned on every upstream session, as startup `options`.
-pub const PINNED_OPTIONS: &str = "-c default_transaction_read_only=on -c standard_conforming_strings=on";
+pub const PINNED_OPTIONS: &str =
+    "-c default_transaction_read_only=on -c standard_conforming_strings=on";
 
 /// Why the upstream session could not be opened. Shown to the client (without
 /// secrets) and logged.
@@ -75,12 +76,17 @@ pub async fn open(
         .map_err(|_| UpstreamError::Timeout(timeout))?
 }
 
-async fn open_inner(conn: &ConnectionConfig, client_params: &[(String, String)]) -> Result<UpstreamSession, UpstreamError> {
+async fn open_inner(
+    conn: &ConnectionConfig,
+    client_params: &[(String, String)],
+) -> Result<UpstreamSession, UpstreamError> {
     let password = conn.credential.load().map_err(UpstreamError::Credential)?;
-    let tcp = TcpStream::connect(&conn.upstream).await.map_err(|e| UpstreamError::Connect {
-        addr: conn.upstream.clone(),
-        reason: e.to_string(),
-    })?;
+    let tcp = TcpStream::connect(&conn.upstream)
+        .await
+        .map_err(|e| UpstreamError::Connect {
+            addr: conn.upstream.clone(),
+            reason: e.to_string(),
+        })?;
     let _ = tcp.set_nodelay(true);
     let mut stream: BoxStream = match conn.upstream_tls {
         UpstreamTls::Disable => Box::new(tcp),
@@ -114,14 +120,18 @@ async fn open_inner(conn: &ConnectionConfig, client_params: &[(String, String)])
         match frame.tag {
             b'R' if !authenticated => {
                 let message = parse_backend(&frame)?;
-                match login.on_auth(&message).map_err(|e| UpstreamError::Login(e.to_string()))? {
+                match login
+                    .on_auth(&message)
+                    .map_err(|e| UpstreamError::Login(e.to_string()))?
+                {
                     LoginStep::Send(bytes) => stream.write_all(&bytes).await.map_err(io_closed)?,
                     LoginStep::Continue => {}
                     LoginStep::Done => authenticated = true,
                 }
             }
             b'E' => {
-                let fields = sqlgate_postgres::backend::ErrorFields::parse(frame.body()).unwrap_or_default();
+                let fields =
+                    sqlgate_postgres::backend::ErrorFields::parse(frame.body()).unwrap_or_default();
                 return Err(UpstreamError::Refused {
                     code: fields.code,
                     message: fields.message,
@@ -172,11 +182,16 @@ async fn start_tls(
             addr: conn.upstream.clone(),
         });
     }
-    let config = crate::tls::upstream_config(verify, conn.upstream_ca.as_deref()).map_err(UpstreamError::Tls)?;
-    let host = conn
-        .upstream_tls_name
-        .clone()
-        .unwrap_or_else(|| conn.upstream.rsplit_once(':').map(|(h, _)| h).unwrap_or(&conn.upstream).trim_matches(['[', ']']).to_owned());
+    let config = crate::tls::upstream_config(verify, conn.upstream_ca.as_deref())
+        .map_err(UpstreamError::Tls)?;
+    let host = conn.upstream_tls_name.clone().unwrap_or_else(|| {
+        conn.upstream
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(&conn.upstream)
+            .trim_matches(['[', ']'])
+            .to_owned()
+    });
     let name = rustls::pki_types::ServerName::try_from(host.clone())
         .map_err(|_| UpstreamError::Tls(format!("{host:?} is not a valid TLS server name")))?;
     tokio_rustls::TlsConnector::from(config)
@@ -187,9 +202,12 @@ async fn start_tls(
 
 /// Reads the function catalog over a logged-in session (before the client's relay
 /// starts). Leaves the session idle.
-pub async fn fetch_catalog(session: &mut UpstreamSession) -> Result<Arc<FunctionCatalog>, UpstreamError> {
+pub async fn fetch_catalog(
+    session: &mut UpstreamSession,
+) -> Result<Arc<FunctionCatalog>, UpstreamError> {
     let mut out = BytesMut::new();
-    postgres_protocol::message::frontend::query(FUNCTION_QUERY, &mut out).map_err(|e| UpstreamError::Login(e.to_string()))?;
+    postgres_protocol::message::frontend::query(FUNCTION_QUERY, &mut out)
+        .map_err(|e| UpstreamError::Login(e.to_string()))?;
     session.stream.write_all(&out).await.map_err(io_closed)?;
     let mut rows: Vec<[String; 4]> = Vec::new();
     let mut failure = None;
@@ -201,7 +219,9 @@ pub async fn fetch_catalog(session: &mut UpstreamSession) -> Result<Arc<Function
                     let buffer = row.buffer();
                     let mut values: Vec<String> = Vec::with_capacity(4);
                     let mut ranges = row.ranges();
-                    while let Ok(Some(range)) = fallible_iterator::FallibleIterator::next(&mut ranges) {
+                    while let Ok(Some(range)) =
+                        fallible_iterator::FallibleIterator::next(&mut ranges)
+                    {
                         let text = range
                             .and_then(|r| buffer.get(r))
                             .map(|b| String::from_utf8_lossy(b).into_owned())
@@ -214,7 +234,8 @@ pub async fn fetch_catalog(session: &mut UpstreamSession) -> Result<Arc<Function
                 }
             }
             b'E' => {
-                let fields = sqlgate_postgres::backend::ErrorFields::parse(frame.body()).unwrap_or_default();
+                let fields =
+                    sqlgate_postgres::backend::ErrorFields::parse(frame.body()).unwrap_or_default();
                 failure = Some(UpstreamError::Refused {
                     code: fields.code,
                     message: fields.message,
@@ -232,7 +253,9 @@ pub async fn fetch_catalog(session: &mut UpstreamSession) -> Result<Arc<Function
 
 async fn read_frame(stream: &mut BoxStream, buf: &mut BytesMut) -> Result<Frame, UpstreamError> {
     loop {
-        if let Some(frame) = split_frame(buf, 1 << 30).map_err(|e| UpstreamError::Login(e.to_string()))? {
+        if let Some(frame) =
+            split_frame(buf, 1 << 30).map_err(|e| UpstreamError::Login(e.to_string()))?
+        {
             return Ok(frame);
         }
         if stream.read_buf(buf).await.map_err(io_closed)? == 0 {
@@ -245,13 +268,18 @@ fn parse_backend(frame: &Frame) -> Result<Message, UpstreamError> {
     let mut raw = frame.raw.clone();
     match Message::parse(&mut raw) {
         Ok(Some(message)) => Ok(message),
-        _ => Err(UpstreamError::Login(format!("malformed '{}' message", frame.tag as char))),
+        _ => Err(UpstreamError::Login(format!(
+            "malformed '{}' message",
+            frame.tag as char
+        ))),
     }
 }
 
 fn io_closed(e: std::io::Error) -> UpstreamError {
     match e.kind() {
-        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => UpstreamError::Closed,
+        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
+            UpstreamError::Closed
+        }
         _ => UpstreamError::Connect {
             addr: String::new(),
             reason: e.to_string(),

@@ -83,18 +83,27 @@ pub enum StatementKind {
     Deallocate,
     Discard,
     /// Anything else, labelled as a person would say it ("INSERT", "DROP TABLE").
-    Other { label: String },
+    Other {
+        label: String,
+    },
 }
 
 /// SET and RESET forms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SetFacts {
     /// `SET [LOCAL] name = value`; values are as written, lowercased.
-    Value { name: String, values: Vec<String> },
+    Value {
+        name: String,
+        values: Vec<String>,
+    },
     /// `SET TRANSACTION ...` or `SET SESSION CHARACTERISTICS AS TRANSACTION ...`.
-    TransactionModes { read_write: bool },
+    TransactionModes {
+        read_write: bool,
+    },
     /// `RESET name` or `SET name TO DEFAULT`.
-    Reset { name: String },
+    Reset {
+        name: String,
+    },
     ResetAll,
 }
 

@@ -14,11 +14,14 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use pg_query::protobuf::{self, a_const, node::Node as N, Node, TransactionStmtKind, VariableSetKind};
+use pg_query::protobuf::{
+    self, a_const, node::Node as N, Node, TransactionStmtKind, VariableSetKind,
+};
 use serde_json::Value;
 
 use super::{
-    ClassifyError, CopyDirection, QualifiedName, SetFacts, StatementFacts, StatementKind, TransactionOp,
+    ClassifyError, CopyDirection, QualifiedName, SetFacts, StatementFacts, StatementKind,
+    TransactionOp,
 };
 
 /// Classifies every statement in `sql`.
@@ -30,7 +33,9 @@ pub fn classify(sql: &str, max_bytes: usize) -> Result<Vec<StatementFacts>, Clas
         });
     }
     if sql.contains('\0') {
-        return Err(ClassifyError::Syntax("statement contains a NUL byte".into()));
+        return Err(ClassifyError::Syntax(
+            "statement contains a NUL byte".into(),
+        ));
     }
     // pg_query's result post-processing can panic on trees it does not expect; a
     // panic here must become a denial, not a crashed session.
@@ -95,7 +100,9 @@ fn kind(node: &N, tree: &Value) -> StatementKind {
         N::VariableSetStmt(s) => StatementKind::Set(set_facts(s)),
         N::TransactionStmt(t) => {
             let op = match TransactionStmtKind::try_from(t.kind) {
-                Ok(TransactionStmtKind::TransStmtBegin | TransactionStmtKind::TransStmtStart) => TransactionOp::Begin,
+                Ok(TransactionStmtKind::TransStmtBegin | TransactionStmtKind::TransStmtStart) => {
+                    TransactionOp::Begin
+                }
                 Ok(TransactionStmtKind::TransStmtCommit) => TransactionOp::Commit,
                 Ok(TransactionStmtKind::TransStmtRollback) => TransactionOp::Rollback,
                 Ok(TransactionStmtKind::TransStmtSavepoint) => TransactionOp::Savepoint,
@@ -165,7 +172,11 @@ fn other_label(node: &N, tree: &Value) -> String {
         N::VacuumStmt(v) => return if v.is_vacuumcmd { "VACUUM" } else { "ANALYZE" }.into(),
         N::DropStmt(d) => {
             let object = protobuf::ObjectType::try_from(d.remove_type)
-                .map(|t| t.as_str_name().trim_start_matches("OBJECT_").replace('_', " "))
+                .map(|t| {
+                    t.as_str_name()
+                        .trim_start_matches("OBJECT_")
+                        .replace('_', " ")
+                })
                 .unwrap_or_default();
             return format!("DROP {object}").trim_end().to_owned();
         }
@@ -217,7 +228,12 @@ fn set_facts(s: &protobuf::VariableSetStmt) -> SetFacts {
             values: s
                 .args
                 .iter()
-                .map(|a| a.node.as_ref().and_then(const_value).unwrap_or_else(|| "?".into()))
+                .map(|a| {
+                    a.node
+                        .as_ref()
+                        .and_then(const_value)
+                        .unwrap_or_else(|| "?".into())
+                })
                 .collect(),
         },
     }
@@ -233,7 +249,11 @@ fn const_value(node: &N) -> Option<String> {
             a_const::Val::Sval(s) => s.sval.to_ascii_lowercase(),
             a_const::Val::Bsval(b) => b.bsval.clone(),
         }),
-        N::TypeCast(t) => t.arg.as_deref().and_then(|a| a.node.as_ref()).and_then(const_value),
+        N::TypeCast(t) => t
+            .arg
+            .as_deref()
+            .and_then(|a| a.node.as_ref())
+            .and_then(const_value),
         _ => None,
     }
 }
@@ -254,7 +274,9 @@ fn scan(value: &Value, facts: &mut StatementFacts) {
                     "RangeVar" => {
                         let get = |k: &str| child.get(k).and_then(Value::as_str).unwrap_or("");
                         let table = QualifiedName {
-                            schema: Some(get("schemaname")).filter(|s| !s.is_empty()).map(str::to_owned),
+                            schema: Some(get("schemaname"))
+                                .filter(|s| !s.is_empty())
+                                .map(str::to_owned),
                             name: get("relname").to_owned(),
                         };
                         if !facts.tables.contains(&table) {
@@ -311,7 +333,10 @@ mod tests {
     fn finds_functions_everywhere() {
         let f = one("SELECT CASE WHEN x THEN coalesce(pg_catalog.set_config('a','b',false), '') END FROM t ORDER BY lower(y)");
         let names: Vec<String> = f.functions.iter().map(|n| n.to_string()).collect();
-        assert!(names.contains(&"pg_catalog.set_config".to_string()), "{names:?}");
+        assert!(
+            names.contains(&"pg_catalog.set_config".to_string()),
+            "{names:?}"
+        );
         assert!(names.contains(&"lower".to_string()), "{names:?}");
         let f = one("SELECT ARRAY[nextval('s')]::text[] FROM (VALUES (1)) v(x)");
         assert!(f.functions.iter().any(|n| n.name == "nextval"));
@@ -319,7 +344,10 @@ mod tests {
 
     #[test]
     fn sees_writes_locks_and_into() {
-        assert_eq!(one("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d").writes, vec!["DELETE"]);
+        assert_eq!(
+            one("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d").writes,
+            vec!["DELETE"]
+        );
         assert!(one("SELECT * FROM t FOR UPDATE").locking);
         assert!(one("SELECT * FROM (SELECT * FROM t FOR SHARE) s").locking);
         assert!(one("SELECT 1 INTO newtable").into);
@@ -344,29 +372,53 @@ mod tests {
     fn labels_and_modes() {
         assert_eq!(one("drop table t").kind.label(), "DROP TABLE");
         assert_eq!(one("ALTER SYSTEM SET x = 1").kind.label(), "ALTER SYSTEM");
-        assert_eq!(one("create table t as select 1").kind.label(), "CREATE TABLE AS");
+        assert_eq!(
+            one("create table t as select 1").kind.label(),
+            "CREATE TABLE AS"
+        );
         assert!(matches!(
             one("begin transaction read write").kind,
-            StatementKind::Transaction { op: TransactionOp::Begin, read_write: true }
+            StatementKind::Transaction {
+                op: TransactionOp::Begin,
+                read_write: true
+            }
         ));
         assert!(matches!(
             one("START TRANSACTION READ ONLY, ISOLATION LEVEL SERIALIZABLE").kind,
-            StatementKind::Transaction { read_write: false, .. }
+            StatementKind::Transaction {
+                read_write: false,
+                ..
+            }
         ));
         assert_eq!(
             one("SET client_encoding TO 'SJIS'").kind,
-            StatementKind::Set(SetFacts::Value { name: "client_encoding".into(), values: vec!["sjis".into()] })
+            StatementKind::Set(SetFacts::Value {
+                name: "client_encoding".into(),
+                values: vec!["sjis".into()]
+            })
         );
-        assert!(matches!(one("explain analyze select 1").kind, StatementKind::Explain { analyze: true, .. }));
+        assert!(matches!(
+            one("explain analyze select 1").kind,
+            StatementKind::Explain { analyze: true, .. }
+        ));
         assert!(matches!(
             one("COPY t TO PROGRAM 'sh'").kind,
-            StatementKind::Copy { direction: CopyDirection::ToServer, .. }
+            StatementKind::Copy {
+                direction: CopyDirection::ToServer,
+                ..
+            }
         ));
     }
 
     #[test]
     fn refuses_what_does_not_parse_and_what_is_too_big() {
-        assert!(matches!(classify("SELEC 1", 100), Err(ClassifyError::Syntax(_))));
-        assert!(matches!(classify("SELECT 1", 3), Err(ClassifyError::TooLarge { .. })));
+        assert!(matches!(
+            classify("SELEC 1", 100),
+            Err(ClassifyError::Syntax(_))
+        ));
+        assert!(matches!(
+            classify("SELECT 1", 3),
+            Err(ClassifyError::TooLarge { .. })
+        ));
     }
 }

@@ -21,9 +21,12 @@ pub const AUDIENCE: &str = "api://sqlgate";
 
 /// Connects to the local Postgres directly as a superuser.
 pub async fn admin(dbname: &str) -> Client {
-    let (client, conn) = tokio_postgres::connect(&format!("host=127.0.0.1 port=5432 user=postgres dbname={dbname}"), NoTls)
-        .await
-        .expect("local Postgres on 127.0.0.1:5432 (start it with .ci/run)");
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port=5432 user=postgres dbname={dbname}"),
+        NoTls,
+    )
+    .await
+    .expect("local Postgres on 127.0.0.1:5432 (start it with .ci/run)");
     tokio::spawn(conn);
     client
 }
@@ -44,11 +47,20 @@ impl TestDb {
         let name = unique("sg_db");
         let role = unique("sg_role");
         let admin = admin("postgres").await;
-        admin.batch_execute(&format!("CREATE ROLE {role} LOGIN")).await.unwrap();
-        admin.batch_execute(&format!("CREATE DATABASE {name} OWNER {role}")).await.unwrap();
-        let (db, conn) = tokio_postgres::connect(&format!("host=127.0.0.1 port=5432 user={role} dbname={name}"), NoTls)
+        admin
+            .batch_execute(&format!("CREATE ROLE {role} LOGIN"))
             .await
             .unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name} OWNER {role}"))
+            .await
+            .unwrap();
+        let (db, conn) = tokio_postgres::connect(
+            &format!("host=127.0.0.1 port=5432 user={role} dbname={name}"),
+            NoTls,
+        )
+        .await
+        .unwrap();
         tokio::spawn(conn);
         db.batch_execute(
             "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL, price numeric(10,2));
@@ -64,15 +76,26 @@ impl TestDb {
 
     /// A direct connection as the owner, to check what really happened.
     pub async fn direct(&self) -> Client {
-        let (db, conn) = tokio_postgres::connect(&format!("host=127.0.0.1 port=5432 user={} dbname={}", self.role, self.name), NoTls)
-            .await
-            .unwrap();
+        let (db, conn) = tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.1 port=5432 user={} dbname={}",
+                self.role, self.name
+            ),
+            NoTls,
+        )
+        .await
+        .unwrap();
         tokio::spawn(conn);
         db
     }
 
     pub async fn item_count(&self) -> i64 {
-        self.direct().await.query_one("SELECT count(*) FROM items", &[]).await.unwrap().get(0)
+        self.direct()
+            .await
+            .query_one("SELECT count(*) FROM items", &[])
+            .await
+            .unwrap()
+            .get(0)
     }
 }
 
@@ -115,9 +138,14 @@ impl TestGateway {
     pub async fn start_with(setup: Setup) -> TestGateway {
         let db = TestDb::create().await;
         let key = DevKey::generate().unwrap();
-        let issuer = DevIssuer::start(SocketAddr::from(([127, 0, 0, 1], 0)), vec![key.clone()]).await.unwrap();
+        let issuer = DevIssuer::start(SocketAddr::from(([127, 0, 0, 1], 0)), vec![key.clone()])
+            .await
+            .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let user = setup.user_override.clone().unwrap_or_else(|| db.role.clone());
+        let user = setup
+            .user_override
+            .clone()
+            .unwrap_or_else(|| db.role.clone());
         let text = format!(
             r#"
 [listen]
@@ -204,16 +232,26 @@ dir = "audit"
     }
 
     pub fn conn_string(&self, dbname: &str, token: &str) -> String {
-        format!("host=127.0.0.1 port={} dbname={dbname} user=agent-7 password={token}", self.port())
+        format!(
+            "host=127.0.0.1 port={} dbname={dbname} user=agent-7 password={token}",
+            self.port()
+        )
     }
 
     /// Connects through the gateway as an analytics agent.
     pub async fn agent(&self) -> Client {
-        self.connect("reporting", &self.token(&["analytics-agents"])).await.unwrap()
+        self.connect("reporting", &self.token(&["analytics-agents"]))
+            .await
+            .unwrap()
     }
 
-    pub async fn connect(&self, dbname: &str, token: &str) -> Result<Client, tokio_postgres::Error> {
-        let (client, conn) = tokio_postgres::connect(&self.conn_string(dbname, token), NoTls).await?;
+    pub async fn connect(
+        &self,
+        dbname: &str,
+        token: &str,
+    ) -> Result<Client, tokio_postgres::Error> {
+        let (client, conn) =
+            tokio_postgres::connect(&self.conn_string(dbname, token), NoTls).await?;
         tokio::spawn(conn);
         Ok(client)
     }
@@ -223,7 +261,9 @@ dir = "audit"
         // Statement records are queued; give the writer a moment.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let text = std::fs::read_to_string(self.audit_dir.join("audit.jsonl")).unwrap_or_default();
-        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 }
 
@@ -240,6 +280,9 @@ pub async fn assert_denied(client: &Client, sql: &str, kind: &str, why: &str) {
     let err = client.batch_execute(sql).await.expect_err(sql);
     let (code, message) = db_error(&err);
     assert_eq!(code, "42501", "{sql}: {message}");
-    assert!(message.starts_with(&format!("sqlgate: {kind} denied")), "{sql}: {message}");
+    assert!(
+        message.starts_with(&format!("sqlgate: {kind} denied")),
+        "{sql}: {message}"
+    );
     assert!(message.contains(why), "{sql}: {message}");
 }

@@ -94,7 +94,13 @@ mod tests {
     #[test]
     fn parse_checks_the_type_list() {
         let ok = parse_message(b"s1\0SELECT $1\0\0\x01\0\0\0\x17").unwrap();
-        assert_eq!(ok, ParseMessage { name: "s1", query: "SELECT $1" });
+        assert_eq!(
+            ok,
+            ParseMessage {
+                name: "s1",
+                query: "SELECT $1"
+            }
+        );
         assert!(parse_message(b"s1\0SELECT $1\0\0\x02\0\0\0\x17").is_err());
         assert!(parse_message(b"s1\0SELECT 1\0").is_err());
     }

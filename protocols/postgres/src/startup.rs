@@ -122,7 +122,10 @@ fn decode_params(mut body: &[u8]) -> Result<Vec<(String, String)>, ProtocolError
 }
 
 /// Takes a NUL-terminated UTF-8 string off the front of `body`.
-pub(crate) fn take_cstr<'a>(body: &mut &'a [u8], what: &'static str) -> Result<&'a str, ProtocolError> {
+pub(crate) fn take_cstr<'a>(
+    body: &mut &'a [u8],
+    what: &'static str,
+) -> Result<&'a str, ProtocolError> {
     let end = body
         .iter()
         .position(|&b| b == 0)
@@ -169,7 +172,10 @@ mod tests {
     #[test]
     fn decodes_ssl_and_cancel() {
         let mut b = packet(SSL_REQUEST_CODE, b"");
-        assert_eq!(decode_initial(&mut b).unwrap(), Some(InitialPacket::SslRequest));
+        assert_eq!(
+            decode_initial(&mut b).unwrap(),
+            Some(InitialPacket::SslRequest)
+        );
         let mut b = packet(CANCEL_REQUEST_CODE, &[0, 0, 0, 7, 1, 2, 3, 4]);
         assert_eq!(
             decode_initial(&mut b).unwrap(),

@@ -96,7 +96,9 @@ impl UpstreamLogin {
                 self.method = "scram-sha-256";
                 let mut offered = false;
                 let mut mechanisms = body.mechanisms();
-                while let Ok(Some(mechanism)) = fallible_iterator::FallibleIterator::next(&mut mechanisms) {
+                while let Ok(Some(mechanism)) =
+                    fallible_iterator::FallibleIterator::next(&mut mechanisms)
+                {
                     offered |= mechanism == SCRAM_SHA_256;
                 }
                 if !offered {
