@@ -11,6 +11,7 @@
 //! denies — nothing unparsed is ever forwarded.
 
 pub mod postgres;
+pub mod walk;
 
 use std::fmt;
 

@@ -8,21 +8,18 @@
 //! statement, each with its own text.
 //!
 //! The statement kind comes from the typed tree. The "anywhere in the tree" facts
-//! (functions, tables, nested writes, locking, INTO) come from a walk over *every*
-//! node: the tree is serialised generically and scanned, so no node type can hide a
-//! function call from us (pg_query's own `nodes()` iterator visits only a subset).
+//! (functions, tables, nested writes, locking, INTO) come from [`super::walk`], a walk
+//! over *every* node, so no node type can hide a function call from us (pg_query's own
+//! `nodes()` iterator visits only a subset).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use pg_query::protobuf::{
     self, a_const, node::Node as N, Node, TransactionStmtKind, VariableSetKind,
 };
-use serde_json::Value;
 
-use super::{
-    ClassifyError, CopyDirection, QualifiedName, SetFacts, StatementFacts, StatementKind,
-    TransactionOp,
-};
+use super::walk::walk;
+use super::{ClassifyError, CopyDirection, SetFacts, StatementFacts, StatementKind, TransactionOp};
 
 /// Classifies every statement in `sql`.
 pub fn classify(sql: &str, max_bytes: usize) -> Result<Vec<StatementFacts>, ClassifyError> {
@@ -74,22 +71,20 @@ fn statement_text(sql: &str, location: i32, len: i32) -> String {
 }
 
 fn facts(node: &N, text: String) -> Result<StatementFacts, ClassifyError> {
-    let tree = serde_json::to_value(node).map_err(|e| ClassifyError::Internal(e.to_string()))?;
-    let mut facts = StatementFacts {
+    let tree = walk(node).map_err(ClassifyError::Internal)?;
+    Ok(StatementFacts {
         text,
-        kind: kind(node, &tree),
-        functions: Vec::new(),
-        tables: Vec::new(),
-        writes: Vec::new(),
-        locking: false,
-        into: false,
-    };
-    scan(&tree, &mut facts);
-    Ok(facts)
+        kind: kind(node, tree.root),
+        functions: tree.functions,
+        tables: tree.tables,
+        writes: tree.writes,
+        locking: tree.locking,
+        into: tree.into,
+    })
 }
 
 /// The statement kind from the typed tree.
-fn kind(node: &N, tree: &Value) -> StatementKind {
+fn kind(node: &N, root: Option<&str>) -> StatementKind {
     match node {
         N::SelectStmt(_) => StatementKind::Query,
         N::ExplainStmt(e) => StatementKind::Explain {
@@ -137,19 +132,14 @@ fn kind(node: &N, tree: &Value) -> StatementKind {
         N::DeallocateStmt(_) => StatementKind::Deallocate,
         N::DiscardStmt(_) => StatementKind::Discard,
         _ => StatementKind::Other {
-            label: other_label(node, tree),
+            label: other_label(node, root),
         },
     }
 }
 
 fn inner_kind(node: Option<&Node>) -> StatementKind {
     match node.and_then(|n| n.node.as_ref()) {
-        Some(inner) => match serde_json::to_value(inner) {
-            Ok(tree) => kind(inner, &tree),
-            Err(_) => StatementKind::Other {
-                label: "unknown statement".into(),
-            },
-        },
+        Some(inner) => kind(inner, walk(inner).ok().and_then(|t| t.root)),
         None => StatementKind::Other {
             label: "unknown statement".into(),
         },
@@ -158,7 +148,7 @@ fn inner_kind(node: Option<&Node>) -> StatementKind {
 
 /// "InsertStmt" → "INSERT", "CreateTableAsStmt" → "CREATE TABLE AS", with a few
 /// names spelled the way SQL spells them.
-fn other_label(node: &N, tree: &Value) -> String {
+fn other_label(node: &N, root: Option<&str>) -> String {
     match node {
         N::InsertStmt(_) => return "INSERT".into(),
         N::UpdateStmt(_) => return "UPDATE".into(),
@@ -182,11 +172,7 @@ fn other_label(node: &N, tree: &Value) -> String {
         }
         _ => {}
     }
-    let name = tree
-        .as_object()
-        .and_then(|o| o.keys().next())
-        .map(String::as_str)
-        .unwrap_or("statement");
+    let name = root.unwrap_or("statement");
     let name = name.strip_suffix("Stmt").unwrap_or(name);
     let mut label = String::new();
     for (i, ch) in name.chars().enumerate() {
@@ -255,67 +241,6 @@ fn const_value(node: &N) -> Option<String> {
             .and_then(|a| a.node.as_ref())
             .and_then(const_value),
         _ => None,
-    }
-}
-
-/// Walks every node of the serialised tree and records the facts found anywhere.
-fn scan(value: &Value, facts: &mut StatementFacts) {
-    match value {
-        Value::Object(map) => {
-            for (key, child) in map {
-                match key.as_str() {
-                    "FuncCall" => {
-                        if let Some(name) = name_list(child.get("funcname")) {
-                            if !facts.functions.contains(&name) {
-                                facts.functions.push(name);
-                            }
-                        }
-                    }
-                    "RangeVar" => {
-                        let get = |k: &str| child.get(k).and_then(Value::as_str).unwrap_or("");
-                        let table = QualifiedName {
-                            schema: Some(get("schemaname"))
-                                .filter(|s| !s.is_empty())
-                                .map(str::to_owned),
-                            name: get("relname").to_owned(),
-                        };
-                        if !facts.tables.contains(&table) {
-                            facts.tables.push(table);
-                        }
-                    }
-                    "InsertStmt" => facts.writes.push("INSERT".into()),
-                    "UpdateStmt" => facts.writes.push("UPDATE".into()),
-                    "DeleteStmt" => facts.writes.push("DELETE".into()),
-                    "MergeStmt" => facts.writes.push("MERGE".into()),
-                    "LockingClause" => facts.locking = true,
-                    "into_clause" if !child.is_null() => facts.into = true,
-                    _ => {}
-                }
-                scan(child, facts);
-            }
-        }
-        Value::Array(items) => items.iter().for_each(|i| scan(i, facts)),
-        _ => {}
-    }
-}
-
-/// A name list (`[{"node":{"String":{"sval":"pg_catalog"}}}, ...]`) as a qualified name.
-fn name_list(list: Option<&Value>) -> Option<QualifiedName> {
-    let parts: Vec<&str> = list?
-        .as_array()?
-        .iter()
-        .filter_map(|n| n.pointer("/node/String/sval").and_then(Value::as_str))
-        .collect();
-    match parts.as_slice() {
-        [name] => Some(QualifiedName {
-            schema: None,
-            name: (*name).to_owned(),
-        }),
-        [.., schema, name] => Some(QualifiedName {
-            schema: Some((*schema).to_owned()),
-            name: (*name).to_owned(),
-        }),
-        [] => None,
     }
 }
 

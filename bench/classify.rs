@@ -1,0 +1,58 @@
+//! Classifier micro-benchmark: µs per statement for parse + facts + read-only verdict.
+//!
+//! `cargo run --release --example classify` (see bench/README.md). Prints one line per
+//! statement shape; figures go in README.md's performance section.
+
+use std::time::Instant;
+
+use sqlgate::catalog::FunctionCatalog;
+use sqlgate::policy::readonly::{decide, Verdict};
+use sqlgate::sql::postgres::classify;
+
+const CORPUS: &[(&str, &str)] = &[
+    ("pgbench -S", "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;"),
+    ("pgbench -S prepared", "SELECT abalance FROM pgbench_accounts WHERE aid = $1"),
+    (
+        "join + aggregate",
+        "SELECT c.name, count(*), sum(o.total) FROM customers c JOIN orders o ON o.customer_id = c.id \
+         WHERE o.created_at > now() - interval '7 days' GROUP BY c.name ORDER BY 3 DESC LIMIT 20",
+    ),
+    (
+        "CTE + window",
+        "WITH r AS (SELECT id, rank() OVER (PARTITION BY region ORDER BY revenue DESC) k FROM sales) \
+         SELECT * FROM r WHERE k <= 3",
+    ),
+    ("driver SET", "SET extra_float_digits = 3"),
+    ("denied write", "UPDATE pgbench_accounts SET abalance = 0 WHERE aid = 1"),
+];
+
+fn main() {
+    let row =
+        |s: &str, n: &str, v: &str| [s.to_string(), n.to_string(), v.to_string(), "f".to_string()];
+    let catalog = FunctionCatalog::from_rows([
+        row("pg_catalog", "now", "s"),
+        row("pg_catalog", "count", "i"),
+        row("pg_catalog", "sum", "i"),
+        row("pg_catalog", "rank", "i"),
+    ]);
+    let iterations = 20_000;
+    println!("{:<22} {:>10} {:>10}", "statement", "µs/stmt", "verdict");
+    for (name, sql) in CORPUS {
+        let mut verdict = Verdict::Allow;
+        // Warm up, then time.
+        for _ in 0..1000 {
+            let _ = classify(sql, 1 << 20);
+        }
+        let start = Instant::now();
+        for _ in 0..iterations {
+            let facts = classify(sql, 1 << 20).expect("corpus parses");
+            verdict = decide(&facts[0], Some(&catalog));
+        }
+        let micros = start.elapsed().as_secs_f64() * 1e6 / iterations as f64;
+        let verdict = match verdict {
+            Verdict::Allow => "allow",
+            Verdict::Deny { .. } => "deny",
+        };
+        println!("{name:<22} {micros:>10.2} {verdict:>10}");
+    }
+}

@@ -1,0 +1,344 @@
+//! A complete, allocation-light walk over a `pg_query` parse tree.
+//!
+//! pg_query's own `nodes()` iterator visits only the node types it cares about, so a
+//! function call inside, say, a `CASE` in a `VALUES` list could be missed. The
+//! protobuf types do derive `serde::Serialize`, which *must* visit every field; this
+//! module is a `Serializer` that produces no output and instead watches the struct
+//! and field names go by, recording the facts policy needs. Nothing is allocated
+//! except the facts themselves.
+
+use serde::ser::{self, Serialize};
+
+use super::QualifiedName;
+
+/// What the walk found.
+#[derive(Debug, Default)]
+pub struct TreeFacts {
+    /// The name of the outermost struct (the statement node type, e.g. "InsertStmt").
+    pub root: Option<&'static str>,
+    pub functions: Vec<QualifiedName>,
+    pub tables: Vec<QualifiedName>,
+    pub writes: Vec<String>,
+    pub locking: bool,
+    pub into: bool,
+}
+
+/// Walks `node` and returns its facts.
+pub fn walk<T: Serialize>(node: &T) -> Result<TreeFacts, String> {
+    let mut walker = Walker::default();
+    node.serialize(&mut walker).map_err(|e| e.0)?;
+    Ok(walker.facts)
+}
+
+#[derive(Default)]
+struct Walker {
+    facts: TreeFacts,
+    /// Struct names and field names from the root to the current value.
+    path: Vec<&'static str>,
+    /// Name parts of the FuncCalls being visited (innermost last).
+    functions: Vec<Vec<String>>,
+    /// (schema, relation) of the RangeVars being visited.
+    ranges: Vec<(String, String)>,
+}
+
+impl Walker {
+    fn ends_with(&self, suffix: &[&str]) -> bool {
+        self.path.ends_with(suffix)
+    }
+
+    fn enter_struct(&mut self, name: &'static str) {
+        if self.facts.root.is_none() {
+            self.facts.root = Some(name);
+        }
+        match name {
+            "FuncCall" => self.functions.push(Vec::new()),
+            "RangeVar" => self.ranges.push(Default::default()),
+            "InsertStmt" => self.facts.writes.push("INSERT".into()),
+            "UpdateStmt" => self.facts.writes.push("UPDATE".into()),
+            "DeleteStmt" => self.facts.writes.push("DELETE".into()),
+            "MergeStmt" => self.facts.writes.push("MERGE".into()),
+            "LockingClause" => self.facts.locking = true,
+            "IntoClause" => self.facts.into = true,
+            _ => {}
+        }
+        self.path.push(name);
+    }
+
+    fn leave_struct(&mut self) {
+        match self.path.pop() {
+            Some("FuncCall") => {
+                if let Some(parts) = self.functions.pop() {
+                    let name = match parts.as_slice() {
+                        [] => None,
+                        [name] => Some(QualifiedName {
+                            schema: None,
+                            name: name.clone(),
+                        }),
+                        [.., schema, name] => Some(QualifiedName {
+                            schema: Some(schema.clone()),
+                            name: name.clone(),
+                        }),
+                    };
+                    if let Some(name) = name {
+                        if !self.facts.functions.contains(&name) {
+                            self.facts.functions.push(name);
+                        }
+                    }
+                }
+            }
+            Some("RangeVar") => {
+                if let Some((schema, name)) = self.ranges.pop() {
+                    let table = QualifiedName {
+                        schema: (!schema.is_empty()).then_some(schema),
+                        name,
+                    };
+                    if !self.facts.tables.contains(&table) {
+                        self.facts.tables.push(table);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn string(&mut self, v: &str) {
+        if self.ends_with(&["FuncCall", "funcname", "Node", "node", "String", "sval"]) {
+            if let Some(parts) = self.functions.last_mut() {
+                parts.push(v.to_owned());
+            }
+        } else if self.ends_with(&["RangeVar", "schemaname"]) {
+            if let Some(range) = self.ranges.last_mut() {
+                range.0 = v.to_owned();
+            }
+        } else if self.ends_with(&["RangeVar", "relname"]) {
+            if let Some(range) = self.ranges.last_mut() {
+                range.1 = v.to_owned();
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct WalkError(String);
+
+impl std::fmt::Display for WalkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for WalkError {}
+
+impl ser::Error for WalkError {
+    fn custom<T: std::fmt::Display>(msg: T) -> Self {
+        WalkError(msg.to_string())
+    }
+}
+
+type R = Result<(), WalkError>;
+
+impl ser::Serializer for &mut Walker {
+    type Ok = ();
+    type Error = WalkError;
+    type SerializeSeq = Self;
+    type SerializeTuple = Self;
+    type SerializeTupleStruct = Self;
+    type SerializeTupleVariant = Self;
+    type SerializeMap = Self;
+    type SerializeStruct = Self;
+    type SerializeStructVariant = Self;
+
+    fn serialize_bool(self, _: bool) -> R {
+        Ok(())
+    }
+    fn serialize_i8(self, _: i8) -> R {
+        Ok(())
+    }
+    fn serialize_i16(self, _: i16) -> R {
+        Ok(())
+    }
+    fn serialize_i32(self, _: i32) -> R {
+        Ok(())
+    }
+    fn serialize_i64(self, _: i64) -> R {
+        Ok(())
+    }
+    fn serialize_u8(self, _: u8) -> R {
+        Ok(())
+    }
+    fn serialize_u16(self, _: u16) -> R {
+        Ok(())
+    }
+    fn serialize_u32(self, _: u32) -> R {
+        Ok(())
+    }
+    fn serialize_u64(self, _: u64) -> R {
+        Ok(())
+    }
+    fn serialize_f32(self, _: f32) -> R {
+        Ok(())
+    }
+    fn serialize_f64(self, _: f64) -> R {
+        Ok(())
+    }
+    fn serialize_char(self, _: char) -> R {
+        Ok(())
+    }
+    fn serialize_str(self, v: &str) -> R {
+        self.string(v);
+        Ok(())
+    }
+    fn serialize_bytes(self, _: &[u8]) -> R {
+        Ok(())
+    }
+    fn serialize_none(self) -> R {
+        Ok(())
+    }
+    fn serialize_some<T: ?Sized + Serialize>(self, value: &T) -> R {
+        value.serialize(self)
+    }
+    fn serialize_unit(self) -> R {
+        Ok(())
+    }
+    fn serialize_unit_struct(self, _: &'static str) -> R {
+        Ok(())
+    }
+    fn serialize_unit_variant(self, _: &'static str, _: u32, _: &'static str) -> R {
+        Ok(())
+    }
+    fn serialize_newtype_struct<T: ?Sized + Serialize>(self, _: &'static str, value: &T) -> R {
+        value.serialize(self)
+    }
+    fn serialize_newtype_variant<T: ?Sized + Serialize>(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        value: &T,
+    ) -> R {
+        value.serialize(self)
+    }
+    fn serialize_seq(self, _: Option<usize>) -> Result<Self, WalkError> {
+        Ok(self)
+    }
+    fn serialize_tuple(self, _: usize) -> Result<Self, WalkError> {
+        Ok(self)
+    }
+    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Self, WalkError> {
+        Ok(self)
+    }
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self, WalkError> {
+        Ok(self)
+    }
+    fn serialize_map(self, _: Option<usize>) -> Result<Self, WalkError> {
+        Ok(self)
+    }
+    fn serialize_struct(self, name: &'static str, _: usize) -> Result<Self, WalkError> {
+        self.enter_struct(name);
+        Ok(self)
+    }
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        _: usize,
+    ) -> Result<Self, WalkError> {
+        self.enter_struct(variant);
+        Ok(self)
+    }
+}
+
+impl ser::SerializeSeq for &mut Walker {
+    type Ok = ();
+    type Error = WalkError;
+    fn serialize_element<T: ?Sized + Serialize>(&mut self, value: &T) -> R {
+        value.serialize(&mut **self)
+    }
+    fn end(self) -> R {
+        Ok(())
+    }
+}
+
+impl ser::SerializeTuple for &mut Walker {
+    type Ok = ();
+    type Error = WalkError;
+    fn serialize_element<T: ?Sized + Serialize>(&mut self, value: &T) -> R {
+        value.serialize(&mut **self)
+    }
+    fn end(self) -> R {
+        Ok(())
+    }
+}
+
+impl ser::SerializeTupleStruct for &mut Walker {
+    type Ok = ();
+    type Error = WalkError;
+    fn serialize_field<T: ?Sized + Serialize>(&mut self, value: &T) -> R {
+        value.serialize(&mut **self)
+    }
+    fn end(self) -> R {
+        Ok(())
+    }
+}
+
+impl ser::SerializeTupleVariant for &mut Walker {
+    type Ok = ();
+    type Error = WalkError;
+    fn serialize_field<T: ?Sized + Serialize>(&mut self, value: &T) -> R {
+        value.serialize(&mut **self)
+    }
+    fn end(self) -> R {
+        Ok(())
+    }
+}
+
+impl ser::SerializeMap for &mut Walker {
+    type Ok = ();
+    type Error = WalkError;
+    fn serialize_key<T: ?Sized + Serialize>(&mut self, key: &T) -> R {
+        key.serialize(&mut **self)
+    }
+    fn serialize_value<T: ?Sized + Serialize>(&mut self, value: &T) -> R {
+        value.serialize(&mut **self)
+    }
+    fn end(self) -> R {
+        Ok(())
+    }
+}
+
+impl ser::SerializeStruct for &mut Walker {
+    type Ok = ();
+    type Error = WalkError;
+    fn serialize_field<T: ?Sized + Serialize>(&mut self, key: &'static str, value: &T) -> R {
+        self.path.push(key);
+        let result = value.serialize(&mut **self);
+        self.path.pop();
+        result
+    }
+    fn end(self) -> R {
+        self.leave_struct();
+        Ok(())
+    }
+}
+
+impl ser::SerializeStructVariant for &mut Walker {
+    type Ok = ();
+    type Error = WalkError;
+    fn serialize_field<T: ?Sized + Serialize>(&mut self, key: &'static str, value: &T) -> R {
+        self.path.push(key);
+        let result = value.serialize(&mut **self);
+        self.path.pop();
+        result
+    }
+    fn end(self) -> R {
+        self.leave_struct();
+        Ok(())
+    }
+}
