@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 
 /// One line of the trail.
@@ -102,7 +101,13 @@ pub enum AuditError {
 }
 
 enum Command {
-    Write(AuditRecord, Option<oneshot::Sender<Result<(), String>>>),
+    /// Write a record; acknowledge after it is synced, if a sender is given.
+    Write(
+        Box<AuditRecord>,
+        Option<oneshot::Sender<Result<(), String>>>,
+    ),
+    /// Acknowledge once everything before it is synced.
+    Sync(oneshot::Sender<Result<(), String>>),
 }
 
 /// Handle to the audit writer. Cheap to clone.
@@ -120,15 +125,20 @@ impl AuditLog {
             path: path.clone(),
             source,
         };
-        tokio::fs::create_dir_all(dir).await.map_err(io_err)?;
-        let file = tokio::fs::OpenOptions::new()
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+        let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
-            .await
             .map_err(io_err)?;
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(writer(file, rx, path.clone()));
+        // A plain thread: file writes from async tasks would each hop through tokio's
+        // blocking pool, which costs more than the write itself.
+        let thread_path = path.clone();
+        std::thread::Builder::new()
+            .name("sqlgate-audit".into())
+            .spawn(move || writer(file, rx, thread_path))
+            .map_err(io_err)?;
         Ok(AuditLog { tx, path })
     }
 
@@ -140,7 +150,24 @@ impl AuditLog {
     pub async fn record_durable(&self, record: AuditRecord) -> Result<(), AuditError> {
         let (ack_tx, ack_rx) = oneshot::channel();
         self.tx
-            .send(Command::Write(record, Some(ack_tx)))
+            .send(Command::Write(Box::new(record), Some(ack_tx)))
+            .await
+            .map_err(|_| AuditError::Stopped)?;
+        match ack_rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(AuditError::Io {
+                path: self.path.clone(),
+                source: std::io::Error::other(e),
+            }),
+            Err(_) => Err(AuditError::Stopped),
+        }
+    }
+
+    /// Waits until every record queued so far is written and synced.
+    pub async fn sync(&self) -> Result<(), AuditError> {
+        let (ack_tx, ack_rx) = oneshot::channel();
+        self.tx
+            .send(Command::Sync(ack_tx))
             .await
             .map_err(|_| AuditError::Stopped)?;
         match ack_rx.await {
@@ -156,36 +183,42 @@ impl AuditLog {
     /// Queues a record behind earlier ones (waits only if the queue is full).
     pub async fn record(&self, record: AuditRecord) -> Result<(), AuditError> {
         self.tx
-            .send(Command::Write(record, None))
+            .send(Command::Write(Box::new(record), None))
             .await
             .map_err(|_| AuditError::Stopped)
     }
 }
 
-async fn writer(mut file: tokio::fs::File, mut rx: mpsc::Receiver<Command>, path: PathBuf) {
+fn writer(file: std::fs::File, mut rx: mpsc::Receiver<Command>, path: PathBuf) {
+    use std::io::Write;
+    let mut file = std::io::BufWriter::with_capacity(256 * 1024, file);
     let mut buf = Vec::with_capacity(64 * 1024);
-    while let Some(first) = rx.recv().await {
+    while let Some(first) = rx.blocking_recv() {
         // Batch whatever is queued into one write.
         let mut acks = Vec::new();
         let mut next = Some(first);
-        while let Some(Command::Write(record, ack)) = next {
-            if serde_json::to_writer(&mut buf, &record).is_ok() {
-                buf.push(b'\n');
-            }
-            if let Some(ack) = ack {
-                acks.push(ack);
+        while let Some(command) = next {
+            match command {
+                Command::Write(record, ack) => {
+                    if serde_json::to_writer(&mut buf, &record).is_ok() {
+                        buf.push(b'\n');
+                    }
+                    acks.extend(ack);
+                }
+                Command::Sync(ack) => acks.push(ack),
             }
             next = rx.try_recv().ok();
         }
-        let result = async {
-            file.write_all(&buf).await?;
-            file.flush().await?;
-            if !acks.is_empty() {
-                file.sync_data().await?;
-            }
-            Ok::<(), std::io::Error>(())
-        }
-        .await;
+        let result = file
+            .write_all(&buf)
+            .and_then(|_| file.flush())
+            .and_then(|_| {
+                if acks.is_empty() {
+                    Ok(())
+                } else {
+                    file.get_ref().sync_data()
+                }
+            });
         buf.clear();
         if let Err(e) = &result {
             tracing::error!(path = %path.display(), error = %e, "audit write failed");

@@ -149,7 +149,7 @@ async fn serve(path: PathBuf) -> Result<(), String> {
     wait_for_signal().await;
     tracing::info!("shutting down");
     gateway.shutdown();
-    gateway.stopped().await;
+    gateway.stopped(std::time::Duration::from_secs(5)).await;
     Ok(())
 }
 

@@ -102,7 +102,7 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
     );
     crate::cli::wait_for_signal().await;
     gateway.shutdown();
-    gateway.stopped().await;
+    gateway.stopped(std::time::Duration::from_secs(5)).await;
     Ok(())
 }
 

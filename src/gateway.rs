@@ -8,7 +8,9 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
@@ -34,6 +36,24 @@ pub struct Services {
     /// Client-side TLS; `None` only when plaintext is allowed and no certificate is set.
     pub tls: Option<TlsAcceptor>,
     pub shutdown: broadcast::Sender<()>,
+    /// Connections being served (for a graceful stop).
+    pub active: AtomicUsize,
+}
+
+/// Counts a connection as active while it lives.
+pub struct ActiveGuard(Arc<Services>);
+
+impl ActiveGuard {
+    pub fn new(services: &Arc<Services>) -> Self {
+        services.active.fetch_add(1, Ordering::SeqCst);
+        ActiveGuard(services.clone())
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +124,7 @@ impl Gateway {
             cancels: CancelRegistry::default(),
             tls: tls.map(TlsAcceptor::from),
             shutdown,
+            active: AtomicUsize::new(0),
             config,
         });
         tracing::info!(%postgres_addr, tls = services.tls.is_some(), "postgres listener ready");
@@ -141,8 +162,16 @@ impl RunningGateway {
         let _ = self.services.shutdown.send(());
     }
 
-    /// Waits until the accept loop has stopped (after [`RunningGateway::shutdown`]).
-    pub async fn stopped(self) {
+    /// Waits until the accept loop has stopped (after [`RunningGateway::shutdown`]),
+    /// sessions have ended (at most `grace`), and the audit trail is on disk.
+    pub async fn stopped(self, grace: Duration) {
         let _ = self.accept_task.await;
+        let until = Instant::now() + grace;
+        while self.services.active.load(Ordering::SeqCst) > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Err(e) = self.services.audit.sync().await {
+            tracing::error!(error = %e, "audit trail not flushed at shutdown");
+        }
     }
 }

@@ -21,6 +21,24 @@ async fn reads_of_many_shapes_return_exact_results() {
     let names: Vec<String> = rows.iter().map(|r| r.get(1)).collect();
     assert_eq!(names, ["pear", "fig"]);
 
+    // Same shape, other constants (the session's shape cache must not mix them up).
+    for (id, want) in [(1, "apple"), (2, "pear"), (3, "fig")] {
+        let sql = format!("SELECT name FROM items WHERE id = {id}");
+        let rows = c.simple_query(&sql).await.unwrap();
+        let name = rows.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        });
+        assert_eq!(name.as_deref(), Some(want));
+    }
+    assert_denied(
+        &c,
+        "SELECT name FROM items WHERE id = 1 FOR UPDATE",
+        "SELECT",
+        "locking",
+    )
+    .await;
+
     let total: String = c
         .query_one("SELECT sum(price)::text FROM items", &[])
         .await

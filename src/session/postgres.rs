@@ -48,12 +48,15 @@ use crate::sql::{self, ClassifyError};
 const MAX_CLIENT_FRAME: usize = 256 << 20;
 /// Largest password message (the token); Postgres itself allows 64 KB here.
 const MAX_PASSWORD_FRAME: usize = 64 << 10;
-/// Verdicts remembered per session, keyed by statement text.
+/// Verdicts remembered per session.
 const VERDICT_CACHE_ENTRIES: usize = 1024;
+/// Statements up to this size are also looked up by their literal-free shape.
+const SHAPE_CACHE_MAX_TEXT: usize = 8 * 1024;
 
 /// Serves one client connection, from the first byte to the end of its session.
 pub async fn handle_connection(tcp: TcpStream, peer: SocketAddr, services: Arc<Services>) {
     let _ = tcp.set_nodelay(true);
+    let _active = crate::gateway::ActiveGuard::new(&services);
     let shutdown = services.shutdown.subscribe();
     let (stream, buf, startup, tls) = match negotiate(tcp, &services).await {
         Ok(Some(opened)) => opened,
@@ -518,14 +521,53 @@ enum TextDecision {
     },
 }
 
+/// Allowed statements of one session, so repeated statements skip the parser.
+///
+/// `exact` is keyed by the statement text (prepared statements, repeated queries).
+/// `shapes` is keyed by the text with its constants replaced by `$n`
+/// (`pg_query::normalize`) and holds only single SELECT statements, whose verdict
+/// cannot depend on a constant (unlike `SET client_encoding = ...` or `BEGIN READ
+/// WRITE`). Keys are whole texts, never hashes, so no crafted collision can alias a
+/// denied statement to an allowed one. The catalog is fixed for a session, so the
+/// cache never outlives what its verdicts were computed from.
+#[derive(Default)]
+struct VerdictCache {
+    exact: HashMap<String, Arc<Vec<(String, String)>>>,
+    shapes: HashMap<String, ()>,
+}
+
+impl VerdictCache {
+    fn remember(&mut self, text: &str, shape: Option<String>, parts: &Arc<Vec<(String, String)>>) {
+        if self.exact.len() >= VERDICT_CACHE_ENTRIES {
+            self.exact.clear();
+        }
+        self.exact.insert(text.to_owned(), parts.clone());
+        if let (Some(shape), [(_, kind)]) = (shape, parts.as_slice()) {
+            if kind == "SELECT" {
+                if self.shapes.len() >= VERDICT_CACHE_ENTRIES {
+                    self.shapes.clear();
+                }
+                self.shapes.insert(shape, ());
+            }
+        }
+    }
+}
+
 impl RelayContext {
-    fn decide(
-        &self,
-        text: &str,
-        cache: &mut HashMap<String, Arc<Vec<(String, String)>>>,
-    ) -> TextDecision {
-        if let Some(parts) = cache.get(text) {
+    fn decide(&self, text: &str, cache: &mut VerdictCache) -> TextDecision {
+        if let Some(parts) = cache.exact.get(text) {
             return TextDecision::Allow(parts.clone());
+        }
+        let shape = (text.len() <= SHAPE_CACHE_MAX_TEXT)
+            .then(|| pg_query::normalize(text).ok())
+            .flatten();
+        if let Some(shape) = &shape {
+            if cache.shapes.contains_key(shape) {
+                return TextDecision::Allow(Arc::new(vec![(
+                    text.trim().to_owned(),
+                    "SELECT".to_owned(),
+                )]));
+            }
         }
         let max = self.services.config.limits.max_statement_bytes;
         let facts = match sql::postgres::classify(text, max) {
@@ -562,10 +604,7 @@ impl RelayContext {
             None => {
                 let allowed: Arc<Vec<(String, String)>> =
                     Arc::new(parts.into_iter().map(|p| (p.text, p.kind)).collect());
-                if cache.len() >= VERDICT_CACHE_ENTRIES {
-                    cache.clear();
-                }
-                cache.insert(text.to_owned(), allowed.clone());
+                cache.remember(text, shape, &allowed);
                 TextDecision::Allow(allowed)
             }
             Some(index) => {
@@ -652,7 +691,7 @@ async fn client_to_upstream(
     ctx: &RelayContext,
 ) -> EndReason {
     let mut out = BytesMut::with_capacity(16 * 1024);
-    let mut cache = HashMap::new();
+    let mut cache = VerdictCache::default();
     let mut seq: u64 = 0;
     loop {
         let mut terminate = false;

@@ -1,0 +1,144 @@
+//! The binary as a user meets it: `sqlgate check` explains a bad config and prints
+//! who may reach what; `sqlgate demo` prints a psql line that works as printed.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SQLGATE: &str = env!("CARGO_BIN_EXE_sqlgate");
+
+const CONFIG: &str = r#"
+[listen]
+postgres = "127.0.0.1:6432"
+tls_cert = "certs/gw.pem"
+tls_key = "certs/gw-key.pem"
+
+[identity]
+issuer = "https://example.okta.com"
+audience = "api://sqlgate"
+
+[[connection]]
+name = "reporting"
+upstream = "127.0.0.1:5432"
+database = "reporting"
+user = "sqlgate_ro"
+password_env = "SQLGATE_CLI_TEST_UNSET"
+
+[[grant]]
+connection = "reporting"
+groups = ["analytics-agents"]
+ttl = "10m"
+"#;
+
+fn check(config: &str) -> (bool, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(SQLGATE)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn check_prints_who_may_reach_what_and_warns() {
+    let (ok, out, err) = check(CONFIG);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("[0] groups analytics-agents -> reporting (read-only, ttl 10m)"),
+        "{out}"
+    );
+    assert!(out.contains("org authorization server"), "{out}");
+    assert!(out.contains("SQLGATE_CLI_TEST_UNSET is not set"), "{out}");
+}
+
+#[test]
+fn check_names_file_key_and_problem() {
+    let (ok, _, err) = check(&CONFIG.replace(
+        "connection = \"reporting\"\ngroups",
+        "connection = \"primary\"\ngroups",
+    ));
+    assert!(!ok);
+    assert!(
+        err.contains("gateway.toml: grant[0].connection: no [[connection]] named \"primary\""),
+        "{err}"
+    );
+    let (ok, _, err) = check(&CONFIG.replace("ttl = \"10m\"", "ttl = \"ten minutes\""));
+    assert!(!ok);
+    assert!(
+        err.contains("grant[0].ttl") && err.contains("not a duration"),
+        "{err}"
+    );
+}
+
+/// Kills the child on drop, so a failing assertion does not leave a demo running.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn demo_prints_a_psql_line_that_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut demo = Running(
+        Command::new(SQLGATE)
+            .args(["demo", "--listen", "127.0.0.1:0", "--dir"])
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = demo.0.stdout.take().unwrap();
+    let mut token = None;
+    let mut conninfo = None;
+    let started = Instant::now();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("export PGPASSWORD='") {
+            token = Some(rest.trim_end_matches('\'').to_owned());
+        }
+        if let Some(rest) = line.strip_prefix("psql \"") {
+            conninfo = Some(rest.trim_end_matches('"').to_owned());
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "demo did not print its psql line"
+        );
+    }
+    let (token, conninfo) = (token.unwrap(), conninfo.unwrap());
+    let psql = |sql: &str| {
+        let out = Command::new("psql")
+            .args([conninfo.as_str(), "-XAt", "-c", sql])
+            .env("PGPASSWORD", &token)
+            .output()
+            .unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (out, err) = psql("SELECT 40 + 2");
+    assert_eq!(out.trim(), "42", "{err}");
+    let (_, err) = psql("CREATE TABLE t (x int)");
+    assert!(
+        err.contains("sqlgate: CREATE TABLE denied: the grant is read-only"),
+        "{err}"
+    );
+    let (_, err) = psql("SET default_transaction_read_only = off");
+    assert!(err.contains("pinned on"), "{err}");
+    let audit = std::fs::read_to_string(dir.path().join("audit").join("audit.jsonl")).unwrap();
+    assert!(audit.contains("\"event\":\"grant.issued\""), "{audit}");
+    drop(demo);
+}
