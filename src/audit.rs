@@ -9,6 +9,8 @@
 //! already carries what they need: time, session, grant, subject, decision.)
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -115,6 +117,8 @@ enum Command {
 pub struct AuditLog {
     tx: mpsc::Sender<Command>,
     path: PathBuf,
+    /// Cleared by the writer when a write fails, set again when one succeeds.
+    healthy: Arc<AtomicBool>,
 }
 
 impl AuditLog {
@@ -135,15 +139,23 @@ impl AuditLog {
         // A plain thread: file writes from async tasks would each hop through tokio's
         // blocking pool, which costs more than the write itself.
         let thread_path = path.clone();
+        let healthy = Arc::new(AtomicBool::new(true));
+        let thread_healthy = healthy.clone();
         std::thread::Builder::new()
             .name("sqlgate-audit".into())
-            .spawn(move || writer(file, rx, thread_path))
+            .spawn(move || writer(file, rx, thread_path, thread_healthy))
             .map_err(io_err)?;
-        Ok(AuditLog { tx, path })
+        Ok(AuditLog { tx, path, healthy })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the last write succeeded and the writer is running. Sessions check this
+    /// before forwarding a statement: no statement runs unrecorded (fail closed).
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed) && !self.tx.is_closed()
     }
 
     /// Writes a record and waits until it is flushed to the file.
@@ -189,7 +201,12 @@ impl AuditLog {
     }
 }
 
-fn writer(file: std::fs::File, mut rx: mpsc::Receiver<Command>, path: PathBuf) {
+fn writer(
+    file: std::fs::File,
+    mut rx: mpsc::Receiver<Command>,
+    path: PathBuf,
+    healthy: Arc<AtomicBool>,
+) {
     use std::io::Write;
     let mut file = std::io::BufWriter::with_capacity(256 * 1024, file);
     let mut buf = Vec::with_capacity(64 * 1024);
@@ -220,8 +237,9 @@ fn writer(file: std::fs::File, mut rx: mpsc::Receiver<Command>, path: PathBuf) {
                 }
             });
         buf.clear();
+        healthy.store(result.is_ok(), Ordering::Relaxed);
         if let Err(e) = &result {
-            tracing::error!(path = %path.display(), error = %e, "audit write failed");
+            tracing::error!(path = %path.display(), error = %e, "audit write failed; statements are refused until it recovers");
         }
         for ack in acks {
             let _ = ack.send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));

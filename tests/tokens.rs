@@ -202,3 +202,16 @@ async fn grants_follow_groups_and_connections() {
     let text = std::fs::read_to_string(gw.audit_dir.join("audit.jsonl")).unwrap();
     assert!(!text.contains(&token[..40]));
 }
+
+#[tokio::test]
+async fn no_grant_is_issued_when_the_audit_trail_cannot_be_written() {
+    let gw = TestGateway::start_with(common::Setup {
+        broken_audit: true,
+        ..Default::default()
+    })
+    .await;
+    let (code, message) = refused(&gw, "reporting", &gw.token(&["analytics-agents"])).await;
+    assert_eq!(code, "58030");
+    assert!(message.contains("audit trail is unavailable"), "{message}");
+    // The neighbour, with a working trail, is the rest of this file.
+}

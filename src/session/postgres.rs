@@ -769,7 +769,25 @@ async fn client_to_upstream(
                     break;
                 }
             };
-            match ctx.decide(text, &mut cache) {
+            let decision = if ctx.services.audit.healthy() {
+                ctx.decide(text, &mut cache)
+            } else {
+                TextDecision::Deny {
+                    error: PgError::error(
+                        "58030",
+                        "sqlgate: statement denied: the audit trail cannot be written",
+                    )
+                    .with_hint("no statement runs unrecorded; ask the operator to check the audit directory"),
+                    parts: vec![Classified {
+                        text: text.to_owned(),
+                        kind: "unaudited".into(),
+                        verdict: Verdict::Deny {
+                            reason: "audit trail unavailable".into(),
+                        },
+                    }],
+                }
+            };
+            match decision {
                 TextDecision::Allow(parts) => {
                     out.extend_from_slice(&frame.raw);
                     for (text, kind) in parts.iter() {

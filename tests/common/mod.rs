@@ -107,6 +107,8 @@ pub struct Setup {
     /// Connection lines override (credential tests).
     pub connection_extra: String,
     pub user_override: Option<String>,
+    /// Point the audit file at /dev/full, so every audit write fails.
+    pub broken_audit: bool,
 }
 
 impl Default for Setup {
@@ -117,6 +119,7 @@ impl Default for Setup {
             extra_config: String::new(),
             connection_extra: String::new(),
             user_override: None,
+            broken_audit: false,
         }
     }
 }
@@ -196,6 +199,11 @@ dir = "audit"
         let (cert, cert_key) = sqlgate::tls::self_signed().unwrap();
         std::fs::write(dir.path().join("cert.pem"), cert).unwrap();
         std::fs::write(dir.path().join("key.pem"), cert_key).unwrap();
+        if setup.broken_audit {
+            std::fs::create_dir_all(dir.path().join("audit")).unwrap();
+            std::os::unix::fs::symlink("/dev/full", dir.path().join("audit").join("audit.jsonl"))
+                .unwrap();
+        }
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, &text).unwrap();
         let config = Config::load(&path).unwrap();
