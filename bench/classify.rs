@@ -64,5 +64,8 @@ fn main() {
         std::hint::black_box(shape);
     }
     let micros = start.elapsed().as_secs_f64() * 1e6 / iterations as f64;
-    println!("{:<22} {micros:>10.2} {:>10}", "pgbench -S shape hit", "allow");
+    println!(
+        "{:<22} {micros:>10.2} {:>10}",
+        "pgbench -S shape hit", "allow"
+    );
 }

@@ -160,26 +160,23 @@ impl AuditLog {
 
     /// Writes a record and waits until it is flushed to the file.
     pub async fn record_durable(&self, record: AuditRecord) -> Result<(), AuditError> {
-        let (ack_tx, ack_rx) = oneshot::channel();
-        self.tx
-            .send(Command::Write(Box::new(record), Some(ack_tx)))
+        self.acknowledged(|ack| Command::Write(Box::new(record), Some(ack)))
             .await
-            .map_err(|_| AuditError::Stopped)?;
-        match ack_rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(AuditError::Io {
-                path: self.path.clone(),
-                source: std::io::Error::other(e),
-            }),
-            Err(_) => Err(AuditError::Stopped),
-        }
     }
 
     /// Waits until every record queued so far is written and synced.
     pub async fn sync(&self) -> Result<(), AuditError> {
+        self.acknowledged(Command::Sync).await
+    }
+
+    /// Sends a command carrying an acknowledgement and waits for it.
+    async fn acknowledged(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<(), String>>) -> Command,
+    ) -> Result<(), AuditError> {
         let (ack_tx, ack_rx) = oneshot::channel();
         self.tx
-            .send(Command::Sync(ack_tx))
+            .send(command(ack_tx))
             .await
             .map_err(|_| AuditError::Stopped)?;
         match ack_rx.await {

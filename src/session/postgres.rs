@@ -701,10 +701,7 @@ async fn client_to_upstream(
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(e) => {
-                    fatal = Some(PgError::fatal(
-                        "08P01",
-                        format!("invalid message from client: {e}"),
-                    ));
+                    fatal = Some(invalid_message(e));
                     break;
                 }
             };
@@ -762,10 +759,7 @@ async fn client_to_upstream(
             let (text, parse_name) = match text {
                 Ok(t) => t,
                 Err(e) => {
-                    fatal = Some(PgError::fatal(
-                        "08P01",
-                        format!("invalid message from client: {e}"),
-                    ));
+                    fatal = Some(invalid_message(e));
                     break;
                 }
             };
@@ -835,6 +829,11 @@ async fn client_to_upstream(
             Err(e) => return EndReason::Io(format!("reading client: {e}")),
         }
     }
+}
+
+/// The FATAL error for a client message that does not decode.
+fn invalid_message(e: impl std::fmt::Display) -> PgError {
+    PgError::fatal("08P01", format!("invalid message from client: {e}"))
 }
 
 /// A simple Query that the server rejects with a syntax error naming `marker` + seq.
