@@ -152,8 +152,9 @@ fn default_scopes_claim() -> String {
 fn default_client_id_claim() -> String {
     "cid".into()
 }
+/// Okta's own verifiers allow two minutes of clock skew.
 fn default_leeway() -> String {
-    "60s".into()
+    "120s".into()
 }
 fn default_algorithms() -> Vec<String> {
     vec!["RS256".into(), "ES256".into()]

@@ -62,8 +62,69 @@ async fn pipelined_queries_keep_their_order_around_a_denial() {
     assert_eq!(name, "pear");
 }
 
-/// A minimal raw protocol client, to send one extended-protocol batch with a single
-/// Sync and record the message types that come back.
+/// A minimal raw protocol client, to send exact message sequences and record the
+/// message types that come back.
+struct Raw {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Raw {
+    async fn login(port: u16, user: &str, dbname: &str, password: Option<&str>) -> Raw {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let mut raw = Raw {
+            stream,
+            buf: BytesMut::new(),
+        };
+        let mut out = BytesMut::new();
+        frontend::startup_message([("user", user), ("database", dbname)], &mut out).unwrap();
+        raw.stream.write_all(&out).await.unwrap();
+        loop {
+            let (tag, frame) = raw.next().await;
+            match tag {
+                b'R' if (&frame[5..9]).get_i32() == 3 => {
+                    let mut out = BytesMut::new();
+                    frontend::password_message(password.unwrap().as_bytes(), &mut out).unwrap();
+                    raw.stream.write_all(&out).await.unwrap();
+                }
+                b'Z' => return raw,
+                b'E' => panic!("login failed: {:?}", String::from_utf8_lossy(&frame)),
+                _ => {}
+            }
+        }
+    }
+
+    async fn next(&mut self) -> (u8, BytesMut) {
+        loop {
+            if self.buf.len() >= 5 {
+                let len = (&self.buf[1..5]).get_i32() as usize;
+                if self.buf.len() > len {
+                    let frame = self.buf.split_to(1 + len);
+                    return (frame[0], frame);
+                }
+            }
+            assert!(
+                self.stream.read_buf(&mut self.buf).await.unwrap() > 0,
+                "connection closed"
+            );
+        }
+    }
+
+    /// Sends `out` and returns the message types up to and including ReadyForQuery.
+    async fn round_trip(&mut self, out: &[u8]) -> Vec<char> {
+        self.stream.write_all(out).await.unwrap();
+        let mut tags = Vec::new();
+        loop {
+            let (tag, _) = self.next().await;
+            tags.push(tag as char);
+            if tag == b'Z' {
+                return tags;
+            }
+        }
+    }
+}
+
+/// One extended-protocol batch (Parse/Bind/Execute per statement, one Sync).
 async fn raw_batch(
     port: u16,
     user: &str,
@@ -71,42 +132,7 @@ async fn raw_batch(
     password: Option<&str>,
     statements: &[&str],
 ) -> Vec<char> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let mut out = BytesMut::new();
-    frontend::startup_message([("user", user), ("database", dbname)], &mut out).unwrap();
-    s.write_all(&out).await.unwrap();
-    let mut buf = BytesMut::new();
-    let read = |buf: &mut BytesMut| -> Option<(u8, BytesMut)> {
-        if buf.len() < 5 {
-            return None;
-        }
-        let len = (&buf[1..5]).get_i32() as usize;
-        if buf.len() < 1 + len {
-            return None;
-        }
-        let frame = buf.split_to(1 + len);
-        Some((frame[0], frame))
-    };
-    // Login.
-    loop {
-        let Some((tag, frame)) = read(&mut buf) else {
-            assert!(
-                s.read_buf(&mut buf).await.unwrap() > 0,
-                "closed during login"
-            );
-            continue;
-        };
-        match tag {
-            b'R' if (&frame[5..9]).get_i32() == 3 => {
-                let mut out = BytesMut::new();
-                frontend::password_message(password.unwrap().as_bytes(), &mut out).unwrap();
-                s.write_all(&out).await.unwrap();
-            }
-            b'Z' => break,
-            b'E' => panic!("login failed: {:?}", String::from_utf8_lossy(&frame)),
-            _ => {}
-        }
-    }
+    let mut raw = Raw::login(port, user, dbname, password).await;
     let mut out = BytesMut::new();
     for sql in statements {
         frontend::parse("", sql, std::iter::empty(), &mut out).unwrap();
@@ -126,18 +152,36 @@ async fn raw_batch(
         frontend::execute("", 0, &mut out).unwrap();
     }
     frontend::sync(&mut out);
-    s.write_all(&out).await.unwrap();
-    let mut tags = Vec::new();
-    loop {
-        let Some((tag, _)) = read(&mut buf) else {
-            assert!(s.read_buf(&mut buf).await.unwrap() > 0, "closed");
-            continue;
-        };
-        tags.push(tag as char);
-        if tag == b'Z' {
-            return tags;
-        }
-    }
+    raw.round_trip(&out).await
+}
+
+#[tokio::test]
+async fn function_call_messages_are_denied_and_the_session_goes_on() {
+    let gw = TestGateway::start().await;
+    let token = gw.token(&["analytics-agents"]);
+    let mut raw = Raw::login(gw.port(), "agent-7", "reporting", Some(&token)).await;
+    // FunctionCall: oid of pg_terminate_backend(int4), one text argument, text result.
+    let mut out = BytesMut::new();
+    let body: Vec<u8> = [
+        &2096u32.to_be_bytes()[..],
+        &0i16.to_be_bytes(),
+        &1i16.to_be_bytes(),
+        &1i32.to_be_bytes(),
+        b"1",
+        &0i16.to_be_bytes(),
+    ]
+    .concat();
+    out.extend_from_slice(b"F");
+    out.extend_from_slice(&(4 + body.len() as i32).to_be_bytes());
+    out.extend_from_slice(&body);
+    assert_eq!(raw.round_trip(&out).await, vec!['E', 'Z']);
+    let mut out = BytesMut::new();
+    frontend::query("SELECT 1", &mut out).unwrap();
+    assert_eq!(raw.round_trip(&out).await, vec!['T', 'D', 'C', 'Z']);
+    let audit = gw.audit().await;
+    assert!(audit
+        .iter()
+        .any(|r| r["kind"] == "FunctionCall" && r["decision"] == "deny"));
 }
 
 #[tokio::test]
@@ -278,6 +322,8 @@ async fn psql_over_tls_reads_copies_and_is_denied_writes() {
     )
     .await;
     assert_eq!(out.trim(), "1\n2\n3");
+    let (_, err) = psql(gw.port(), &token, "require", "SELECT noisy()").await;
+    assert!(err.contains("NOTICE:  hello from upstream"), "{err}");
     let (_, err) = psql(gw.port(), &token, "require", "DROP TABLE items").await;
     assert!(
         err.contains("sqlgate: DROP TABLE denied: the grant is read-only"),

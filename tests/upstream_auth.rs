@@ -146,8 +146,20 @@ async fn scram_md5_and_tls_upstream_logins_work_and_wrong_secrets_do_not_leak() 
         !message.contains("wrong-pw-do-not-leak") && !message.contains(PASSWORD),
         "{message}"
     );
-    let audit = std::fs::read_to_string(gw.audit_dir.join("audit.jsonl")).unwrap();
-    assert!(!audit.contains("wrong-pw-do-not-leak"));
+    let audit = gw.audit().await;
+    let ended = audit
+        .iter()
+        .find(|r| r["event"] == "session.ended")
+        .unwrap();
+    assert!(
+        ended["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("upstream login failed"),
+        "{ended}"
+    );
+    let text = std::fs::read_to_string(gw.audit_dir.join("audit.jsonl")).unwrap();
+    assert!(!text.contains("wrong-pw-do-not-leak"));
 
     // A missing credential names the variable, not a value.
     let gw = gateway_as(

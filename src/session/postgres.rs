@@ -326,12 +326,24 @@ impl Session {
             })
             .cloned()
             .collect();
-        let mut up = upstream::open(&conn, &client_params, config.limits.connect_timeout)
+        let mut up = match upstream::open(&conn, &client_params, config.limits.connect_timeout)
             .await
-            .map_err(|e| {
+        {
+            Ok(up) => up,
+            Err(e) => {
                 tracing::warn!(session = %self.id, connection = %conn.name, error = %e, "upstream login failed");
-                PgError::fatal("08006", format!("sqlgate: cannot open connection {:?}: {e}", conn.name))
-            })?;
+                // The grant was recorded; so is the reason it was never used.
+                let mut rec = self.record(AuditEvent::SessionEnded, connection);
+                rec.grant_id = Some(grant.id.clone());
+                rec.sub = Some(principal.subject.clone());
+                rec.reason = Some(format!("upstream login failed: {e}"));
+                let _ = self.services.audit.record(rec).await;
+                return Err(PgError::fatal(
+                    "08006",
+                    format!("sqlgate: cannot open connection {:?}: {e}", conn.name),
+                ));
+            }
+        };
 
         let cache = self.services.catalogs.get(&conn.name);
         let catalog = match cache.and_then(|c| c.fresh()) {

@@ -67,6 +67,8 @@ impl TestDb {
              INSERT INTO items VALUES (1, 'apple', 1.25), (2, 'pear', 2.50), (3, 'fig', 4.00);
              CREATE SEQUENCE counter;
              CREATE FUNCTION stable_double(x int) RETURNS int LANGUAGE sql STABLE AS 'SELECT x * 2';
+             CREATE FUNCTION noisy() RETURNS int LANGUAGE plpgsql STABLE
+                 AS $$ BEGIN RAISE NOTICE 'hello from upstream'; RETURN 1; END $$;
              CREATE FUNCTION volatile_wipe() RETURNS int LANGUAGE sql VOLATILE AS 'DELETE FROM items RETURNING 1';",
         )
         .await
