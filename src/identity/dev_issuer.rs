@@ -230,7 +230,8 @@ async fn discovery(State(state): State<IssuerState>) -> Json<Value> {
     }))
 }
 
-async fn jwks(State(state): State<IssuerState>) -> Json<Value> {
+/// The key set, with a Cache-Control max-age as Okta sends one.
+async fn jwks(State(state): State<IssuerState>) -> impl axum::response::IntoResponse {
     let keys: Vec<Value> = match state.keys.read() {
         Ok(keys) => keys
             .iter()
@@ -238,5 +239,11 @@ async fn jwks(State(state): State<IssuerState>) -> Json<Value> {
             .collect(),
         Err(_) => Vec::new(),
     };
-    Json(json!({ "keys": keys }))
+    (
+        [(
+            axum::http::header::CACHE_CONTROL,
+            "max-age=300, must-revalidate",
+        )],
+        Json(json!({ "keys": keys })),
+    )
 }

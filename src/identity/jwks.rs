@@ -5,7 +5,8 @@
 //! is how a key rotation is picked up — but at most once per `min_refetch`, so a
 //! stream of tokens with made-up key ids cannot turn the gateway into a load generator
 //! against the identity provider. Keys are never fetched per query, only per login,
-//! and the cache is refreshed after `ttl` even when nothing is unknown.
+//! and the cache is refreshed after `ttl` even when nothing is unknown — sooner if the
+//! issuer's `Cache-Control: max-age` says so (Okta sends one).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,6 +37,9 @@ struct State {
     keys: HashMap<String, CachedKey>,
     fetched_at: Option<Instant>,
     last_attempt: Option<Instant>,
+    /// How long the current key set may be used: the issuer's `Cache-Control:
+    /// max-age` when it sent one and it is shorter than the configured TTL.
+    ttl: Option<Duration>,
 }
 
 /// JWKS cache for one issuer.
@@ -65,7 +69,8 @@ impl JwksCache {
     /// The key for `kid`, fetching the key set when it is unknown or stale.
     pub async fn key(&self, kid: &str, alg: Algorithm) -> Result<Arc<DecodingKey>, KeyLookupError> {
         let mut state = self.state.lock().await;
-        let stale = state.fetched_at.is_none_or(|t| t.elapsed() >= self.ttl);
+        let ttl = state.ttl.unwrap_or(self.ttl);
+        let stale = state.fetched_at.is_none_or(|t| t.elapsed() >= ttl);
         let known = lookup(&state.keys, kid).is_some();
         let may_refetch = state
             .last_attempt
@@ -97,7 +102,7 @@ impl JwksCache {
     async fn fetch_into(&self, state: &mut State) -> Result<(), String> {
         state.last_attempt = Some(Instant::now());
         let discovery_url = format!("{}/.well-known/openid-configuration", self.issuer);
-        let discovery: serde_json::Value = self.get_json(&discovery_url).await?;
+        let (discovery, _) = self.get_json(&discovery_url).await?;
         if discovery
             .get("issuer")
             .and_then(|v| v.as_str())
@@ -111,8 +116,9 @@ impl JwksCache {
             .and_then(|v| v.as_str())
             .ok_or_else(|| format!("{discovery_url} has no jwks_uri"))?
             .to_owned();
-        let set: JwkSet = serde_json::from_value(self.get_json(&jwks_uri).await?)
-            .map_err(|e| format!("{jwks_uri} is not a JWK set: {e}"))?;
+        let (set, max_age) = self.get_json(&jwks_uri).await?;
+        let set: JwkSet =
+            serde_json::from_value(set).map_err(|e| format!("{jwks_uri} is not a JWK set: {e}"))?;
         let mut keys = HashMap::new();
         for jwk in &set.keys {
             if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
@@ -134,10 +140,12 @@ impl JwksCache {
         tracing::info!(issuer = %self.issuer, keys = keys.len(), "fetched signing keys");
         state.keys = keys;
         state.fetched_at = Some(Instant::now());
+        state.ttl = max_age.map(|age| age.min(self.ttl));
         Ok(())
     }
 
-    async fn get_json(&self, url: &str) -> Result<serde_json::Value, String> {
+    /// GETs a JSON document; also returns its `Cache-Control: max-age`, if any.
+    async fn get_json(&self, url: &str) -> Result<(serde_json::Value, Option<Duration>), String> {
         let response = self
             .http
             .get(url)
@@ -147,11 +155,32 @@ impl JwksCache {
         if !response.status().is_success() {
             return Err(format!("GET {url}: HTTP {}", response.status()));
         }
-        response
+        let max_age = response
+            .headers()
+            .get(reqwest::header::CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok())
+            .and_then(max_age);
+        let json: serde_json::Value = response
             .json()
             .await
-            .map_err(|e| format!("GET {url}: not JSON: {e}"))
+            .map_err(|e| format!("GET {url}: not JSON: {e}"))?;
+        Ok((json, max_age))
     }
+}
+
+/// `max-age` of a Cache-Control header value (`no-store`/`no-cache` count as 0).
+fn max_age(value: &str) -> Option<Duration> {
+    value.split(',').map(str::trim).find_map(|directive| {
+        if directive.eq_ignore_ascii_case("no-store") || directive.eq_ignore_ascii_case("no-cache")
+        {
+            return Some(Duration::ZERO);
+        }
+        let (name, seconds) = directive.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("max-age")
+            .then(|| seconds.trim().parse().ok().map(Duration::from_secs))
+            .flatten()
+    })
 }
 
 /// A token without `kid` may use the issuer's only key.
@@ -160,5 +189,21 @@ fn lookup<'a>(keys: &'a HashMap<String, CachedKey>, kid: &str) -> Option<&'a Cac
         Some(k) => Some(k),
         None if kid.is_empty() && keys.len() == 1 => keys.values().next(),
         None => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_cache_control_max_age() {
+        assert_eq!(
+            max_age("public, max-age=300, must-revalidate"),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(max_age("no-store"), Some(Duration::ZERO));
+        assert_eq!(max_age("public"), None);
+        assert_eq!(max_age("max-age=soon"), None);
     }
 }
