@@ -141,6 +141,7 @@ pub struct RawAudit {
 pub struct RawLimits {
     pub max_statement_bytes: Option<usize>,
     pub connect_timeout: Option<String>,
+    pub login_timeout: Option<String>,
 }
 
 fn default_groups_claim() -> String {
@@ -320,7 +321,10 @@ pub struct GrantConfig {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_statement_bytes: usize,
+    /// Upstream connect and login.
     pub connect_timeout: Duration,
+    /// From a client's first byte to its session being ready (TLS, startup, token).
+    pub login_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -328,6 +332,7 @@ impl Default for Limits {
         Limits {
             max_statement_bytes: 1 << 20,
             connect_timeout: Duration::from_secs(10),
+            login_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -628,6 +633,9 @@ impl Config {
         }
         if let Some(t) = &raw.limits.connect_timeout {
             limits.connect_timeout = duration("limits.connect_timeout", t)?;
+        }
+        if let Some(t) = &raw.limits.login_timeout {
+            limits.login_timeout = duration("limits.login_timeout", t)?;
         }
 
         Ok(Config {

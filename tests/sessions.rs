@@ -365,3 +365,43 @@ async fn statements_are_audited_without_secrets() {
     assert_eq!(denied["kind"], "DELETE");
     assert_eq!(denied["reason"], "the grant is read-only");
 }
+
+#[tokio::test]
+async fn shutdown_ends_sessions_with_57p01_and_records_it() {
+    let gw = TestGateway::start().await;
+    let token = gw.token(&["analytics-agents"]);
+    let (client, conn) = tokio_postgres::connect(&gw.conn_string("reporting", &token), NoTls)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    client.batch_execute("SELECT 1").await.unwrap();
+    gw.gateway.shutdown();
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(db_error(&ended.unwrap_err()).0, "57P01");
+    // No new connections are accepted.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(gw.connect("reporting", &token).await.is_err());
+    let audit = gw.audit().await;
+    assert!(audit
+        .iter()
+        .any(|r| r["event"] == "session.ended" && r["reason"] == "gateway shutting down"));
+}
+
+#[tokio::test]
+async fn a_silent_client_is_dropped_after_the_login_timeout() {
+    let gw = TestGateway::start_with(Setup {
+        extra_config: String::new(),
+        login_timeout: Some("1s"),
+        ..Default::default()
+    })
+    .await;
+    let mut silent = TcpStream::connect(("127.0.0.1", gw.port())).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut byte)).await;
+    assert!(matches!(read, Ok(Ok(0))), "{read:?}");
+    // A client that does speak still gets in.
+    gw.agent().await.batch_execute("SELECT 1").await.unwrap();
+}

@@ -58,11 +58,17 @@ pub async fn handle_connection(tcp: TcpStream, peer: SocketAddr, services: Arc<S
     let _ = tcp.set_nodelay(true);
     let _active = crate::gateway::ActiveGuard::new(&services);
     let shutdown = services.shutdown.subscribe();
-    let (stream, buf, startup, tls) = match negotiate(tcp, &services).await {
-        Ok(Some(opened)) => opened,
-        Ok(None) => return,
-        Err(message) => {
+    let login_timeout = services.config.limits.login_timeout;
+    let negotiated = tokio::time::timeout(login_timeout, negotiate(tcp, &services)).await;
+    let (stream, buf, startup, tls) = match negotiated {
+        Ok(Ok(Some(opened))) => opened,
+        Ok(Ok(None)) => return,
+        Ok(Err(message)) => {
             tracing::debug!(%peer, %message, "connection refused before startup");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no startup packet within the login timeout");
             return;
         }
     };
@@ -171,7 +177,19 @@ impl Session {
             .or(startup.param("user"))
             .unwrap_or_default()
             .to_owned();
-        match self.login(&startup, tls, &connection).await {
+        let timeout = self.services.config.limits.login_timeout;
+        let login =
+            match tokio::time::timeout(timeout, self.login(&startup, tls, &connection)).await {
+                Ok(result) => result,
+                Err(_) => Err(PgError::fatal(
+                    "08006",
+                    format!(
+                        "sqlgate: login did not complete within {}s",
+                        timeout.as_secs()
+                    ),
+                )),
+            };
+        match login {
             Ok(Some(ready)) => {
                 let reason = self.relay(ready, shutdown).await;
                 tracing::info!(session = %self.id, %reason, "session ended");

@@ -111,6 +111,8 @@ pub struct Setup {
     pub user_override: Option<String>,
     /// Point the audit file at /dev/full, so every audit write fails.
     pub broken_audit: bool,
+    /// `limits.login_timeout`, if not the default.
+    pub login_timeout: Option<&'static str>,
 }
 
 impl Default for Setup {
@@ -122,6 +124,7 @@ impl Default for Setup {
             connection_extra: String::new(),
             user_override: None,
             broken_audit: false,
+            login_timeout: None,
         }
     }
 }
@@ -190,6 +193,7 @@ ttl = "{ttl}"
 
 [audit]
 dir = "audit"
+{limits}
 "#,
             plain = setup.allow_plaintext,
             issuer = issuer.url,
@@ -197,6 +201,10 @@ dir = "audit"
             db = db.name,
             conn_extra = setup.connection_extra,
             ttl = setup.grant_ttl,
+            limits = setup
+                .login_timeout
+                .map(|t| format!("[limits]\nlogin_timeout = \"{t}\""))
+                .unwrap_or_default(),
         );
         let (cert, cert_key) = sqlgate::tls::self_signed().unwrap();
         std::fs::write(dir.path().join("cert.pem"), cert).unwrap();

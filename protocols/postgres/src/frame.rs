@@ -12,6 +12,9 @@ use crate::ProtocolError;
 /// Bytes in a tagged header: the tag and the length.
 pub const HEADER_LEN: usize = 5;
 
+/// Most memory reserved at once for a message still arriving.
+const RESERVE_STEP: usize = 64 * 1024;
+
 /// One whole protocol message, as it came off the wire.
 #[derive(Debug, Clone)]
 pub struct Frame {
@@ -57,7 +60,9 @@ pub fn split_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, 
     }
     let total = HEADER_LEN + body_len;
     if buf.len() < total {
-        buf.reserve(total - buf.len());
+        // Grow towards the announced size a step at a time: a peer that announces a
+        // large message and then sends nothing must not make us allocate it up front.
+        buf.reserve((total - buf.len()).min(RESERVE_STEP));
         return Ok(None);
     }
     Ok(Some(Frame {
