@@ -12,9 +12,14 @@ use std::time::{Duration, Instant};
 /// How long a fetched catalog is used before a new session refreshes it.
 pub const CATALOG_TTL: Duration = Duration::from_secs(300);
 
-/// The query that reads the function catalog; one row per function.
+/// The query that reads the catalog: one row per function (kind `f`, `p`, `a`, `w`)
+/// and one per operator (kind `o`, with the volatility of the function behind it).
 pub const FUNCTION_QUERY: &str = "SELECT n.nspname, p.proname, p.provolatile, p.prokind \
-     FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace";
+     FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+     UNION ALL \
+     SELECT n.nspname, o.oprname, p.provolatile, 'o' \
+     FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace \
+     JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode";
 
 /// `pg_proc.provolatile`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,16 +38,18 @@ pub struct FunctionInfo {
     pub kind: char,
 }
 
-/// Functions by name.
+/// Functions and operators by name.
 #[derive(Debug, Default)]
 pub struct FunctionCatalog {
     by_name: HashMap<String, Vec<FunctionInfo>>,
+    operators: HashMap<String, Vec<FunctionInfo>>,
 }
 
 impl FunctionCatalog {
     /// Builds the catalog from rows of [`FUNCTION_QUERY`] (text format).
     pub fn from_rows(rows: impl IntoIterator<Item = [String; 4]>) -> Self {
         let mut by_name: HashMap<String, Vec<FunctionInfo>> = HashMap::new();
+        let mut operators: HashMap<String, Vec<FunctionInfo>> = HashMap::new();
         for [schema, name, volatility, kind] in rows {
             let volatility = match volatility.as_str() {
                 "i" => Volatility::Immutable,
@@ -50,13 +57,31 @@ impl FunctionCatalog {
                 _ => Volatility::Volatile,
             };
             let kind = kind.chars().next().unwrap_or('f');
-            by_name.entry(name).or_default().push(FunctionInfo {
+            let map = if kind == 'o' {
+                &mut operators
+            } else {
+                &mut by_name
+            };
+            map.entry(name).or_default().push(FunctionInfo {
                 schema,
                 volatility,
                 kind,
             });
         }
-        FunctionCatalog { by_name }
+        FunctionCatalog { by_name, operators }
+    }
+
+    /// All operators named `name` (`+`, `===`), in `schema` if given.
+    pub fn operators<'a>(
+        &'a self,
+        schema: Option<&'a str>,
+        name: &str,
+    ) -> impl Iterator<Item = &'a FunctionInfo> + 'a {
+        self.operators
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter(move |f| schema.is_none_or(|s| f.schema == s))
     }
 
     /// All functions named `name`, in `schema` if given.

@@ -257,6 +257,10 @@ async fn read_only_escapes_are_denied_with_allowed_neighbours() {
     c.batch_execute("SELECT stable_double(1)").await.unwrap();
     assert_denied(&c, "SELECT volatile_wipe()", "SELECT", "VOLATILE").await;
     assert_denied(&c, "SELECT lo_import('/etc/passwd')", "SELECT", "lo_import").await;
+    // Operators run functions too.
+    c.batch_execute("SELECT 1 <<< 2").await.unwrap();
+    assert_denied(&c, "SELECT 1 === 2", "SELECT", "VOLATILE").await;
+    assert_denied(&c, "SELECT 1 OPERATOR(public.===) 2", "SELECT", "VOLATILE").await;
     assert_denied(
         &c,
         "SELECT pg_read_file('/etc/passwd')",

@@ -137,7 +137,35 @@ pub fn decide(facts: &StatementFacts, catalog: Option<&FunctionCatalog>) -> Verd
             return Verdict::deny(reason);
         }
     }
+    for operator in &facts.operators {
+        if let Err(reason) = check_operator(operator, catalog) {
+            return Verdict::deny(reason);
+        }
+    }
     Verdict::Allow
+}
+
+/// Whether using `operator` is allowed: user-defined operators run their function, so
+/// one backed by a VOLATILE function is denied like the function itself. Names that are
+/// not operators in the catalog (`BETWEEN`) cannot run anything and pass.
+pub fn check_operator(
+    operator: &QualifiedName,
+    catalog: Option<&FunctionCatalog>,
+) -> Result<(), String> {
+    let Some(catalog) = catalog else {
+        return Err(format!(
+            "operator {operator} cannot be checked: the upstream catalog is unavailable"
+        ));
+    };
+    for info in catalog.operators(operator.schema.as_deref(), &operator.name) {
+        if info.schema != "pg_catalog" && info.volatility == Volatility::Volatile {
+            return Err(format!(
+                "operator {}.{} runs a VOLATILE function and may write",
+                info.schema, operator.name
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn decide_kind(kind: &StatementKind, facts: &StatementFacts) -> Verdict {
@@ -311,6 +339,9 @@ mod tests {
             row("public", "safe_fn", "s", "f"),
             row("public", "evil_fn", "v", "f"),
             row("public", "proc1", "v", "p"),
+            row("pg_catalog", "=", "i", "o"),
+            row("public", "===", "v", "o"),
+            row("public", "~~~", "s", "o"),
         ])
     }
 
@@ -374,6 +405,13 @@ mod tests {
         denied("SELECT nextval('s')", "nextval");
         denied("SELECT nope()", "does not exist");
         allowed("SELECT random()");
+        allowed("SELECT 1 WHERE 1 = 1 AND 2 BETWEEN 1 AND 3");
+        allowed("SELECT 1 ~~~ 2");
+        denied(
+            "SELECT 1 === 2",
+            "operator public.=== runs a VOLATILE function",
+        );
+        denied("SELECT 1 OPERATOR(public.===) 2", "VOLATILE");
         denied("SELECT lo_import('/etc/passwd')", "lo_import");
     }
 

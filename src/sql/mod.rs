@@ -39,6 +39,8 @@ pub struct StatementFacts {
     pub kind: StatementKind,
     /// Every function called anywhere in the statement.
     pub functions: Vec<QualifiedName>,
+    /// Every operator used anywhere (`=`, `||`, `OPERATOR(myschema.===)`).
+    pub operators: Vec<QualifiedName>,
     /// Every table or view named anywhere in the statement.
     pub tables: Vec<QualifiedName>,
     /// Data-modifying statements nested anywhere, e.g. `INSERT` inside a CTE.

@@ -76,6 +76,7 @@ fn facts(node: &N, text: String) -> Result<StatementFacts, ClassifyError> {
         text,
         kind: kind(node, tree.root),
         functions: tree.functions,
+        operators: tree.operators,
         tables: tree.tables,
         writes: tree.writes,
         locking: tree.locking,

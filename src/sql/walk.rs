@@ -17,6 +17,7 @@ pub struct TreeFacts {
     /// The name of the outermost struct (the statement node type, e.g. "InsertStmt").
     pub root: Option<&'static str>,
     pub functions: Vec<QualifiedName>,
+    pub operators: Vec<QualifiedName>,
     pub tables: Vec<QualifiedName>,
     pub writes: Vec<String>,
     pub locking: bool,
@@ -37,6 +38,8 @@ struct Walker {
     path: Vec<&'static str>,
     /// Name parts of the FuncCalls being visited (innermost last).
     functions: Vec<Vec<String>>,
+    /// Name parts of the operator expressions (A_Expr) being visited.
+    operators: Vec<Vec<String>>,
     /// (schema, relation) of the RangeVars being visited.
     ranges: Vec<(String, String)>,
 }
@@ -52,6 +55,7 @@ impl Walker {
         }
         match name {
             "FuncCall" => self.functions.push(Vec::new()),
+            "AExpr" => self.operators.push(Vec::new()),
             "RangeVar" => self.ranges.push(Default::default()),
             "InsertStmt" => self.facts.writes.push("INSERT".into()),
             "UpdateStmt" => self.facts.writes.push("UPDATE".into()),
@@ -67,22 +71,16 @@ impl Walker {
     fn leave_struct(&mut self) {
         match self.path.pop() {
             Some("FuncCall") => {
-                if let Some(parts) = self.functions.pop() {
-                    let name = match parts.as_slice() {
-                        [] => None,
-                        [name] => Some(QualifiedName {
-                            schema: None,
-                            name: name.clone(),
-                        }),
-                        [.., schema, name] => Some(QualifiedName {
-                            schema: Some(schema.clone()),
-                            name: name.clone(),
-                        }),
-                    };
-                    if let Some(name) = name {
-                        if !self.facts.functions.contains(&name) {
-                            self.facts.functions.push(name);
-                        }
+                if let Some(name) = self.functions.pop().and_then(qualified) {
+                    if !self.facts.functions.contains(&name) {
+                        self.facts.functions.push(name);
+                    }
+                }
+            }
+            Some("AExpr") => {
+                if let Some(name) = self.operators.pop().and_then(qualified) {
+                    if !self.facts.operators.contains(&name) {
+                        self.facts.operators.push(name);
                     }
                 }
             }
@@ -106,6 +104,10 @@ impl Walker {
             if let Some(parts) = self.functions.last_mut() {
                 parts.push(v.to_owned());
             }
+        } else if self.ends_with(&["AExpr", "name", "Node", "node", "String", "sval"]) {
+            if let Some(parts) = self.operators.last_mut() {
+                parts.push(v.to_owned());
+            }
         } else if self.ends_with(&["RangeVar", "schemaname"]) {
             if let Some(range) = self.ranges.last_mut() {
                 range.0 = v.to_owned();
@@ -116,6 +118,16 @@ impl Walker {
             }
         }
     }
+}
+
+/// A name list (`["pg_catalog", "lower"]`) as a qualified name.
+fn qualified(parts: Vec<String>) -> Option<QualifiedName> {
+    let mut parts = parts.into_iter().rev();
+    let name = parts.next()?;
+    Some(QualifiedName {
+        schema: parts.next(),
+        name,
+    })
 }
 
 #[derive(Debug)]

@@ -69,6 +69,10 @@ impl TestDb {
              CREATE FUNCTION stable_double(x int) RETURNS int LANGUAGE sql STABLE AS 'SELECT x * 2';
              CREATE FUNCTION noisy() RETURNS int LANGUAGE plpgsql STABLE
                  AS $$ BEGIN RAISE NOTICE 'hello from upstream'; RETURN 1; END $$;
+             CREATE FUNCTION op_volatile(int, int) RETURNS bool LANGUAGE sql VOLATILE AS 'SELECT $1 = $2';
+             CREATE OPERATOR === (LEFTARG = int, RIGHTARG = int, FUNCTION = op_volatile);
+             CREATE FUNCTION op_stable(int, int) RETURNS bool LANGUAGE sql STABLE AS 'SELECT $1 < $2';
+             CREATE OPERATOR <<< (LEFTARG = int, RIGHTARG = int, FUNCTION = op_stable);
              CREATE FUNCTION volatile_wipe() RETURNS int LANGUAGE sql VOLATILE AS 'DELETE FROM items RETURNING 1';",
         )
         .await
