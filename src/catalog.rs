@@ -14,10 +14,20 @@ pub const CATALOG_TTL: Duration = Duration::from_secs(300);
 
 /// The query that reads the catalog: one row per function (kind `f`, `p`, `a`, `w`)
 /// and one per operator (kind `o`, with the volatility of the function behind it).
-pub const FUNCTION_QUERY: &str = "SELECT n.nspname, p.proname, p.provolatile, p.prokind \
+/// An aggregate's own `provolatile` says nothing about the functions it runs per row,
+/// so aggregates get the most volatile of their support functions.
+pub const FUNCTION_QUERY: &str = "SELECT n.nspname, p.proname, \
+     CASE WHEN p.prokind = 'a' THEN coalesce((\
+       SELECT CASE WHEN bool_or(f.provolatile = 'v') THEN 'v' \
+                   WHEN bool_or(f.provolatile = 's') THEN 's' ELSE 'i' END \
+       FROM pg_catalog.pg_aggregate a JOIN pg_catalog.pg_proc f ON f.oid IN \
+         (a.aggtransfn, a.aggfinalfn, a.aggcombinefn, a.aggserialfn, a.aggdeserialfn, \
+          a.aggmtransfn, a.aggminvtransfn, a.aggmfinalfn) \
+       WHERE a.aggfnoid = p.oid), 'v') \
+     ELSE p.provolatile::text END, p.prokind \
      FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
      UNION ALL \
-     SELECT n.nspname, o.oprname, p.provolatile, 'o' \
+     SELECT n.nspname, o.oprname, p.provolatile::text, 'o' \
      FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace \
      JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode";
 

@@ -257,6 +257,9 @@ async fn read_only_escapes_are_denied_with_allowed_neighbours() {
     c.batch_execute("SELECT stable_double(1)").await.unwrap();
     assert_denied(&c, "SELECT volatile_wipe()", "SELECT", "VOLATILE").await;
     assert_denied(&c, "SELECT lo_import('/etc/passwd')", "SELECT", "lo_import").await;
+    // Aggregates run their support functions per row.
+    c.batch_execute("SELECT isum(id) FROM items").await.unwrap();
+    assert_denied(&c, "SELECT vsum(id) FROM items", "SELECT", "VOLATILE").await;
     // Operators run functions too.
     c.batch_execute("SELECT 1 <<< 2").await.unwrap();
     assert_denied(&c, "SELECT 1 === 2", "SELECT", "VOLATILE").await;

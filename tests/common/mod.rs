@@ -73,6 +73,10 @@ impl TestDb {
              CREATE OPERATOR === (LEFTARG = int, RIGHTARG = int, FUNCTION = op_volatile);
              CREATE FUNCTION op_stable(int, int) RETURNS bool LANGUAGE sql STABLE AS 'SELECT $1 < $2';
              CREATE OPERATOR <<< (LEFTARG = int, RIGHTARG = int, FUNCTION = op_stable);
+             CREATE FUNCTION step_volatile(int, int) RETURNS int LANGUAGE sql VOLATILE AS 'SELECT $1 + $2';
+             CREATE AGGREGATE vsum(int) (SFUNC = step_volatile, STYPE = int, INITCOND = '0');
+             CREATE FUNCTION step_stable(int, int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT $1 + $2';
+             CREATE AGGREGATE isum(int) (SFUNC = step_stable, STYPE = int, INITCOND = '0');
              CREATE FUNCTION volatile_wipe() RETURNS int LANGUAGE sql VOLATILE AS 'DELETE FROM items RETURNING 1';",
         )
         .await
