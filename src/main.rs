@@ -21,6 +21,8 @@ fn main() {
     sqlgate::tls::init_crypto();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Headroom for the parser's recursion on statements parsed inline.
+        .thread_stack_size(8 << 20)
         .build()
     {
         Ok(rt) => rt,

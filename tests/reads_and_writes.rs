@@ -257,6 +257,49 @@ async fn read_only_escapes_are_denied_with_allowed_neighbours() {
     c.batch_execute("SELECT stable_double(1)").await.unwrap();
     assert_denied(&c, "SELECT volatile_wipe()", "SELECT", "VOLATILE").await;
     assert_denied(&c, "SELECT lo_import('/etc/passwd')", "SELECT", "lo_import").await;
+    // Field-selection notation calls functions: x.f is f(x).
+    c.batch_execute("SELECT i.name, (i).price FROM items i")
+        .await
+        .unwrap();
+    assert_denied(&c, "SELECT (0::oid).lo_create", "SELECT", "lo_create").await;
+    assert_denied(
+        &c,
+        "SELECT (pg_backend_pid()).pg_terminate_backend",
+        "SELECT",
+        "pg_terminate_backend",
+    )
+    .await;
+    assert_denied(&c, "SELECT i.row_touch FROM items i", "SELECT", "VOLATILE").await;
+    // Built-ins that run SQL text, and volatile built-ins in general.
+    c.batch_execute("SELECT to_tsvector('a b'), random(), clock_timestamp()")
+        .await
+        .unwrap();
+    assert_denied(
+        &c,
+        "SELECT * FROM ts_stat('SELECT to_tsvector(name) FROM items')",
+        "SELECT",
+        "ts_stat",
+    )
+    .await;
+    assert_denied(&c, "SELECT pg_export_snapshot()", "SELECT", "VOLATILE").await;
+    // RESET of a single setting only for the allowed ones.
+    c.batch_execute("RESET application_name").await.unwrap();
+    c.batch_execute("BEGIN").await.unwrap();
+    assert_denied(
+        &c,
+        "RESET transaction_read_only",
+        "RESET",
+        "transaction_read_only",
+    )
+    .await;
+    c.batch_execute("ROLLBACK").await.unwrap();
+    assert_denied(
+        &c,
+        "SET transaction_read_only TO DEFAULT",
+        "RESET",
+        "transaction_read_only",
+    )
+    .await;
     // Aggregates run their support functions per row.
     c.batch_execute("SELECT isum(id) FROM items").await.unwrap();
     assert_denied(&c, "SELECT vsum(id) FROM items", "SELECT", "VOLATILE").await;

@@ -114,7 +114,77 @@ pub const DENIED_BUILTINS: &[&str] = &[
     "brin_desummarize_range",
     "gin_clean_pending_list",
     "pg_stat_statements_reset",
+    "ts_stat",
+    "ts_rewrite",
 ];
+
+/// VOLATILE built-ins that only read or compute. Every other VOLATILE built-in is
+/// denied: volatility is how Postgres marks functions with side effects, and a
+/// deny-list of them alone proved incomplete (`ts_stat` and `ts_rewrite` run SQL text).
+pub const HARMLESS_VOLATILE_BUILTINS: &[&str] = &[
+    "random",
+    "setseed",
+    "clock_timestamp",
+    "timeofday",
+    "gen_random_uuid",
+    "currval",
+    "lastval",
+    "current_query",
+    "pg_sleep",
+    "pg_sleep_for",
+    "pg_sleep_until",
+    "pg_current_wal_lsn",
+    "pg_current_wal_flush_lsn",
+    "pg_current_wal_insert_lsn",
+    "pg_last_wal_receive_lsn",
+    "pg_last_wal_replay_lsn",
+    "pg_last_xact_replay_timestamp",
+    "pg_is_in_recovery",
+    "pg_is_wal_replay_paused",
+    "pg_get_wal_replay_pause_state",
+    "pg_database_size",
+    "pg_relation_size",
+    "pg_table_size",
+    "pg_indexes_size",
+    "pg_total_relation_size",
+    "pg_tablespace_size",
+    "pg_partition_tree",
+    "pg_partition_ancestors",
+    "pg_sequence_last_value",
+    "pg_lock_status",
+    "pg_blocking_pids",
+    "pg_safe_snapshot_blocking_pids",
+    "pg_notification_queue_usage",
+    "pg_jit_available",
+    "pg_xact_status",
+    "txid_status",
+    "pg_xact_commit_timestamp",
+    "pg_xact_commit_timestamp_origin",
+    "pg_last_committed_xact",
+    "pg_stat_clear_snapshot",
+    "pg_stat_have_stats",
+    "pg_stat_get_xact_*",
+    "pg_control_checkpoint",
+    "pg_control_init",
+    "pg_control_recovery",
+    "pg_control_system",
+    "pg_collation_actual_version",
+    "pg_database_collation_actual_version",
+    "pg_get_backend_memory_contexts",
+    "pg_get_shmem_allocations",
+    "pg_get_wal_resource_managers",
+    "pg_get_multixact_members",
+    "pg_prepared_xact",
+];
+
+fn matches_pattern(patterns: &[&str], name: &str) -> bool {
+    patterns
+        .iter()
+        .any(|pattern| match pattern.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => *pattern == name,
+        })
+}
 
 /// Whether `name` is on [`DENIED_BUILTINS`].
 pub fn denied_builtin(name: &str) -> bool {
@@ -142,7 +212,37 @@ pub fn decide(facts: &StatementFacts, catalog: Option<&FunctionCatalog>) -> Verd
             return Verdict::deny(reason);
         }
     }
+    for name in &facts.selected_names {
+        if let Err(reason) = check_selected_name(name, catalog) {
+            return Verdict::deny(reason);
+        }
+    }
     Verdict::Allow
+}
+
+/// `x.f` and `(expr).f` call `f(x)` when a function `f` exists (Postgres's functional
+/// notation for field selection). A name that is a function is checked as one; a name
+/// no function has is a column and passes.
+pub fn check_selected_name(name: &str, catalog: Option<&FunctionCatalog>) -> Result<(), String> {
+    if denied_builtin(name) || name.starts_with("dblink") {
+        return Err(format!(
+            "{name} is a function with side effects (called as a field: x.{name})"
+        ));
+    }
+    let Some(catalog) = catalog else {
+        return Err(format!(
+            "field {name} cannot be checked: the upstream function catalog is unavailable"
+        ));
+    };
+    if catalog.lookup(None, name).next().is_none() {
+        return Ok(());
+    }
+    let function = QualifiedName {
+        schema: None,
+        name: name.to_owned(),
+    };
+    check_function(&function, Some(catalog))
+        .map_err(|e| format!("{e} (called as a field: x.{name})"))
 }
 
 /// Whether using `operator` is allowed: user-defined operators run their function, so
@@ -243,10 +343,19 @@ fn check_query(facts: &StatementFacts) -> Verdict {
 
 fn check_set(set: &SetFacts) -> Verdict {
     match set {
-        SetFacts::ResetAll | SetFacts::Reset { .. } => {
-            // Reset values are the session's startup values, where sqlgate pins
-            // read-only mode and standard_conforming_strings.
-            Verdict::Allow
+        // RESET ALL returns to the session's startup values, where sqlgate pins
+        // read-only mode and standard_conforming_strings; it leaves transaction_*
+        // alone. Single settings only from the allow-list: `RESET transaction_read_only`
+        // inside a transaction block would make that transaction read-write.
+        SetFacts::ResetAll => Verdict::Allow,
+        SetFacts::Reset { name } => {
+            if ALLOWED_SETTINGS.contains(&name.as_str()) || name.starts_with("enable_") {
+                Verdict::Allow
+            } else {
+                Verdict::deny(format!(
+                    "RESET {name} is not on the list of settings a read-only session may change"
+                ))
+            }
         }
         SetFacts::TransactionModes { read_write: true } => {
             Verdict::deny("the session is read-only; transactions cannot be made READ WRITE")
@@ -298,7 +407,14 @@ pub fn check_function(
     for info in catalog.lookup(function.schema.as_deref(), name) {
         found = true;
         if info.schema == "pg_catalog" {
-            continue; // built-in, and not on the deny-list
+            if info.volatility == Volatility::Volatile
+                && !matches_pattern(HARMLESS_VOLATILE_BUILTINS, name)
+            {
+                return Err(format!(
+                    "built-in function {name} is VOLATILE and not on the list of harmless volatile built-ins"
+                ));
+            }
+            continue; // built-in, not on the deny-list
         }
         if info.kind == 'p' {
             return Err(format!(
@@ -336,6 +452,9 @@ mod tests {
             row("pg_catalog", "set_config", "v", "f"),
             row("pg_catalog", "nextval", "v", "f"),
             row("pg_catalog", "random", "v", "f"),
+            row("pg_catalog", "ts_stat", "v", "f"),
+            row("pg_catalog", "lo_create", "v", "f"),
+            row("pg_catalog", "some_new_volatile", "v", "f"),
             row("public", "safe_fn", "s", "f"),
             row("public", "evil_fn", "v", "f"),
             row("public", "proc1", "v", "p"),
@@ -405,6 +524,16 @@ mod tests {
         denied("SELECT nextval('s')", "nextval");
         denied("SELECT nope()", "does not exist");
         allowed("SELECT random()");
+        denied("SELECT ts_stat('SELECT 1')", "ts_stat");
+        denied("SELECT some_new_volatile()", "VOLATILE and not on the list");
+        // Field-selection notation calls functions too.
+        denied("SELECT (0::oid).lo_create", "lo_create");
+        denied("SELECT t.evil_fn FROM t", "VOLATILE");
+        denied(
+            "SELECT (now()).pg_terminate_backend",
+            "pg_terminate_backend",
+        );
+        allowed("SELECT t.name, (t.x).y FROM t");
         allowed("SELECT 1 WHERE 1 = 1 AND 2 BETWEEN 1 AND 3");
         allowed("SELECT 1 ~~~ 2");
         denied(
@@ -428,6 +557,12 @@ mod tests {
         );
         denied("SET ROLE postgres", "role");
         allowed("RESET ALL");
+        allowed("RESET application_name");
+        denied("RESET transaction_read_only", "RESET transaction_read_only");
+        denied(
+            "SET transaction_read_only TO DEFAULT",
+            "transaction_read_only",
+        );
         allowed("begin transaction");
         allowed("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY");
         denied("START TRANSACTION READ WRITE", "READ WRITE");

@@ -51,7 +51,9 @@ const MAX_PASSWORD_FRAME: usize = 64 << 10;
 /// Verdicts remembered per session.
 const VERDICT_CACHE_ENTRIES: usize = 1024;
 /// Statements up to this size are also looked up by their literal-free shape.
-const SHAPE_CACHE_MAX_TEXT: usize = 8 * 1024;
+/// `normalize` runs on the caller's stack and recurses per tree level; 1 KiB bounds
+/// the depth to a few hundred levels.
+const SHAPE_CACHE_MAX_TEXT: usize = 1024;
 
 /// Serves one client connection, from the first byte to the end of its session.
 pub async fn handle_connection(tcp: TcpStream, peer: SocketAddr, services: Arc<Services>) {
@@ -459,7 +461,7 @@ impl Session {
         let (mut client_r, mut client_w) = tokio::io::split(client);
         let (mut up_r, mut up_w) = tokio::io::split(upstream.stream);
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
-        let nonce: u32 = rand::random();
+        let nonce: u64 = rand::random();
         let ctx = RelayContext {
             session_id: self.id.clone(),
             client_addr: self.peer.to_string(),
@@ -467,7 +469,7 @@ impl Session {
             principal,
             grant: grant.clone(),
             catalog,
-            marker: format!("sqlgate_denied_{nonce:08x}_"),
+            marker: format!("sqlgate_denied_{nonce:016x}_"),
         };
         let deadline = Instant::now()
             + grant
@@ -605,7 +607,7 @@ impl RelayContext {
             Err(e) => {
                 let code = match e {
                     ClassifyError::Syntax(_) => "42601",
-                    ClassifyError::TooLarge { .. } => "54000",
+                    ClassifyError::TooLarge { .. } | ClassifyError::TooComplex { .. } => "54000",
                     ClassifyError::Internal(_) => "XX000",
                 };
                 return TextDecision::Deny {
@@ -919,19 +921,32 @@ async fn upstream_to_client(
                             }
                         }
                     }
-                    let mut replacement = BytesMut::new();
-                    while let Some((s, error)) = pending.pop_front() {
-                        if s == seq {
-                            error.encode(&mut replacement);
-                            break;
+                    // Only the server's syntax error for a pending probe is replaced;
+                    // anything else that merely contains the marker (it is visible to
+                    // other sessions in pg_stat_activity) is forwarded as it is.
+                    let fields = backend::ErrorFields::parse(&buf[pos + HEADER_LEN..end])
+                        .unwrap_or_default();
+                    let expected = format!("syntax error at or near \"{}{seq}\"", ctx.marker);
+                    let is_probe = fields.code == "42601"
+                        && fields.message == expected
+                        && pending.iter().any(|(s, _)| *s == seq);
+                    if is_probe {
+                        let mut replacement = BytesMut::new();
+                        // Earlier probes were skipped by the server (extended-protocol
+                        // error mode); their denials are dropped with them.
+                        while let Some((s, error)) = pending.pop_front() {
+                            if s == seq {
+                                error.encode(&mut replacement);
+                                break;
+                            }
                         }
+                        if let Err(e) = write_parts(client, &buf[..pos], &replacement).await {
+                            return EndReason::Io(format!("writing client: {e}"));
+                        }
+                        buf.advance(end);
+                        pos = 0;
+                        continue;
                     }
-                    if let Err(e) = write_parts(client, &buf[..pos], &replacement).await {
-                        return EndReason::Io(format!("writing client: {e}"));
-                    }
-                    buf.advance(end);
-                    pos = 0;
-                    continue;
                 }
             }
             pos = end;

@@ -39,8 +39,12 @@ pub struct StatementFacts {
     pub kind: StatementKind,
     /// Every function called anywhere in the statement.
     pub functions: Vec<QualifiedName>,
-    /// Every operator used anywhere (`=`, `||`, `OPERATOR(myschema.===)`).
+    /// Every operator used anywhere (`=`, `||`, `OPERATOR(myschema.===)`, `ANY`/`ALL`
+    /// sublinks, `ORDER BY ... USING`).
     pub operators: Vec<QualifiedName>,
+    /// Names selected as fields (`t.name`, `(expr).name`): Postgres calls a function of
+    /// that name if one exists, so each is checked as a possible function.
+    pub selected_names: Vec<String>,
     /// Every table or view named anywhere in the statement.
     pub tables: Vec<QualifiedName>,
     /// Data-modifying statements nested anywhere, e.g. `INSERT` inside a CTE.
@@ -179,6 +183,10 @@ pub enum ClassifyError {
     Syntax(String),
     #[error("statement is {len} bytes, over the limit of {max} bytes")]
     TooLarge { len: usize, max: usize },
+    #[error(
+        "statement is too complex to check ({count} operators and parentheses; the limit is {max})"
+    )]
+    TooComplex { count: usize, max: usize },
     #[error("statement could not be analysed ({0})")]
     Internal(String),
 }

@@ -13,6 +13,7 @@
 //! `nodes()` iterator visits only a subset).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use pg_query::protobuf::{
     self, a_const, node::Node as N, Node, TransactionStmtKind, VariableSetKind,
@@ -21,8 +22,62 @@ use pg_query::protobuf::{
 use super::walk::walk;
 use super::{ClassifyError, CopyDirection, SetFacts, StatementFacts, StatementKind, TransactionOp};
 
+/// Statements up to this size are parsed by the shared parser threads; larger ones
+/// are checked for complexity and get a thread of their own, so one slow statement
+/// cannot hold up everybody else's.
+pub const INLINE_PARSE_MAX: usize = 4 * 1024;
+/// Most operator and parenthesis tokens a larger statement may have. libpg_query's
+/// protobuf output costs time quadratic in tree depth (`1+1+…` with 100k terms takes
+/// seconds), and depth comes from chained operators and nesting; flat lists (`IN (…)`,
+/// `VALUES`, `OR` chains) stay cheap however long.
+pub const MAX_STRUCTURE_TOKENS: usize = 10_000;
+/// Stack of every parser thread. Parsing and decoding recurse once or more per tree
+/// level (tens of KB per level in a debug build), so parsing never runs on a caller's
+/// (possibly 2 MiB) stack. The space is reserved, not committed, until used.
+const PARSE_STACK: usize = 256 << 20;
+/// Shared parser threads for ordinary statements.
+const PARSER_THREADS: usize = 2;
+
+type Classified = Result<Vec<StatementFacts>, ClassifyError>;
+
+/// A statement for a parser thread, and where to send the result.
+struct Job {
+    sql: String,
+    reply: std::sync::mpsc::SyncSender<Classified>,
+}
+
+/// The shared parser threads (started on first use).
+fn parsers() -> Result<&'static std::sync::mpsc::Sender<Job>, ClassifyError> {
+    static PARSERS: OnceLock<Option<std::sync::mpsc::Sender<Job>>> = OnceLock::new();
+    PARSERS
+        .get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<Job>();
+            let rx = Arc::new(Mutex::new(rx));
+            for i in 0..PARSER_THREADS {
+                let rx = rx.clone();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("sqlgate-parse-{i}"))
+                    .stack_size(PARSE_STACK)
+                    .spawn(move || loop {
+                        let job = match rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok(job) = job else { return };
+                        let _ = job.reply.send(classify_here(&job.sql));
+                    });
+                if spawned.is_err() {
+                    return None;
+                }
+            }
+            Some(tx)
+        })
+        .as_ref()
+        .ok_or_else(|| ClassifyError::Internal("cannot start the parser threads".into()))
+}
+
 /// Classifies every statement in `sql`.
-pub fn classify(sql: &str, max_bytes: usize) -> Result<Vec<StatementFacts>, ClassifyError> {
+pub fn classify(sql: &str, max_bytes: usize) -> Classified {
     if sql.len() > max_bytes {
         return Err(ClassifyError::TooLarge {
             len: sql.len(),
@@ -34,6 +89,53 @@ pub fn classify(sql: &str, max_bytes: usize) -> Result<Vec<StatementFacts>, Clas
             "statement contains a NUL byte".into(),
         ));
     }
+    if sql.len() <= INLINE_PARSE_MAX {
+        let (reply, result) = std::sync::mpsc::sync_channel(1);
+        parsers()?
+            .send(Job {
+                sql: sql.to_owned(),
+                reply,
+            })
+            .map_err(|_| ClassifyError::Internal("parser threads stopped".into()))?;
+        return result
+            .recv()
+            .map_err(|_| ClassifyError::Internal("parser thread failed".into()))?;
+    }
+    let count = structure_tokens(sql)?;
+    if count > MAX_STRUCTURE_TOKENS {
+        return Err(ClassifyError::TooComplex {
+            count,
+            max: MAX_STRUCTURE_TOKENS,
+        });
+    }
+    let owned = sql.to_owned();
+    std::thread::Builder::new()
+        .name("sqlgate-parse-large".into())
+        .stack_size(PARSE_STACK)
+        .spawn(move || classify_here(&owned))
+        .map_err(|e| ClassifyError::Internal(format!("cannot start a parser thread: {e}")))?
+        .join()
+        .map_err(|_| ClassifyError::Internal("parser thread failed".into()))?
+}
+
+/// Operator and `(` tokens, counted with the server's own scanner (so nothing inside
+/// strings or comments counts).
+fn structure_tokens(sql: &str) -> Result<usize, ClassifyError> {
+    const STRUCTURE: &[i32] = &[
+        37, 40, 42, 43, 45, 47, 60, 61, 62, 94, // % ( * + - / < = > ^
+        265, 268, 272, 273, 274, // Op, ::, <=, >=, <>
+    ];
+    let scanned = catch_unwind(AssertUnwindSafe(|| pg_query::scan(sql)))
+        .map_err(|_| ClassifyError::Internal("scanner panicked".into()))?
+        .map_err(|e| ClassifyError::Syntax(parse_error_message(e)))?;
+    Ok(scanned
+        .tokens
+        .iter()
+        .filter(|t| STRUCTURE.contains(&t.token))
+        .count())
+}
+
+fn classify_here(sql: &str) -> Classified {
     // pg_query's result post-processing can panic on trees it does not expect; a
     // panic here must become a denial, not a crashed session.
     let parsed = catch_unwind(AssertUnwindSafe(|| pg_query::parse(sql)))
@@ -77,6 +179,7 @@ fn facts(node: &N, text: String) -> Result<StatementFacts, ClassifyError> {
         kind: kind(node, tree.root),
         functions: tree.functions,
         operators: tree.operators,
+        selected_names: tree.selected_names,
         tables: tree.tables,
         writes: tree.writes,
         locking: tree.locking,
@@ -334,6 +437,31 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn long_operator_chains_parse_and_deep_ones_are_refused_fast() {
+        let chain = |n: usize| format!("SELECT {}", vec!["x"; n].join(" || "));
+        // Past prost's default recursion limit, still inline.
+        assert_eq!(classify(&chain(60), 1 << 20).unwrap().len(), 1);
+        // Just under the shared-thread size: deep, on a shared parser thread.
+        assert_eq!(
+            classify(&chain(INLINE_PARSE_MAX / 5), 1 << 20)
+                .unwrap()
+                .len(),
+            1
+        );
+        // Larger: parsed on the big-stack thread.
+        assert_eq!(classify(&chain(5_000), 1 << 20).unwrap().len(), 1);
+        let started = std::time::Instant::now();
+        assert!(matches!(
+            classify(&chain(200_000), 8 << 20),
+            Err(ClassifyError::TooComplex { .. })
+        ));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        // A long flat list is fine.
+        let list = format!("SELECT 1 WHERE 1 IN ({})", vec!["1"; 200_000].join(","));
+        assert_eq!(classify(&list, 8 << 20).unwrap().len(), 1);
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! and field names go by, recording the facts policy needs. Nothing is allocated
 //! except the facts themselves.
 
+use std::collections::HashSet;
+
 use serde::ser::{self, Serialize};
 
 use super::QualifiedName;
@@ -18,6 +20,8 @@ pub struct TreeFacts {
     pub root: Option<&'static str>,
     pub functions: Vec<QualifiedName>,
     pub operators: Vec<QualifiedName>,
+    /// Names selected as fields (`t.f`, `(x).f`), which may be function calls.
+    pub selected_names: Vec<String>,
     pub tables: Vec<QualifiedName>,
     pub writes: Vec<String>,
     pub locking: bool,
@@ -38,8 +42,13 @@ struct Walker {
     path: Vec<&'static str>,
     /// Name parts of the FuncCalls being visited (innermost last).
     functions: Vec<Vec<String>>,
-    /// Name parts of the operator expressions (A_Expr) being visited.
+    /// Name parts of the operator-bearing nodes (A_Expr, SubLink, SortBy) being visited.
     operators: Vec<Vec<String>>,
+    /// Name parts of the ColumnRefs being visited.
+    columns: Vec<Vec<String>>,
+    /// What was recorded so far, to keep the lists free of repeats in linear time.
+    seen: HashSet<QualifiedName>,
+    seen_selected: HashSet<String>,
     /// (schema, relation) of the RangeVars being visited.
     ranges: Vec<(String, String)>,
 }
@@ -55,7 +64,8 @@ impl Walker {
         }
         match name {
             "FuncCall" => self.functions.push(Vec::new()),
-            "AExpr" => self.operators.push(Vec::new()),
+            "AExpr" | "SubLink" | "SortBy" => self.operators.push(Vec::new()),
+            "ColumnRef" => self.columns.push(Vec::new()),
             "RangeVar" => self.ranges.push(Default::default()),
             "InsertStmt" => self.facts.writes.push("INSERT".into()),
             "UpdateStmt" => self.facts.writes.push("UPDATE".into()),
@@ -72,15 +82,25 @@ impl Walker {
         match self.path.pop() {
             Some("FuncCall") => {
                 if let Some(name) = self.functions.pop().and_then(qualified) {
-                    if !self.facts.functions.contains(&name) {
+                    if self.seen.insert(name.clone()) {
                         self.facts.functions.push(name);
                     }
                 }
             }
-            Some("AExpr") => {
+            Some("AExpr" | "SubLink" | "SortBy") => {
                 if let Some(name) = self.operators.pop().and_then(qualified) {
-                    if !self.facts.operators.contains(&name) {
+                    if self.seen.insert(name.clone()) {
                         self.facts.operators.push(name);
+                    }
+                }
+            }
+            Some("ColumnRef") => {
+                // `t.f` (two or more names): the last may be a function of `t`.
+                if let Some(parts) = self.columns.pop() {
+                    if parts.len() >= 2 {
+                        if let Some(last) = parts.into_iter().last() {
+                            self.selected(last);
+                        }
                     }
                 }
             }
@@ -90,7 +110,7 @@ impl Walker {
                         schema: (!schema.is_empty()).then_some(schema),
                         name,
                     };
-                    if !self.facts.tables.contains(&table) {
+                    if self.seen.insert(table.clone()) {
                         self.facts.tables.push(table);
                     }
                 }
@@ -99,15 +119,38 @@ impl Walker {
         }
     }
 
+    fn selected(&mut self, name: String) {
+        if self.seen_selected.insert(name.clone()) {
+            self.facts.selected_names.push(name);
+        }
+    }
+
     fn string(&mut self, v: &str) {
         if self.ends_with(&["FuncCall", "funcname", "Node", "node", "String", "sval"]) {
             if let Some(parts) = self.functions.last_mut() {
                 parts.push(v.to_owned());
             }
-        } else if self.ends_with(&["AExpr", "name", "Node", "node", "String", "sval"]) {
+        } else if self.ends_with(&["AExpr", "name", "Node", "node", "String", "sval"])
+            || self.ends_with(&["SubLink", "oper_name", "Node", "node", "String", "sval"])
+            || self.ends_with(&["SortBy", "use_op", "Node", "node", "String", "sval"])
+        {
             if let Some(parts) = self.operators.last_mut() {
                 parts.push(v.to_owned());
             }
+        } else if self.ends_with(&["ColumnRef", "fields", "Node", "node", "String", "sval"]) {
+            if let Some(parts) = self.columns.last_mut() {
+                parts.push(v.to_owned());
+            }
+        } else if self.ends_with(&[
+            "AIndirection",
+            "indirection",
+            "Node",
+            "node",
+            "String",
+            "sval",
+        ]) {
+            // `(expr).f`: f may be a function of expr.
+            self.selected(v.to_owned());
         } else if self.ends_with(&["RangeVar", "schemaname"]) {
             if let Some(range) = self.ranges.last_mut() {
                 range.0 = v.to_owned();

@@ -77,6 +77,7 @@ impl TestDb {
              CREATE AGGREGATE vsum(int) (SFUNC = step_volatile, STYPE = int, INITCOND = '0');
              CREATE FUNCTION step_stable(int, int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT $1 + $2';
              CREATE AGGREGATE isum(int) (SFUNC = step_stable, STYPE = int, INITCOND = '0');
+             CREATE FUNCTION row_touch(items) RETURNS int LANGUAGE sql VOLATILE AS 'SELECT 1';
              CREATE FUNCTION volatile_wipe() RETURNS int LANGUAGE sql VOLATILE AS 'DELETE FROM items RETURNING 1';",
         )
         .await
