@@ -110,6 +110,9 @@ pub struct RawConnection {
     pub upstream_ca: Option<PathBuf>,
     /// Server name for upstream TLS certificate checks (default: the upstream host).
     pub upstream_tls_name: Option<String>,
+    /// Authentication methods the upstream may ask for.
+    #[serde(default = "default_upstream_auth")]
+    pub upstream_auth: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,6 +175,16 @@ fn default_protocol() -> String {
 fn default_upstream_tls() -> String {
     "disable".into()
 }
+fn default_upstream_auth() -> Vec<String> {
+    UPSTREAM_AUTH_METHODS
+        .iter()
+        .map(|m| m.to_string())
+        .collect()
+}
+
+/// Upstream authentication methods sqlgate can perform.
+pub const UPSTREAM_AUTH_METHODS: &[&str] = &["scram-sha-256", "md5", "password", "trust"];
+
 fn default_access() -> String {
     "read-only".into()
 }
@@ -291,6 +304,7 @@ pub struct ConnectionConfig {
     pub upstream_tls: UpstreamTls,
     pub upstream_ca: Option<PathBuf>,
     pub upstream_tls_name: Option<String>,
+    pub upstream_auth: Vec<String>,
 }
 
 /// What a grant allows once issued.
@@ -554,6 +568,25 @@ impl Config {
                     ))
                 }
             };
+            if c.upstream_auth.is_empty() {
+                return Err(invalid(
+                    &key("upstream_auth"),
+                    "allow at least one method".into(),
+                ));
+            }
+            if let Some(bad) = c
+                .upstream_auth
+                .iter()
+                .find(|m| !UPSTREAM_AUTH_METHODS.contains(&m.as_str()))
+            {
+                return Err(invalid(
+                    &key("upstream_auth"),
+                    format!(
+                        "unknown method {bad:?} (expected {})",
+                        UPSTREAM_AUTH_METHODS.join(", ")
+                    ),
+                ));
+            }
             connections.push(ConnectionConfig {
                 name: c.name.clone(),
                 protocol,
@@ -564,6 +597,7 @@ impl Config {
                 upstream_tls,
                 upstream_ca: c.upstream_ca.as_deref().map(resolve),
                 upstream_tls_name: c.upstream_tls_name.clone(),
+                upstream_auth: c.upstream_auth.clone(),
             });
         }
 

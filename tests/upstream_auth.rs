@@ -161,6 +161,21 @@ async fn scram_md5_and_tls_upstream_logins_work_and_wrong_secrets_do_not_leak() 
     let text = std::fs::read_to_string(gw.audit_dir.join("audit.jsonl")).unwrap();
     assert!(!text.contains("wrong-pw-do-not-leak"));
 
+    // A method the connection does not allow: nothing is sent.
+    let gw = gateway_as(
+        SCRAM_ROLE,
+        "password_env = \"SQLGATE_TEST_SCRAM_PW\"\nupstream_auth = [\"md5\"]".into(),
+        "disable",
+    )
+    .await;
+    let (_, message) = db_error(&read_through(&gw).await.unwrap_err());
+    assert!(
+        message.contains(
+            "asks for scram-sha-256 authentication, which this connection does not allow"
+        ),
+        "{message}"
+    );
+
     // A missing credential names the variable, not a value.
     let gw = gateway_as(
         SCRAM_ROLE,

@@ -109,7 +109,11 @@ async fn open_inner(
     startup_packet(&params, &mut out).map_err(|e| UpstreamError::Login(e.to_string()))?;
     stream.write_all(&out).await.map_err(io_closed)?;
 
-    let mut login = UpstreamLogin::new(&conn.user, password.as_deref().map(str::as_bytes));
+    let mut login = UpstreamLogin::new(
+        &conn.user,
+        password.as_deref().map(str::as_bytes),
+        &conn.upstream_auth,
+    );
     let mut buf = BytesMut::with_capacity(8192);
     let mut parameter_status = Vec::new();
     let mut notices = Vec::new();

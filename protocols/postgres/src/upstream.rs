@@ -27,6 +27,8 @@ pub enum LoginError {
     Scram(String),
     #[error("unexpected message during upstream login")]
     Unexpected,
+    #[error("upstream asks for {0} authentication, which this connection does not allow (upstream_auth)")]
+    MethodNotAllowed(&'static str),
     #[error("could not encode a login message: {0}")]
     Encode(String),
 }
@@ -41,6 +43,10 @@ pub fn startup_packet(params: &[(&str, &str)], out: &mut BytesMut) -> Result<(),
 pub struct UpstreamLogin {
     user: String,
     password: Option<Vec<u8>>,
+    /// Methods the server may ask for ("trust", "password", "md5", "scram-sha-256"),
+    /// like libpq's `require_auth`: a spoofed server asking for a cleartext password
+    /// gets nothing.
+    allowed: Vec<String>,
     scram: Option<ScramSha256>,
     /// Which method the server asked for, for logs and audit ("trust", "md5", ...).
     method: &'static str,
@@ -58,13 +64,22 @@ pub enum LoginStep {
 }
 
 impl UpstreamLogin {
-    pub fn new(user: &str, password: Option<&[u8]>) -> Self {
+    pub fn new(user: &str, password: Option<&[u8]>, allowed: &[String]) -> Self {
         UpstreamLogin {
             user: user.to_owned(),
             password: password.map(<[u8]>::to_vec),
+            allowed: allowed.to_vec(),
             scram: None,
             method: "trust",
         }
+    }
+
+    fn permit(&mut self, method: &'static str) -> Result<(), LoginError> {
+        if !self.allowed.iter().any(|m| m == method) {
+            return Err(LoginError::MethodNotAllowed(method));
+        }
+        self.method = method;
+        Ok(())
     }
 
     /// The authentication method the server asked for so far.
@@ -80,20 +95,25 @@ impl UpstreamLogin {
     pub fn on_auth(&mut self, message: &Message) -> Result<LoginStep, LoginError> {
         let mut out = BytesMut::new();
         match message {
-            Message::AuthenticationOk => return Ok(LoginStep::Done),
+            Message::AuthenticationOk => {
+                if self.scram.is_none() && self.method == "trust" {
+                    self.permit("trust")?;
+                }
+                return Ok(LoginStep::Done);
+            }
             Message::AuthenticationCleartextPassword => {
-                self.method = "password";
+                self.permit("password")?;
                 frontend::password_message(self.password()?, &mut out)
                     .map_err(|e| LoginError::Encode(e.to_string()))?;
             }
             Message::AuthenticationMd5Password(body) => {
-                self.method = "md5";
+                self.permit("md5")?;
                 let digest = md5_hash(self.user.as_bytes(), self.password()?, body.salt());
                 frontend::password_message(digest.as_bytes(), &mut out)
                     .map_err(|e| LoginError::Encode(e.to_string()))?;
             }
             Message::AuthenticationSasl(body) => {
-                self.method = "scram-sha-256";
+                self.permit("scram-sha-256")?;
                 let mut offered = false;
                 let mut mechanisms = body.mechanisms();
                 while let Ok(Some(mechanism)) =
