@@ -27,6 +27,16 @@ const CORPUS: &[(&str, &str)] = &[
 ];
 
 fn main() {
+    // The gateway's runtime threads have 16 MiB stacks; measure on one like them.
+    std::thread::Builder::new()
+        .stack_size(16 << 20)
+        .spawn(run)
+        .expect("thread")
+        .join()
+        .expect("benchmark");
+}
+
+fn run() {
     let row =
         |s: &str, n: &str, v: &str| [s.to_string(), n.to_string(), v.to_string(), "f".to_string()];
     let catalog = FunctionCatalog::from_rows([

@@ -21,8 +21,9 @@ fn main() {
     sqlgate::tls::init_crypto();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        // Headroom for the parser's recursion on statements parsed inline.
-        .thread_stack_size(8 << 20)
+        // Room for the parser's recursion on small statements parsed inline
+        // (see sql::postgres::INLINE_PARSE_MAX).
+        .thread_stack_size(16 << 20)
         .build()
     {
         Ok(rt) => rt,

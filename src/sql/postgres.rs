@@ -22,10 +22,13 @@ use pg_query::protobuf::{
 use super::walk::walk;
 use super::{ClassifyError, CopyDirection, SetFacts, StatementFacts, StatementKind, TransactionOp};
 
-/// Statements up to this size are parsed by the shared parser threads; larger ones
-/// are checked for complexity and get a thread of their own, so one slow statement
-/// cannot hold up everybody else's.
-pub const INLINE_PARSE_MAX: usize = 4 * 1024;
+/// Statements up to this size are small enough to parse on the caller's stack in a
+/// release build: their trees are at most ~1,000 levels deep (`+-+-+-…1`), a few MiB
+/// of recursion at most, and the gateway's runtime threads have 16 MiB stacks. Larger
+/// statements are checked for complexity and parsed on a thread of their own. Debug
+/// builds (tests), whose frames are ten times larger, hand small statements to shared
+/// big-stack parser threads instead.
+pub const INLINE_PARSE_MAX: usize = 1024;
 /// Most operator and parenthesis tokens a larger statement may have. libpg_query's
 /// protobuf output costs time quadratic in tree depth (`1+1+…` with 100k terms takes
 /// seconds), and depth comes from chained operators and nesting; flat lists (`IN (…)`,
@@ -35,7 +38,7 @@ pub const MAX_STRUCTURE_TOKENS: usize = 10_000;
 /// level (tens of KB per level in a debug build), so parsing never runs on a caller's
 /// (possibly 2 MiB) stack. The space is reserved, not committed, until used.
 const PARSE_STACK: usize = 256 << 20;
-/// Shared parser threads for ordinary statements.
+/// Shared parser threads for small statements in debug builds.
 const PARSER_THREADS: usize = 2;
 
 type Classified = Result<Vec<StatementFacts>, ClassifyError>;
@@ -88,6 +91,9 @@ pub fn classify(sql: &str, max_bytes: usize) -> Classified {
         return Err(ClassifyError::Syntax(
             "statement contains a NUL byte".into(),
         ));
+    }
+    if sql.len() <= INLINE_PARSE_MAX && !cfg!(debug_assertions) {
+        return classify_here(sql);
     }
     if sql.len() <= INLINE_PARSE_MAX {
         let (reply, result) = std::sync::mpsc::sync_channel(1);
