@@ -87,11 +87,7 @@ impl FunctionCatalog {
         schema: Option<&'a str>,
         name: &str,
     ) -> impl Iterator<Item = &'a FunctionInfo> + 'a {
-        self.operators
-            .get(name)
-            .into_iter()
-            .flatten()
-            .filter(move |f| schema.is_none_or(|s| f.schema == s))
+        find(&self.operators, schema, name)
     }
 
     /// All functions named `name`, in `schema` if given.
@@ -100,11 +96,7 @@ impl FunctionCatalog {
         schema: Option<&'a str>,
         name: &str,
     ) -> impl Iterator<Item = &'a FunctionInfo> + 'a {
-        self.by_name
-            .get(name)
-            .into_iter()
-            .flatten()
-            .filter(move |f| schema.is_none_or(|s| f.schema == s))
+        find(&self.by_name, schema, name)
     }
 
     pub fn len(&self) -> usize {
@@ -114,6 +106,17 @@ impl FunctionCatalog {
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
     }
+}
+
+fn find<'a>(
+    map: &'a HashMap<String, Vec<FunctionInfo>>,
+    schema: Option<&'a str>,
+    name: &str,
+) -> impl Iterator<Item = &'a FunctionInfo> + 'a {
+    map.get(name)
+        .into_iter()
+        .flatten()
+        .filter(move |f| schema.is_none_or(|s| f.schema == s))
 }
 
 /// The cached catalog of one connection, shared by its sessions.

@@ -202,17 +202,17 @@ pub fn decide(facts: &StatementFacts, catalog: Option<&FunctionCatalog>) -> Verd
     if kind != Verdict::Allow {
         return kind;
     }
-    for function in &facts.functions {
+    for function in &facts.tree.functions {
         if let Err(reason) = check_function(function, catalog) {
             return Verdict::deny(reason);
         }
     }
-    for operator in &facts.operators {
+    for operator in &facts.tree.operators {
         if let Err(reason) = check_operator(operator, catalog) {
             return Verdict::deny(reason);
         }
     }
-    for name in &facts.selected_names {
+    for name in &facts.tree.selected_names {
         if let Err(reason) = check_selected_name(name, catalog) {
             return Verdict::deny(reason);
         }
@@ -327,15 +327,15 @@ fn decide_kind(kind: &StatementKind, facts: &StatementFacts) -> Verdict {
 }
 
 fn check_query(facts: &StatementFacts) -> Verdict {
-    if let Some(write) = facts.writes.first() {
+    if let Some(write) = facts.tree.writes.first() {
         return Verdict::deny(format!(
             "a query containing {write} writes data (data-modifying WITH)"
         ));
     }
-    if facts.locking {
+    if facts.tree.locking {
         return Verdict::deny("row locking clauses (FOR UPDATE/SHARE) take write locks");
     }
-    if facts.into {
+    if facts.tree.into {
         return Verdict::deny("SELECT INTO creates a table");
     }
     Verdict::Allow

@@ -37,21 +37,28 @@ pub struct StatementFacts {
     /// This statement's own text (one part of a multi-statement message).
     pub text: String,
     pub kind: StatementKind,
-    /// Every function called anywhere in the statement.
+    /// What the statement contains anywhere in its tree.
+    pub tree: TreeFacts,
+}
+
+/// Facts found anywhere in a statement's tree, however deeply nested.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TreeFacts {
+    /// Every function called.
     pub functions: Vec<QualifiedName>,
-    /// Every operator used anywhere (`=`, `||`, `OPERATOR(myschema.===)`, `ANY`/`ALL`
-    /// sublinks, `ORDER BY ... USING`).
+    /// Every operator used (`=`, `||`, `OPERATOR(myschema.===)`, `ANY`/`ALL` sublinks,
+    /// `ORDER BY ... USING`).
     pub operators: Vec<QualifiedName>,
     /// Names selected as fields (`t.name`, `(expr).name`): Postgres calls a function of
     /// that name if one exists, so each is checked as a possible function.
     pub selected_names: Vec<String>,
-    /// Every table or view named anywhere in the statement.
+    /// Every table or view named.
     pub tables: Vec<QualifiedName>,
     /// Data-modifying statements nested anywhere, e.g. `INSERT` inside a CTE.
     pub writes: Vec<String>,
-    /// A locking clause (`FOR UPDATE`, `FOR SHARE`, ...) anywhere.
+    /// A locking clause (`FOR UPDATE`, `FOR SHARE`, ...).
     pub locking: bool,
-    /// `SELECT ... INTO` a new table anywhere.
+    /// `SELECT ... INTO` a new table.
     pub into: bool,
 }
 

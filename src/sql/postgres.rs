@@ -19,7 +19,7 @@ use pg_query::protobuf::{
     self, a_const, node::Node as N, Node, TransactionStmtKind, VariableSetKind,
 };
 
-use super::walk::walk;
+use super::walk::{root_name, walk};
 use super::{ClassifyError, CopyDirection, SetFacts, StatementFacts, StatementKind, TransactionOp};
 
 /// Statements up to this size are small enough to parse on the caller's stack in a
@@ -179,17 +179,11 @@ fn statement_text(sql: &str, location: i32, len: i32) -> String {
 }
 
 fn facts(node: &N, text: String) -> Result<StatementFacts, ClassifyError> {
-    let tree = walk(node).map_err(ClassifyError::Internal)?;
+    let (root, tree) = walk(node).map_err(ClassifyError::Internal)?;
     Ok(StatementFacts {
         text,
-        kind: kind(node, tree.root),
-        functions: tree.functions,
-        operators: tree.operators,
-        selected_names: tree.selected_names,
-        tables: tree.tables,
-        writes: tree.writes,
-        locking: tree.locking,
-        into: tree.into,
+        kind: kind(node, root),
+        tree,
     })
 }
 
@@ -249,7 +243,7 @@ fn kind(node: &N, root: Option<&str>) -> StatementKind {
 
 fn inner_kind(node: Option<&Node>) -> StatementKind {
     match node.and_then(|n| n.node.as_ref()) {
-        Some(inner) => kind(inner, walk(inner).ok().and_then(|t| t.root)),
+        Some(inner) => kind(inner, root_name(inner)),
         None => StatementKind::Other {
             label: "unknown statement".into(),
         },
@@ -367,26 +361,32 @@ mod tests {
     #[test]
     fn finds_functions_everywhere() {
         let f = one("SELECT CASE WHEN x THEN coalesce(pg_catalog.set_config('a','b',false), '') END FROM t ORDER BY lower(y)");
-        let names: Vec<String> = f.functions.iter().map(|n| n.to_string()).collect();
+        let names: Vec<String> = f.tree.functions.iter().map(|n| n.to_string()).collect();
         assert!(
             names.contains(&"pg_catalog.set_config".to_string()),
             "{names:?}"
         );
         assert!(names.contains(&"lower".to_string()), "{names:?}");
         let f = one("SELECT ARRAY[nextval('s')]::text[] FROM (VALUES (1)) v(x)");
-        assert!(f.functions.iter().any(|n| n.name == "nextval"));
+        assert!(f.tree.functions.iter().any(|n| n.name == "nextval"));
     }
 
     #[test]
     fn sees_writes_locks_and_into() {
         assert_eq!(
-            one("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d").writes,
+            one("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d")
+                .tree
+                .writes,
             vec!["DELETE"]
         );
-        assert!(one("SELECT * FROM t FOR UPDATE").locking);
-        assert!(one("SELECT * FROM (SELECT * FROM t FOR SHARE) s").locking);
-        assert!(one("SELECT 1 INTO newtable").into);
-        assert!(!one("SELECT 1").into);
+        assert!(one("SELECT * FROM t FOR UPDATE").tree.locking);
+        assert!(
+            one("SELECT * FROM (SELECT * FROM t FOR SHARE) s")
+                .tree
+                .locking
+        );
+        assert!(one("SELECT 1 INTO newtable").tree.into);
+        assert!(!one("SELECT 1").tree.into);
     }
 
     #[test]

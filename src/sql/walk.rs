@@ -11,32 +11,31 @@ use std::collections::HashSet;
 
 use serde::ser::{self, Serialize};
 
-use super::QualifiedName;
+use super::{QualifiedName, TreeFacts};
 
-/// What the walk found.
-#[derive(Debug, Default)]
-pub struct TreeFacts {
-    /// The name of the outermost struct (the statement node type, e.g. "InsertStmt").
-    pub root: Option<&'static str>,
-    pub functions: Vec<QualifiedName>,
-    pub operators: Vec<QualifiedName>,
-    /// Names selected as fields (`t.f`, `(x).f`), which may be function calls.
-    pub selected_names: Vec<String>,
-    pub tables: Vec<QualifiedName>,
-    pub writes: Vec<String>,
-    pub locking: bool,
-    pub into: bool,
-}
-
-/// Walks `node` and returns its facts.
-pub fn walk<T: Serialize>(node: &T) -> Result<TreeFacts, String> {
+/// Walks `node`: the name of its outermost struct (the statement node type, e.g.
+/// "InsertStmt") and the facts found anywhere in it.
+pub fn walk<T: Serialize>(node: &T) -> Result<(Option<&'static str>, TreeFacts), String> {
     let mut walker = Walker::default();
     node.serialize(&mut walker).map_err(|e| e.0)?;
-    Ok(walker.facts)
+    Ok((walker.root, walker.facts))
+}
+
+/// Only the name of the outermost struct; stops at the first one.
+pub fn root_name<T: Serialize>(node: &T) -> Option<&'static str> {
+    let mut walker = Walker {
+        root_only: true,
+        ..Walker::default()
+    };
+    let _ = node.serialize(&mut walker); // ends early with an error on purpose
+    walker.root
 }
 
 #[derive(Default)]
 struct Walker {
+    root: Option<&'static str>,
+    /// Stop after learning `root`.
+    root_only: bool,
     facts: TreeFacts,
     /// Struct names and field names from the root to the current value.
     path: Vec<&'static str>,
@@ -58,9 +57,12 @@ impl Walker {
         self.path.ends_with(suffix)
     }
 
-    fn enter_struct(&mut self, name: &'static str) {
-        if self.facts.root.is_none() {
-            self.facts.root = Some(name);
+    fn enter_struct(&mut self, name: &'static str) -> R {
+        if self.root.is_none() {
+            self.root = Some(name);
+            if self.root_only {
+                return Err(WalkError("stop".into()));
+            }
         }
         match name {
             "FuncCall" => self.functions.push(Vec::new()),
@@ -76,6 +78,7 @@ impl Walker {
             _ => {}
         }
         self.path.push(name);
+        Ok(())
     }
 
     fn leave_struct(&mut self) {
@@ -295,7 +298,7 @@ impl ser::Serializer for &mut Walker {
         Ok(self)
     }
     fn serialize_struct(self, name: &'static str, _: usize) -> Result<Self, WalkError> {
-        self.enter_struct(name);
+        self.enter_struct(name)?;
         Ok(self)
     }
     fn serialize_struct_variant(
@@ -305,7 +308,7 @@ impl ser::Serializer for &mut Walker {
         variant: &'static str,
         _: usize,
     ) -> Result<Self, WalkError> {
-        self.enter_struct(variant);
+        self.enter_struct(variant)?;
         Ok(self)
     }
 }
