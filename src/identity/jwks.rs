@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::{JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
-use tokio::sync::Mutex;
+use std::sync::Mutex;
 
 /// Why no key could be found for a token.
 #[derive(Debug)]
@@ -48,7 +48,10 @@ pub struct JwksCache {
     http: reqwest::Client,
     min_refetch: Duration,
     ttl: Duration,
+    /// The cache; locked only briefly, never across a fetch.
     state: Mutex<State>,
+    /// Held by the one task fetching the key set.
+    fetching: tokio::sync::Mutex<()>,
 }
 
 impl JwksCache {
@@ -63,27 +66,66 @@ impl JwksCache {
             min_refetch,
             ttl,
             state: Mutex::new(State::default()),
+            fetching: tokio::sync::Mutex::new(()),
         }
     }
 
     /// The key for `kid`, fetching the key set when it is unknown or stale.
+    ///
+    /// The cache itself is only locked for lookups and updates, never across a fetch:
+    /// while one login refreshes the key set, logins whose key is cached (even if
+    /// stale) go on with it instead of waiting for the identity provider.
     pub async fn key(&self, kid: &str, alg: Algorithm) -> Result<Arc<DecodingKey>, KeyLookupError> {
-        let mut state = self.state.lock().await;
-        let ttl = state.ttl.unwrap_or(self.ttl);
-        let stale = state.fetched_at.is_none_or(|t| t.elapsed() >= ttl);
-        let known = lookup(&state.keys, kid).is_some();
-        let may_refetch = state
-            .last_attempt
-            .is_none_or(|t| t.elapsed() >= self.min_refetch);
+        let (known, stale) = self.status(kid);
+        if known && !stale {
+            return self.cached(kid, alg);
+        }
+        let fetching = if known {
+            // Stale: refresh if nobody else is, otherwise use what we have.
+            match self.fetching.try_lock() {
+                Ok(guard) => guard,
+                Err(_) => return self.cached(kid, alg),
+            }
+        } else {
+            self.fetching.lock().await
+        };
+        // Someone may have fetched while we waited.
+        let (known, stale) = self.status(kid);
+        let may_refetch = self
+            .state
+            .lock()
+            .map(|s| {
+                s.last_attempt
+                    .is_none_or(|t| t.elapsed() >= self.min_refetch)
+            })
+            .unwrap_or(false);
         if (stale || !known) && may_refetch {
-            if let Err(e) = self.fetch_into(&mut state).await {
-                // Keep serving cached keys when the issuer is briefly unreachable.
-                if lookup(&state.keys, kid).is_none() {
+            if let Err(e) = self.refresh_locked().await {
+                if !known {
                     return Err(KeyLookupError::Fetch(e));
                 }
+                // Keep serving cached keys when the issuer is briefly unreachable.
                 tracing::warn!(issuer = %self.issuer, error = %e, "JWKS refresh failed; using cached keys");
             }
         }
+        drop(fetching);
+        self.cached(kid, alg)
+    }
+
+    /// Whether `kid` is cached, and whether the cache is past its TTL.
+    fn status(&self, kid: &str) -> (bool, bool) {
+        match self.state.lock() {
+            Ok(state) => {
+                let ttl = state.ttl.unwrap_or(self.ttl);
+                let stale = state.fetched_at.is_none_or(|t| t.elapsed() >= ttl);
+                (lookup(&state.keys, kid).is_some(), stale)
+            }
+            Err(_) => (false, true),
+        }
+    }
+
+    fn cached(&self, kid: &str, alg: Algorithm) -> Result<Arc<DecodingKey>, KeyLookupError> {
+        let state = self.state.lock().map_err(|_| KeyLookupError::Unknown)?;
         let cached = lookup(&state.keys, kid).ok_or(KeyLookupError::Unknown)?;
         if let Some(key_alg) = &cached.alg {
             if *key_alg != format!("{alg:?}") {
@@ -95,12 +137,28 @@ impl JwksCache {
 
     /// Fetches the key set now.
     pub async fn refresh(&self) -> Result<(), String> {
-        let mut state = self.state.lock().await;
-        self.fetch_into(&mut state).await
+        let _fetching = self.fetching.lock().await;
+        self.refresh_locked().await
     }
 
-    async fn fetch_into(&self, state: &mut State) -> Result<(), String> {
-        state.last_attempt = Some(Instant::now());
+    /// Fetches the key set and replaces the cache (caller holds `fetching`).
+    async fn refresh_locked(&self) -> Result<(), String> {
+        if let Ok(mut state) = self.state.lock() {
+            state.last_attempt = Some(Instant::now());
+        }
+        let (keys, max_age) = self.fetch().await?;
+        tracing::info!(issuer = %self.issuer, keys = keys.len(), "fetched signing keys");
+        let mut state = self
+            .state
+            .lock()
+            .map_err(|_| "key cache poisoned".to_owned())?;
+        state.keys = keys;
+        state.fetched_at = Some(Instant::now());
+        state.ttl = max_age.map(|age| age.min(self.ttl));
+        Ok(())
+    }
+
+    async fn fetch(&self) -> Result<(HashMap<String, CachedKey>, Option<Duration>), String> {
         let discovery_url = format!("{}/.well-known/openid-configuration", self.issuer);
         let (discovery, _) = self.get_json(&discovery_url).await?;
         if discovery
@@ -137,11 +195,7 @@ impl JwksCache {
                 },
             );
         }
-        tracing::info!(issuer = %self.issuer, keys = keys.len(), "fetched signing keys");
-        state.keys = keys;
-        state.fetched_at = Some(Instant::now());
-        state.ttl = max_age.map(|age| age.min(self.ttl));
-        Ok(())
+        Ok((keys, max_age))
     }
 
     /// GETs a JSON document; also returns its `Cache-Control: max-age`, if any.
