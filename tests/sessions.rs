@@ -405,3 +405,46 @@ async fn a_silent_client_is_dropped_after_the_login_timeout() {
     // A client that does speak still gets in.
     gw.agent().await.batch_execute("SELECT 1").await.unwrap();
 }
+
+#[tokio::test]
+async fn psql_cancels_a_tls_session_over_a_plain_socket() {
+    // libpq sends CancelRequest on a new connection without TLS, even when the session
+    // itself uses TLS; the gateway must accept it there and reach the right backend.
+    let gw = TestGateway::start_with(Setup {
+        allow_plaintext: false,
+        ..Default::default()
+    })
+    .await;
+    let child = Command::new("psql")
+        .args([
+            &format!(
+                "host=127.0.0.1 port={} dbname=reporting user=agent-7 sslmode=require",
+                gw.port()
+            ),
+            "-XAt",
+            "-c",
+            "SELECT pg_sleep(20)",
+        ])
+        .env("PGPASSWORD", gw.token(&["analytics-agents"]))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("psql");
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("canceling statement due to user request"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
