@@ -142,3 +142,20 @@ fn demo_prints_a_psql_line_that_works() {
     assert!(audit.contains("\"event\":\"grant.issued\""), "{audit}");
     drop(demo);
 }
+
+#[test]
+fn the_readme_config_example_is_valid() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = &readme[readme
+        .find("## Configuration (DBA)")
+        .expect("config section")..];
+    let start = section.find("```toml\n").expect("a toml block") + "```toml\n".len();
+    let end = start + section[start..].find("```").unwrap();
+    let (ok, out, err) = check(&section[start..end]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("[1] client ids 0oa1svcbackend -> reporting-replica"),
+        "{out}"
+    );
+}
