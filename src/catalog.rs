@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 pub const CATALOG_TTL: Duration = Duration::from_secs(300);
 
 /// The query that reads the catalog: one row per function (kind `f`, `p`, `a`, `w`)
-/// and one per operator (kind `o`, with the volatility of the function behind it).
+/// and one per operator (kind `o`, with the volatility of the function behind it), and
+/// one per cast implemented by a user-defined function (kind `c`, named by its target
+/// type).
 /// An aggregate's own `provolatile` says nothing about the functions it runs per row,
 /// so aggregates get the most volatile of their support functions.
 pub const FUNCTION_QUERY: &str = "SELECT n.nspname, p.proname, \
@@ -29,7 +31,14 @@ pub const FUNCTION_QUERY: &str = "SELECT n.nspname, p.proname, \
      UNION ALL \
      SELECT n.nspname, o.oprname, p.provolatile::text, 'o' \
      FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace \
-     JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode";
+     JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode \
+     UNION ALL \
+     SELECT tn.nspname, t.typname, p.provolatile::text, 'c' \
+     FROM pg_catalog.pg_cast c JOIN pg_catalog.pg_type t ON t.oid = c.casttarget \
+     JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace \
+     JOIN pg_catalog.pg_proc p ON p.oid = c.castfunc \
+     JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace \
+     WHERE pn.nspname <> 'pg_catalog'";
 
 /// `pg_proc.provolatile`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +62,8 @@ pub struct FunctionInfo {
 pub struct FunctionCatalog {
     by_name: HashMap<String, Vec<FunctionInfo>>,
     operators: HashMap<String, Vec<FunctionInfo>>,
+    /// Casts implemented by user-defined functions, by target type name.
+    casts: HashMap<String, Vec<FunctionInfo>>,
 }
 
 impl FunctionCatalog {
@@ -60,6 +71,7 @@ impl FunctionCatalog {
     pub fn from_rows(rows: impl IntoIterator<Item = [String; 4]>) -> Self {
         let mut by_name: HashMap<String, Vec<FunctionInfo>> = HashMap::new();
         let mut operators: HashMap<String, Vec<FunctionInfo>> = HashMap::new();
+        let mut casts: HashMap<String, Vec<FunctionInfo>> = HashMap::new();
         for [schema, name, volatility, kind] in rows {
             let volatility = match volatility.as_str() {
                 "i" => Volatility::Immutable,
@@ -67,10 +79,10 @@ impl FunctionCatalog {
                 _ => Volatility::Volatile,
             };
             let kind = kind.chars().next().unwrap_or('f');
-            let map = if kind == 'o' {
-                &mut operators
-            } else {
-                &mut by_name
+            let map = match kind {
+                'o' => &mut operators,
+                'c' => &mut casts,
+                _ => &mut by_name,
             };
             map.entry(name).or_default().push(FunctionInfo {
                 schema,
@@ -78,7 +90,11 @@ impl FunctionCatalog {
                 kind,
             });
         }
-        FunctionCatalog { by_name, operators }
+        FunctionCatalog {
+            by_name,
+            operators,
+            casts,
+        }
     }
 
     /// All operators named `name` (`+`, `===`), in `schema` if given.
@@ -88,6 +104,15 @@ impl FunctionCatalog {
         name: &str,
     ) -> impl Iterator<Item = &'a FunctionInfo> + 'a {
         find(&self.operators, schema, name)
+    }
+
+    /// User-defined cast functions whose target type is named `name`.
+    pub fn casts_to<'a>(
+        &'a self,
+        schema: Option<&'a str>,
+        name: &str,
+    ) -> impl Iterator<Item = &'a FunctionInfo> + 'a {
+        find(&self.casts, schema, name)
     }
 
     /// All functions named `name`, in `schema` if given.

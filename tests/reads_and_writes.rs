@@ -300,6 +300,12 @@ async fn read_only_escapes_are_denied_with_allowed_neighbours() {
         "transaction_read_only",
     )
     .await;
+    // Casts implemented by user-defined functions.
+    c.batch_execute("SELECT 1::text, CAST(2 AS bigint)")
+        .await
+        .unwrap();
+    assert_denied(&c, "SELECT 1::mood", "SELECT", "cast to mood").await;
+    assert_denied(&c, "SELECT CAST(1 AS public.mood)", "SELECT", "VOLATILE").await;
     // Aggregates run their support functions per row.
     c.batch_execute("SELECT isum(id) FROM items").await.unwrap();
     assert_denied(&c, "SELECT vsum(id) FROM items", "SELECT", "VOLATILE").await;

@@ -212,12 +212,37 @@ pub fn decide(facts: &StatementFacts, catalog: Option<&FunctionCatalog>) -> Verd
             return Verdict::deny(reason);
         }
     }
+    for cast in &facts.tree.cast_types {
+        if let Err(reason) = check_cast(cast, catalog) {
+            return Verdict::deny(reason);
+        }
+    }
     for name in &facts.tree.selected_names {
         if let Err(reason) = check_selected_name(name, catalog) {
             return Verdict::deny(reason);
         }
     }
     Verdict::Allow
+}
+
+/// Whether a cast to `target` is allowed: if a user-defined cast function to that type
+/// is VOLATILE, casts to it are denied (the source type is not known before planning,
+/// so any such cast counts).
+pub fn check_cast(target: &QualifiedName, catalog: Option<&FunctionCatalog>) -> Result<(), String> {
+    let Some(catalog) = catalog else {
+        return Err(format!(
+            "cast to {target} cannot be checked: the upstream catalog is unavailable"
+        ));
+    };
+    if catalog
+        .casts_to(target.schema.as_deref(), &target.name)
+        .any(|c| c.volatility == Volatility::Volatile)
+    {
+        return Err(format!(
+            "a cast to {target} runs a VOLATILE user-defined function"
+        ));
+    }
+    Ok(())
 }
 
 /// `x.f` and `(expr).f` call `f(x)` when a function `f` exists (Postgres's functional

@@ -52,6 +52,8 @@ pub struct TreeFacts {
     /// Names selected as fields (`t.name`, `(expr).name`): Postgres calls a function of
     /// that name if one exists, so each is checked as a possible function.
     pub selected_names: Vec<String>,
+    /// Target types of explicit casts (`x::mytype`, `CAST(x AS mytype)`).
+    pub cast_types: Vec<QualifiedName>,
     /// Every table or view named.
     pub tables: Vec<QualifiedName>,
     /// Data-modifying statements nested anywhere, e.g. `INSERT` inside a CTE.

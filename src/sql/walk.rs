@@ -45,9 +45,12 @@ struct Walker {
     operators: Vec<Vec<String>>,
     /// Name parts of the ColumnRefs being visited.
     columns: Vec<Vec<String>>,
+    /// Name parts of the cast target types being visited.
+    casts: Vec<Vec<String>>,
     /// What was recorded so far, to keep the lists free of repeats in linear time.
     seen: HashSet<QualifiedName>,
     seen_selected: HashSet<String>,
+    seen_casts: HashSet<QualifiedName>,
     /// (schema, relation) of the RangeVars being visited.
     ranges: Vec<(String, String)>,
 }
@@ -68,6 +71,7 @@ impl Walker {
             "FuncCall" => self.functions.push(Vec::new()),
             "AExpr" | "SubLink" | "SortBy" => self.operators.push(Vec::new()),
             "ColumnRef" => self.columns.push(Vec::new()),
+            "TypeCast" => self.casts.push(Vec::new()),
             "RangeVar" => self.ranges.push(Default::default()),
             "InsertStmt" => self.facts.writes.push("INSERT".into()),
             "UpdateStmt" => self.facts.writes.push("UPDATE".into()),
@@ -94,6 +98,13 @@ impl Walker {
                 if let Some(name) = self.operators.pop().and_then(qualified) {
                     if self.seen.insert(name.clone()) {
                         self.facts.operators.push(name);
+                    }
+                }
+            }
+            Some("TypeCast") => {
+                if let Some(name) = self.casts.pop().and_then(qualified) {
+                    if self.seen_casts.insert(name.clone()) {
+                        self.facts.cast_types.push(name);
                     }
                 }
             }
@@ -138,6 +149,19 @@ impl Walker {
             || self.ends_with(&["SortBy", "use_op", "Node", "node", "String", "sval"])
         {
             if let Some(parts) = self.operators.last_mut() {
+                parts.push(v.to_owned());
+            }
+        } else if self.ends_with(&[
+            "TypeCast",
+            "type_name",
+            "TypeName",
+            "names",
+            "Node",
+            "node",
+            "String",
+            "sval",
+        ]) {
+            if let Some(parts) = self.casts.last_mut() {
                 parts.push(v.to_owned());
             }
         } else if self.ends_with(&["ColumnRef", "fields", "Node", "node", "String", "sval"]) {

@@ -78,6 +78,9 @@ impl TestDb {
              CREATE FUNCTION step_stable(int, int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT $1 + $2';
              CREATE AGGREGATE isum(int) (SFUNC = step_stable, STYPE = int, INITCOND = '0');
              CREATE FUNCTION row_touch(items) RETURNS int LANGUAGE sql VOLATILE AS 'SELECT 1';
+             CREATE TYPE mood AS ENUM ('sad', 'happy');
+             CREATE FUNCTION mood_of(int) RETURNS mood LANGUAGE sql VOLATILE AS $$ SELECT 'happy'::mood $$;
+             CREATE CAST (int AS mood) WITH FUNCTION mood_of(int);
              CREATE FUNCTION volatile_wipe() RETURNS int LANGUAGE sql VOLATILE AS 'DELETE FROM items RETURNING 1';",
         )
         .await
