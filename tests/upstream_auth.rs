@@ -161,7 +161,8 @@ async fn scram_md5_and_tls_upstream_logins_work_and_wrong_secrets_do_not_leak() 
     let text = std::fs::read_to_string(gw.audit_dir.join("audit.jsonl")).unwrap();
     assert!(!text.contains("wrong-pw-do-not-leak"));
 
-    // A method the connection does not allow: nothing is sent.
+    // A method the connection does not allow: nothing is sent. The agent learns the
+    // login failed; the operator's audit trail says why.
     let gw = gateway_as(
         SCRAM_ROLE,
         "password_env = \"SQLGATE_TEST_SCRAM_PW\"\nupstream_auth = [\"md5\"]".into(),
@@ -170,13 +171,22 @@ async fn scram_md5_and_tls_upstream_logins_work_and_wrong_secrets_do_not_leak() 
     .await;
     let (_, message) = db_error(&read_through(&gw).await.unwrap_err());
     assert!(
-        message.contains(
-            "asks for scram-sha-256 authentication, which this connection does not allow"
-        ),
+        message.contains("could not log in to the upstream"),
         "{message}"
     );
+    assert!(
+        !message.contains(SCRAM_ROLE) && !message.contains("127.0.0.1"),
+        "{message}"
+    );
+    let reason = ended_reason(&gw).await;
+    assert!(
+        reason.contains(
+            "asks for scram-sha-256 authentication, which this connection does not allow"
+        ),
+        "{reason}"
+    );
 
-    // A missing credential names the variable, not a value.
+    // A missing credential: the trail names the variable, never a value.
     let gw = gateway_as(
         SCRAM_ROLE,
         "password_env = \"SQLGATE_TEST_UNSET_PW\"".into(),
@@ -185,7 +195,19 @@ async fn scram_md5_and_tls_upstream_logins_work_and_wrong_secrets_do_not_leak() 
     .await;
     let (_, message) = db_error(&read_through(&gw).await.unwrap_err());
     assert!(
-        message.contains("SQLGATE_TEST_UNSET_PW is not set"),
+        message.contains("no credential for this connection"),
         "{message}"
     );
+    assert!(ended_reason(&gw)
+        .await
+        .contains("SQLGATE_TEST_UNSET_PW is not set"));
+}
+
+async fn ended_reason(gw: &TestGateway) -> String {
+    let audit = gw.audit().await;
+    let ended = audit
+        .iter()
+        .find(|r| r["event"] == "session.ended")
+        .expect("session.ended");
+    ended["reason"].as_str().unwrap_or_default().to_owned()
 }

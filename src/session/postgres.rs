@@ -288,7 +288,9 @@ impl Session {
                 let mut rec = self.record(AuditEvent::GrantDenied, connection);
                 rec.decision = Some(Decision::Deny);
                 rec.reason = Some(format!("token rejected: {e}"));
-                self.audit_durable(rec).await?;
+                // A refusal has no effect to record first; it is queued, not synced,
+                // so a flood of bad tokens cannot turn into a flood of fsyncs.
+                self.audit_queued(rec).await;
                 return Err(PgError::fatal(
                     "28P01",
                     format!("sqlgate: token rejected: {e}"),
@@ -308,7 +310,9 @@ impl Session {
                 rec.groups = Some(principal.groups.clone());
                 rec.decision = Some(Decision::Deny);
                 rec.reason = Some(denial.reason.clone());
-                self.audit_durable(rec).await?;
+                // A refusal has no effect to record first; it is queued, not synced,
+                // so a flood of bad tokens cannot turn into a flood of fsyncs.
+                self.audit_queued(rec).await;
                 return Err(PgError::fatal(
                     "28000",
                     format!("sqlgate: {}", denial.reason),
@@ -360,7 +364,11 @@ impl Session {
                 let _ = self.services.audit.record(rec).await;
                 return Err(PgError::fatal(
                     "08006",
-                    format!("sqlgate: cannot open connection {:?}: {e}", conn.name),
+                    format!(
+                        "sqlgate: cannot open connection {:?}: {}",
+                        conn.name,
+                        e.for_client()
+                    ),
                 ));
             }
         };
@@ -415,6 +423,12 @@ impl Session {
         match self.client.as_mut() {
             Some(client) => client.write_all(bytes).await,
             None => Err(std::io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    async fn audit_queued(&self, rec: AuditRecord) {
+        if let Err(e) = self.services.audit.record(rec).await {
+            tracing::error!(error = %e, "audit record lost");
         }
     }
 

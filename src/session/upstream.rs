@@ -47,6 +47,30 @@ pub enum UpstreamError {
     Timeout(Duration),
 }
 
+impl UpstreamError {
+    /// What the agent is told: enough to know whom to ask, nothing about the
+    /// upstream's address, role or the gateway's configuration (those go to the log
+    /// and the audit trail).
+    pub fn for_client(&self) -> String {
+        match self {
+            UpstreamError::Connect { .. }
+            | UpstreamError::TlsRefused { .. }
+            | UpstreamError::Closed
+            | UpstreamError::Timeout(_) => "the upstream database is unreachable".into(),
+            UpstreamError::Refused { code, .. } => format!(
+                "the upstream refused the login of the gateway (SQLSTATE {code}); \
+                 ask the DBA to check this connection's credential"
+            ),
+            UpstreamError::Credential(_) => {
+                "the gateway has no credential for this connection right now; ask the DBA".into()
+            }
+            UpstreamError::Tls(_) | UpstreamError::Login(_) => {
+                "the gateway could not log in to the upstream database; ask the DBA".into()
+            }
+        }
+    }
+}
+
 /// A logged-in upstream session, ready for queries.
 pub struct UpstreamSession {
     pub stream: BoxStream,
