@@ -8,14 +8,22 @@
 //! * [`postgres`]: the Postgres front end — client handshake, login, relay.
 //! * [`upstream`]: opening and logging in to a Postgres upstream.
 //! * [`cancel`]: the gateway's own cancel keys and their mapping to upstream ones.
+//! * [`admit`]: the protocol-neutral login — token, grant, audit — every front end
+//!   calls with the token it received.
 
 pub mod cancel;
 pub mod postgres;
 pub mod upstream;
 
 use std::fmt;
+use std::time::SystemTime;
 
 use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::audit::{rfc3339, AuditEvent, AuditRecord, Decision};
+use crate::gateway::Services;
+use crate::identity::{Principal, TokenError};
+use crate::policy::{Denial, Grant};
 
 /// A byte stream: plain TCP or TLS, on either side.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
@@ -55,5 +63,85 @@ impl fmt::Display for EndReason {
             EndReason::ProtocolViolation(m) => write!(f, "protocol violation: {m}"),
             EndReason::Io(m) => write!(f, "i/o error: {m}"),
         }
+    }
+}
+
+/// A login that passed: who it is and what they may reach.
+pub struct Admission {
+    pub principal: Principal,
+    pub grant: Grant,
+}
+
+/// Why a login was refused; each front end phrases it in its own protocol.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The token failed a check (Postgres: 28P01).
+    Token(TokenError),
+    /// The identity has no grant for the connection (Postgres: 28000).
+    NoGrant(Denial),
+    /// The grant could not be recorded, so it is not issued (Postgres: 58030).
+    AuditUnavailable,
+}
+
+/// The protocol-neutral part of a login: token → principal → grant, each decision in
+/// the audit trail. `context` is a record with the session's id, connection and client
+/// address filled in. An issued grant is synced to the trail before this returns
+/// (audit before effect); refusals have no effect to precede and are queued, so a
+/// flood of bad tokens cannot become a flood of fsyncs.
+pub async fn admit(
+    services: &Services,
+    context: &AuditRecord,
+    connection: &str,
+    token: &str,
+) -> Result<Admission, Refusal> {
+    let record = |event: AuditEvent, decision: Decision| {
+        let mut rec = context.clone();
+        rec.time = rfc3339(SystemTime::now());
+        rec.event = event;
+        rec.decision = Some(decision);
+        rec
+    };
+    let principal = match services.verifier.verify(token).await {
+        Ok(p) => p,
+        Err(e) => {
+            let mut rec = record(AuditEvent::GrantDenied, Decision::Deny);
+            rec.reason = Some(format!("token rejected: {e}"));
+            queue(services, rec).await;
+            return Err(Refusal::Token(e));
+        }
+    };
+    let grant = match services
+        .grants
+        .decide(&principal, connection, SystemTime::now())
+    {
+        Ok(grant) => grant,
+        Err(denial) => {
+            let mut rec = record(AuditEvent::GrantDenied, Decision::Deny);
+            rec.sub = Some(principal.subject.clone());
+            rec.groups = Some(principal.groups.clone());
+            rec.reason = Some(denial.reason.clone());
+            queue(services, rec).await;
+            return Err(Refusal::NoGrant(denial));
+        }
+    };
+    let mut rec = record(AuditEvent::GrantIssued, Decision::Allow);
+    rec.grant_id = Some(grant.id.clone());
+    rec.sub = Some(principal.subject.clone());
+    rec.groups = Some(principal.groups.clone());
+    rec.reason = Some(format!(
+        "grant[{}] matched on {}",
+        grant.rule_index, grant.matched_on
+    ));
+    rec.expires_at = Some(rfc3339(grant.expires_at));
+    if let Err(e) = services.audit.record_durable(rec).await {
+        tracing::error!(error = %e, "audit trail unavailable; refusing the connection");
+        return Err(Refusal::AuditUnavailable);
+    }
+    Ok(Admission { principal, grant })
+}
+
+async fn queue(services: &Services, rec: AuditRecord) {
+    if let Err(e) = services.audit.record(rec).await {
+        tracing::error!(error = %e, "audit record lost");
     }
 }

@@ -34,7 +34,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, Wr
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc};
 
-use super::{cancel, new_session_id, upstream, BoxStream, EndReason};
+use super::{cancel, new_session_id, upstream, Admission, BoxStream, EndReason, Refusal};
 use crate::audit::{rfc3339, AuditEvent, AuditRecord, Decision};
 use crate::catalog::FunctionCatalog;
 use crate::gateway::Services;
@@ -282,55 +282,24 @@ impl Session {
         let token = frontend::password(frame.body())
             .map_err(|e| PgError::fatal("08P01", format!("invalid password message: {e}")))?;
 
-        let principal = match self.services.verifier.verify(token).await {
-            Ok(p) => p,
-            Err(e) => {
-                let mut rec = self.record(AuditEvent::GrantDenied, connection);
-                rec.decision = Some(Decision::Deny);
-                rec.reason = Some(format!("token rejected: {e}"));
-                // A refusal has no effect to record first; it is queued, not synced,
-                // so a flood of bad tokens cannot turn into a flood of fsyncs.
-                self.audit_queued(rec).await;
-                return Err(PgError::fatal(
-                    "28P01",
-                    format!("sqlgate: token rejected: {e}"),
-                ));
+        let admission = super::admit(
+            &self.services,
+            &self.record(AuditEvent::GrantIssued, connection),
+            connection,
+            token,
+        )
+        .await
+        .map_err(|refusal| match refusal {
+            Refusal::Token(e) => PgError::fatal("28P01", format!("sqlgate: token rejected: {e}")),
+            Refusal::NoGrant(denial) => {
+                PgError::fatal("28000", format!("sqlgate: {}", denial.reason))
             }
-        };
-
-        let grant = match self
-            .services
-            .grants
-            .decide(&principal, connection, SystemTime::now())
-        {
-            Ok(grant) => grant,
-            Err(denial) => {
-                let mut rec = self.record(AuditEvent::GrantDenied, connection);
-                rec.sub = Some(principal.subject.clone());
-                rec.groups = Some(principal.groups.clone());
-                rec.decision = Some(Decision::Deny);
-                rec.reason = Some(denial.reason.clone());
-                // A refusal has no effect to record first; it is queued, not synced,
-                // so a flood of bad tokens cannot turn into a flood of fsyncs.
-                self.audit_queued(rec).await;
-                return Err(PgError::fatal(
-                    "28000",
-                    format!("sqlgate: {}", denial.reason),
-                ));
-            }
-        };
-        let mut rec = self.record(AuditEvent::GrantIssued, connection);
-        rec.grant_id = Some(grant.id.clone());
-        rec.sub = Some(principal.subject.clone());
-        rec.groups = Some(principal.groups.clone());
-        rec.decision = Some(Decision::Allow);
-        rec.reason = Some(format!(
-            "grant[{}] matched on {}",
-            grant.rule_index, grant.matched_on
-        ));
-        rec.expires_at = Some(rfc3339(grant.expires_at));
-        // Audit before effect: the grant is on disk before the upstream is touched.
-        self.audit_durable(rec).await?;
+            Refusal::AuditUnavailable => PgError::fatal(
+                "58030",
+                "sqlgate: the audit trail is unavailable, so no connection can be granted",
+            ),
+        })?;
+        let Admission { principal, grant } = admission;
 
         let conn = config
             .connection(connection)
@@ -424,22 +393,6 @@ impl Session {
             Some(client) => client.write_all(bytes).await,
             None => Err(std::io::ErrorKind::NotConnected.into()),
         }
-    }
-
-    async fn audit_queued(&self, rec: AuditRecord) {
-        if let Err(e) = self.services.audit.record(rec).await {
-            tracing::error!(error = %e, "audit record lost");
-        }
-    }
-
-    async fn audit_durable(&self, rec: AuditRecord) -> Result<(), PgError> {
-        self.services.audit.record_durable(rec).await.map_err(|e| {
-            tracing::error!(error = %e, "audit trail unavailable; refusing the connection");
-            PgError::fatal(
-                "58030",
-                "sqlgate: the audit trail is unavailable, so no connection can be granted",
-            )
-        })
     }
 
     async fn read_frame(&mut self, max: usize) -> Result<Option<Frame>, PgError> {
