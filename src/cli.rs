@@ -8,7 +8,6 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::config::{parse_duration, Config, CredentialSource};
 use crate::gateway::Gateway;
 use crate::identity::dev_issuer::{DevIssuer, DevKey, TokenRequest};
-use crate::policy::GrantPolicy;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -257,7 +256,6 @@ pub fn describe(config: &Config) -> String {
     if !unreachable.is_empty() {
         let _ = writeln!(out, "warning: no grant reaches: {}", unreachable.join(", "));
     }
-    let _ = GrantPolicy::from_config(config);
     let _ = writeln!(
         out,
         "audit    {}",
