@@ -448,3 +448,39 @@ async fn psql_cancels_a_tls_session_over_a_plain_socket() {
     );
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+#[tokio::test]
+async fn gssenc_is_declined_and_bytes_smuggled_before_tls_are_refused() {
+    let gw = TestGateway::start().await;
+    // GSSENCRequest → 'N', then a normal startup on the same socket asks for a password.
+    let mut s = TcpStream::connect(("127.0.0.1", gw.port())).await.unwrap();
+    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30])
+        .await
+        .unwrap();
+    let mut answer = [0u8; 1];
+    s.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"N");
+    let mut out = BytesMut::new();
+    frontend::startup_message([("user", "agent-7"), ("database", "reporting")], &mut out).unwrap();
+    s.write_all(&out).await.unwrap();
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[0], b'R');
+    assert_eq!(
+        &head[5..9],
+        &3i32.to_be_bytes(),
+        "AuthenticationCleartextPassword"
+    );
+
+    // SSLRequest with a StartupMessage in the same write: those bytes would be trusted
+    // as if they came over TLS, so the gateway hangs up instead of answering 'S'.
+    let mut s = TcpStream::connect(("127.0.0.1", gw.port())).await.unwrap();
+    let mut out = BytesMut::from(&[0u8, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f][..]);
+    frontend::startup_message([("user", "agent-7"), ("database", "reporting")], &mut out).unwrap();
+    s.write_all(&out).await.unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    // Closed (FIN, or RST if it had unread bytes) without a single byte of answer.
+    assert!(read.is_ok(), "the gateway kept the connection open");
+    assert!(rest.is_empty(), "{rest:?}");
+}
