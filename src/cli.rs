@@ -93,6 +93,10 @@ pub enum Command {
         /// Lifetime, e.g. 10m or 1h.
         #[arg(long, default_value = "1h")]
         ttl: String,
+        /// Key id to put in the header (default: the key's own; another one makes a
+        /// token the issuer's JWKS does not vouch for).
+        #[arg(long)]
+        kid: Option<String>,
     },
 }
 
@@ -129,7 +133,8 @@ pub async fn run(cli: Cli) -> i32 {
             scopes,
             cid,
             ttl,
-        } => token(key, issuer, audience, sub, groups, scopes, cid, ttl),
+            kid,
+        } => token(key, issuer, audience, sub, groups, scopes, cid, ttl, kid),
     };
     match result {
         Ok(()) => 0,
@@ -290,6 +295,7 @@ fn token(
     scopes: Vec<String>,
     cid: Option<String>,
     ttl: String,
+    kid: Option<String>,
 ) -> Result<(), String> {
     let key = DevKey::load_or_create(&key)?;
     let request = TokenRequest {
@@ -301,7 +307,11 @@ fn token(
         client_id: cid,
         ttl: parse_duration(&ttl)?,
     };
-    println!("{}", request.mint(&key)?);
+    let token = match kid {
+        Some(kid) => key.sign_as(&request.claims(), &kid)?,
+        None => request.mint(&key)?,
+    };
+    println!("{token}");
     Ok(())
 }
 

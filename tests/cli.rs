@@ -159,3 +159,59 @@ fn the_readme_config_example_is_valid() {
         "{out}"
     );
 }
+
+#[test]
+fn token_mints_okta_shaped_claims_and_can_name_another_kid() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.pem");
+    let mint = |extra: &[&str]| {
+        let out = Command::new(SQLGATE)
+            .args(["token", "--key"])
+            .arg(&key)
+            .args([
+                "--issuer",
+                "http://127.0.0.1:8899",
+                "--sub",
+                "svc",
+                "--group",
+                "g1",
+                "--scope",
+                "read",
+                "--cid",
+                "app1",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let decode = |part: &str| -> serde_json::Value {
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(part)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let token = mint(&[]);
+    let parts: Vec<&str> = token.split('.').collect();
+    let (header, claims) = (decode(parts[0]), decode(parts[1]));
+    assert_eq!(header["alg"], "ES256");
+    assert_eq!(claims["sub"], "svc");
+    assert_eq!(claims["groups"], serde_json::json!(["g1"]));
+    assert_eq!(claims["scp"], serde_json::json!(["read"]));
+    assert_eq!(claims["cid"], "app1");
+    assert_eq!(claims["aud"], "api://sqlgate");
+    let other = mint(&["--kid", "not-published"]);
+    assert_eq!(
+        decode(other.split('.').next().unwrap())["kid"],
+        "not-published"
+    );
+    assert_ne!(header["kid"], "not-published");
+}

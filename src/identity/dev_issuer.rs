@@ -87,8 +87,14 @@ impl DevKey {
 
     /// Signs arbitrary claims with this key.
     pub fn sign(&self, claims: &Value) -> Result<String, String> {
+        self.sign_as(claims, &self.kid)
+    }
+
+    /// Signs with this key but names another key id in the header (to see how a
+    /// verifier treats a key it does not know).
+    pub fn sign_as(&self, claims: &Value, kid: &str) -> Result<String, String> {
         let mut header = Header::new(self.alg);
-        header.kid = Some(self.kid.clone());
+        header.kid = Some(kid.to_owned());
         jsonwebtoken::encode(&header, claims, &self.encoding)
             .map_err(|e| format!("cannot sign: {e}"))
     }
