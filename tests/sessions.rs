@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use common::{db_error, Setup, TestGateway};
+use common::{db_error, ended_with, Setup, TestGateway};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -218,27 +218,18 @@ async fn grant_expiry_ends_a_live_idle_session() {
         ..Default::default()
     })
     .await;
-    let token = gw.token(&["analytics-agents"]);
-    let (client, conn) = tokio_postgres::connect(&gw.conn_string("reporting", &token), NoTls)
-        .await
-        .unwrap();
-    let conn = tokio::spawn(conn);
+    let (client, conn) = gw.watched_agent().await;
     client.batch_execute("SELECT 1").await.unwrap();
     // The gateway sends FATAL while the session is idle; the driver sees the
     // connection end with that error.
-    let ended = tokio::time::timeout(Duration::from_secs(10), conn)
-        .await
-        .unwrap()
-        .unwrap();
-    let err = ended.unwrap_err();
-    let (code, message) = db_error(&err);
+    let (code, message) = ended_with(conn, 10).await;
     assert_eq!(code, "28000");
     assert!(message.contains("expired"), "{message}");
     assert!(client.batch_execute("SELECT 1").await.is_err());
-    let audit = gw.audit().await;
-    assert!(audit
-        .iter()
-        .any(|r| r["event"] == "session.ended" && r["reason"] == "grant expired"));
+    assert!(gw
+        .ended_reasons()
+        .await
+        .contains(&"grant expired".to_owned()));
 }
 
 #[tokio::test]
@@ -369,25 +360,20 @@ async fn statements_are_audited_without_secrets() {
 #[tokio::test]
 async fn shutdown_ends_sessions_with_57p01_and_records_it() {
     let gw = TestGateway::start().await;
-    let token = gw.token(&["analytics-agents"]);
-    let (client, conn) = tokio_postgres::connect(&gw.conn_string("reporting", &token), NoTls)
-        .await
-        .unwrap();
-    let conn = tokio::spawn(conn);
+    let (client, conn) = gw.watched_agent().await;
     client.batch_execute("SELECT 1").await.unwrap();
     gw.gateway.shutdown();
-    let ended = tokio::time::timeout(Duration::from_secs(5), conn)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(db_error(&ended.unwrap_err()).0, "57P01");
+    assert_eq!(ended_with(conn, 5).await.0, "57P01");
     // No new connections are accepted.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(gw.connect("reporting", &token).await.is_err());
-    let audit = gw.audit().await;
-    assert!(audit
-        .iter()
-        .any(|r| r["event"] == "session.ended" && r["reason"] == "gateway shutting down"));
+    assert!(gw
+        .connect("reporting", &gw.token(&["analytics-agents"]))
+        .await
+        .is_err());
+    assert!(gw
+        .ended_reasons()
+        .await
+        .contains(&"gateway shutting down".to_owned()));
 }
 
 #[tokio::test]

@@ -286,6 +286,31 @@ dir = "audit"
         Ok(client)
     }
 
+    /// Connects as an analytics agent and keeps the driver's connection task, whose
+    /// result says how the gateway ended the session.
+    pub async fn watched_agent(
+        &self,
+    ) -> (
+        Client,
+        tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    ) {
+        let token = self.token(&["analytics-agents"]);
+        let (client, conn) = tokio_postgres::connect(&self.conn_string("reporting", &token), NoTls)
+            .await
+            .unwrap();
+        (client, tokio::spawn(conn))
+    }
+
+    /// The `reason` of every `session.ended` record so far.
+    pub async fn ended_reasons(&self) -> Vec<String> {
+        self.audit()
+            .await
+            .iter()
+            .filter(|r| r["event"] == "session.ended")
+            .filter_map(|r| r["reason"].as_str().map(str::to_owned))
+            .collect()
+    }
+
     /// The audit trail's records so far.
     pub async fn audit(&self) -> Vec<Value> {
         // Statement records are queued; give the writer a moment.
@@ -295,6 +320,19 @@ dir = "audit"
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     }
+}
+
+/// Waits (at most `secs`) for a watched connection to be ended by the gateway and
+/// returns the SQLSTATE and message it ended with.
+pub async fn ended_with(
+    conn: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+    secs: u64,
+) -> (String, String) {
+    let ended = tokio::time::timeout(Duration::from_secs(secs), conn)
+        .await
+        .expect("the gateway did not end the session")
+        .unwrap();
+    db_error(&ended.expect_err("the session ended without an error"))
 }
 
 /// The SQLSTATE and message of a failed call.
