@@ -219,6 +219,55 @@ impl ser::Error for WalkError {
 
 type R = Result<(), WalkError>;
 
+/// Scalars carry no facts (strings do, and are handled by `Walker::string`).
+macro_rules! ignore_scalars {
+    ($($method:ident: $ty:ty),* $(,)?) => {
+        $(fn $method(self, _: $ty) -> R {
+            Ok(())
+        })*
+    };
+}
+
+/// Sequences and tuples only pass their elements through.
+macro_rules! pass_through {
+    ($trait:ident, $method:ident) => {
+        impl ser::$trait for &mut Walker {
+            type Ok = ();
+            type Error = WalkError;
+            fn $method<T: ?Sized + Serialize>(&mut self, value: &T) -> R {
+                value.serialize(&mut **self)
+            }
+            fn end(self) -> R {
+                Ok(())
+            }
+        }
+    };
+}
+
+/// Structs record each field name on the path while its value is walked.
+macro_rules! named_fields {
+    ($trait:ident) => {
+        impl ser::$trait for &mut Walker {
+            type Ok = ();
+            type Error = WalkError;
+            fn serialize_field<T: ?Sized + Serialize>(
+                &mut self,
+                key: &'static str,
+                value: &T,
+            ) -> R {
+                self.path.push(key);
+                let result = value.serialize(&mut **self);
+                self.path.pop();
+                result
+            }
+            fn end(self) -> R {
+                self.leave_struct();
+                Ok(())
+            }
+        }
+    };
+}
+
 impl ser::Serializer for &mut Walker {
     type Ok = ();
     type Error = WalkError;
@@ -230,47 +279,23 @@ impl ser::Serializer for &mut Walker {
     type SerializeStruct = Self;
     type SerializeStructVariant = Self;
 
-    fn serialize_bool(self, _: bool) -> R {
-        Ok(())
-    }
-    fn serialize_i8(self, _: i8) -> R {
-        Ok(())
-    }
-    fn serialize_i16(self, _: i16) -> R {
-        Ok(())
-    }
-    fn serialize_i32(self, _: i32) -> R {
-        Ok(())
-    }
-    fn serialize_i64(self, _: i64) -> R {
-        Ok(())
-    }
-    fn serialize_u8(self, _: u8) -> R {
-        Ok(())
-    }
-    fn serialize_u16(self, _: u16) -> R {
-        Ok(())
-    }
-    fn serialize_u32(self, _: u32) -> R {
-        Ok(())
-    }
-    fn serialize_u64(self, _: u64) -> R {
-        Ok(())
-    }
-    fn serialize_f32(self, _: f32) -> R {
-        Ok(())
-    }
-    fn serialize_f64(self, _: f64) -> R {
-        Ok(())
-    }
-    fn serialize_char(self, _: char) -> R {
-        Ok(())
-    }
+    ignore_scalars!(
+        serialize_bool: bool,
+        serialize_i8: i8,
+        serialize_i16: i16,
+        serialize_i32: i32,
+        serialize_i64: i64,
+        serialize_u8: u8,
+        serialize_u16: u16,
+        serialize_u32: u32,
+        serialize_u64: u64,
+        serialize_f32: f32,
+        serialize_f64: f64,
+        serialize_char: char,
+        serialize_bytes: &[u8],
+    );
     fn serialize_str(self, v: &str) -> R {
         self.string(v);
-        Ok(())
-    }
-    fn serialize_bytes(self, _: &[u8]) -> R {
         Ok(())
     }
     fn serialize_none(self) -> R {
@@ -337,49 +362,10 @@ impl ser::Serializer for &mut Walker {
     }
 }
 
-impl ser::SerializeSeq for &mut Walker {
-    type Ok = ();
-    type Error = WalkError;
-    fn serialize_element<T: ?Sized + Serialize>(&mut self, value: &T) -> R {
-        value.serialize(&mut **self)
-    }
-    fn end(self) -> R {
-        Ok(())
-    }
-}
-
-impl ser::SerializeTuple for &mut Walker {
-    type Ok = ();
-    type Error = WalkError;
-    fn serialize_element<T: ?Sized + Serialize>(&mut self, value: &T) -> R {
-        value.serialize(&mut **self)
-    }
-    fn end(self) -> R {
-        Ok(())
-    }
-}
-
-impl ser::SerializeTupleStruct for &mut Walker {
-    type Ok = ();
-    type Error = WalkError;
-    fn serialize_field<T: ?Sized + Serialize>(&mut self, value: &T) -> R {
-        value.serialize(&mut **self)
-    }
-    fn end(self) -> R {
-        Ok(())
-    }
-}
-
-impl ser::SerializeTupleVariant for &mut Walker {
-    type Ok = ();
-    type Error = WalkError;
-    fn serialize_field<T: ?Sized + Serialize>(&mut self, value: &T) -> R {
-        value.serialize(&mut **self)
-    }
-    fn end(self) -> R {
-        Ok(())
-    }
-}
+pass_through!(SerializeSeq, serialize_element);
+pass_through!(SerializeTuple, serialize_element);
+pass_through!(SerializeTupleStruct, serialize_field);
+pass_through!(SerializeTupleVariant, serialize_field);
 
 impl ser::SerializeMap for &mut Walker {
     type Ok = ();
@@ -395,32 +381,5 @@ impl ser::SerializeMap for &mut Walker {
     }
 }
 
-impl ser::SerializeStruct for &mut Walker {
-    type Ok = ();
-    type Error = WalkError;
-    fn serialize_field<T: ?Sized + Serialize>(&mut self, key: &'static str, value: &T) -> R {
-        self.path.push(key);
-        let result = value.serialize(&mut **self);
-        self.path.pop();
-        result
-    }
-    fn end(self) -> R {
-        self.leave_struct();
-        Ok(())
-    }
-}
-
-impl ser::SerializeStructVariant for &mut Walker {
-    type Ok = ();
-    type Error = WalkError;
-    fn serialize_field<T: ?Sized + Serialize>(&mut self, key: &'static str, value: &T) -> R {
-        self.path.push(key);
-        let result = value.serialize(&mut **self);
-        self.path.pop();
-        result
-    }
-    fn end(self) -> R {
-        self.leave_struct();
-        Ok(())
-    }
-}
+named_fields!(SerializeStruct);
+named_fields!(SerializeStructVariant);
