@@ -872,7 +872,8 @@ async fn upstream_to_client(
             }
             let end = pos + 1 + len as usize;
             if end > buf.len() {
-                buf.reserve(end - buf.len());
+                // Grow step by step, as for client messages (frame::split_frame).
+                buf.reserve((end - buf.len()).min(64 * 1024));
                 break;
             }
             if buf[pos] == backend::ERROR_RESPONSE {
