@@ -9,36 +9,89 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How long a fetched catalog is used before a new session refreshes it.
-pub const CATALOG_TTL: Duration = Duration::from_secs(300);
+/// How long a fetched catalog is used before it is refreshed (in the background; the
+/// sessions keep using the old one meanwhile). A function created or altered later is
+/// seen within this time, or at once when a statement names a function the catalog
+/// does not know (see [`MIN_REFRESH_INTERVAL`]).
+pub const CATALOG_TTL: Duration = Duration::from_secs(60);
 
-/// The query that reads the catalog: one row per function (kind `f`, `p`, `a`, `w`)
-/// and one per operator (kind `o`, with the volatility of the function behind it), and
-/// one per cast implemented by a user-defined function (kind `c`, named by its target
-/// type).
-/// An aggregate's own `provolatile` says nothing about the functions it runs per row,
-/// so aggregates get the most volatile of their support functions.
-pub const FUNCTION_QUERY: &str = "SELECT n.nspname, p.proname, \
-     CASE WHEN p.prokind = 'a' THEN coalesce((\
-       SELECT CASE WHEN bool_or(f.provolatile = 'v') THEN 'v' \
-                   WHEN bool_or(f.provolatile = 's') THEN 's' ELSE 'i' END \
-       FROM pg_catalog.pg_aggregate a JOIN pg_catalog.pg_proc f ON f.oid IN \
-         (a.aggtransfn, a.aggfinalfn, a.aggcombinefn, a.aggserialfn, a.aggdeserialfn, \
-          a.aggmtransfn, a.aggminvtransfn, a.aggmfinalfn) \
-       WHERE a.aggfnoid = p.oid), 'v') \
-     ELSE p.provolatile::text END, p.prokind \
-     FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
-     UNION ALL \
-     SELECT n.nspname, o.oprname, p.provolatile::text, 'o' \
-     FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace \
-     JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode \
-     UNION ALL \
-     SELECT tn.nspname, t.typname, p.provolatile::text, 'c' \
-     FROM pg_catalog.pg_cast c JOIN pg_catalog.pg_type t ON t.oid = c.casttarget \
-     JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace \
-     JOIN pg_catalog.pg_proc p ON p.oid = c.castfunc \
-     JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace \
-     WHERE pn.nspname <> 'pg_catalog'";
+/// Refreshes of one connection's catalog are at least this far apart, so statements
+/// naming unknown functions cannot turn into a flood of catalog reads.
+pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The query that reads the catalog, one row per fact: `(schema, name, volatility,
+/// kind)`.
+///
+/// * kind `f`, `p`, `a`, `w`: a function, procedure, aggregate or window function. An
+///   aggregate's own `provolatile` says nothing about the functions it runs per row,
+///   so aggregates get the most volatile of their support functions.
+/// * kind `o`: an operator, with the volatility of the function behind it.
+/// * kind `c`: a cast implemented by a user-defined function, named by its target type
+///   and by every domain over that type (a cast to the domain runs it too).
+/// * kind `t`: a type (a name that `name(x)` may cast to).
+/// * kind `r`: a user view or materialized view that reads, directly or through other
+///   user views, a relation on [`DENIED_RELATIONS`](crate::policy::readonly::DENIED_RELATIONS).
+///
+/// Every operator, function and type in it is qualified with `pg_catalog`, so the
+/// client's `search_path` cannot change what it means.
+pub fn catalog_query() -> String {
+    let denied: Vec<String> = crate::policy::readonly::DENIED_RELATIONS
+        .iter()
+        .map(|(name, _)| format!("'{name}'"))
+        .collect();
+    format!(
+        "SELECT n.nspname, p.proname, \
+         CASE WHEN p.prokind OPERATOR(pg_catalog.=) 'a' THEN coalesce((\
+           SELECT CASE WHEN pg_catalog.bool_or(f.provolatile OPERATOR(pg_catalog.=) 'v') THEN 'v' \
+                       WHEN pg_catalog.bool_or(f.provolatile OPERATOR(pg_catalog.=) 's') THEN 's' ELSE 'i' END \
+           FROM pg_catalog.pg_aggregate a JOIN pg_catalog.pg_proc f ON f.oid OPERATOR(pg_catalog.=) ANY (ARRAY[\
+              a.aggtransfn, a.aggfinalfn, a.aggcombinefn, a.aggserialfn, a.aggdeserialfn, \
+              a.aggmtransfn, a.aggminvtransfn, a.aggmfinalfn]::pg_catalog.oid[]) \
+           WHERE a.aggfnoid OPERATOR(pg_catalog.=) p.oid), 'v') \
+         ELSE p.provolatile::pg_catalog.text END, p.prokind::pg_catalog.text \
+         FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace \
+         UNION ALL \
+         SELECT n.nspname, o.oprname, p.provolatile::pg_catalog.text, 'o' \
+         FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) o.oprnamespace \
+         JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) o.oprcode \
+         UNION ALL \
+         (WITH RECURSIVE doms(oid, base) AS (\
+            SELECT t.oid, t.oid FROM pg_catalog.pg_type t \
+            UNION \
+            SELECT d.oid, doms.base FROM pg_catalog.pg_type d JOIN doms ON d.typbasetype OPERATOR(pg_catalog.=) doms.oid \
+            WHERE d.typtype OPERATOR(pg_catalog.=) 'd') \
+          SELECT tn.nspname, t.typname, p.provolatile::pg_catalog.text, 'c' \
+          FROM pg_catalog.pg_cast c JOIN doms ON doms.base OPERATOR(pg_catalog.=) c.casttarget \
+          JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) doms.oid \
+          JOIN pg_catalog.pg_namespace tn ON tn.oid OPERATOR(pg_catalog.=) t.typnamespace \
+          JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) c.castfunc \
+          JOIN pg_catalog.pg_namespace pn ON pn.oid OPERATOR(pg_catalog.=) p.pronamespace \
+          WHERE pn.nspname OPERATOR(pg_catalog.<>) 'pg_catalog') \
+         UNION ALL \
+         SELECT n.nspname, t.typname, '', 't' \
+         FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) t.typnamespace \
+         UNION ALL \
+         (WITH RECURSIVE denied(oid) AS (\
+            SELECT c.oid FROM pg_catalog.pg_class c \
+            JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+            WHERE n.nspname OPERATOR(pg_catalog.=) 'pg_catalog' \
+              AND c.relname OPERATOR(pg_catalog.=) ANY (ARRAY[{denied}]::pg_catalog.name[]) \
+            UNION \
+            SELECT r.ev_class FROM pg_catalog.pg_rewrite r \
+            JOIN pg_catalog.pg_depend d ON d.objid OPERATOR(pg_catalog.=) r.oid \
+             AND d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+             AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass \
+            JOIN denied ON d.refobjid OPERATOR(pg_catalog.=) denied.oid \
+            JOIN pg_catalog.pg_class v ON v.oid OPERATOR(pg_catalog.=) r.ev_class \
+            JOIN pg_catalog.pg_namespace vn ON vn.oid OPERATOR(pg_catalog.=) v.relnamespace \
+            WHERE vn.nspname OPERATOR(pg_catalog.<>) ALL (ARRAY['pg_catalog', 'information_schema']::pg_catalog.name[])) \
+          SELECT n.nspname, c.relname, '', 'r' FROM denied \
+          JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) denied.oid \
+          JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+          WHERE n.nspname OPERATOR(pg_catalog.<>) 'pg_catalog')",
+        denied = denied.join(", ")
+    )
+}
 
 /// `pg_proc.provolatile`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,15 +117,32 @@ pub struct FunctionCatalog {
     operators: HashMap<String, Vec<FunctionInfo>>,
     /// Casts implemented by user-defined functions, by target type name.
     casts: HashMap<String, Vec<FunctionInfo>>,
+    /// Types by name: the schemas that have one.
+    types: HashMap<String, Vec<String>>,
+    /// User views that read a denied relation, by name: their schemas.
+    denied_views: HashMap<String, Vec<String>>,
 }
 
 impl FunctionCatalog {
-    /// Builds the catalog from rows of [`FUNCTION_QUERY`] (text format).
+    /// Builds the catalog from rows of [`catalog_query`] (text format).
     pub fn from_rows(rows: impl IntoIterator<Item = [String; 4]>) -> Self {
         let mut by_name: HashMap<String, Vec<FunctionInfo>> = HashMap::new();
         let mut operators: HashMap<String, Vec<FunctionInfo>> = HashMap::new();
         let mut casts: HashMap<String, Vec<FunctionInfo>> = HashMap::new();
+        let mut types: HashMap<String, Vec<String>> = HashMap::new();
+        let mut denied_views: HashMap<String, Vec<String>> = HashMap::new();
         for [schema, name, volatility, kind] in rows {
+            match kind.as_str() {
+                "t" => {
+                    types.entry(name).or_default().push(schema);
+                    continue;
+                }
+                "r" => {
+                    denied_views.entry(name).or_default().push(schema);
+                    continue;
+                }
+                _ => {}
+            }
             let volatility = match volatility.as_str() {
                 "i" => Volatility::Immutable,
                 "s" => Volatility::Stable,
@@ -94,7 +164,26 @@ impl FunctionCatalog {
             by_name,
             operators,
             casts,
+            types,
+            denied_views,
         }
+    }
+
+    /// Whether a type named `name` exists (in `schema`, if given).
+    pub fn is_type(&self, schema: Option<&str>, name: &str) -> bool {
+        self.types
+            .get(name)
+            .is_some_and(|schemas| schema.is_none_or(|s| schemas.iter().any(|x| x == s)))
+    }
+
+    /// The schema of a user view named `name` (in `schema`, if given) that reads a
+    /// denied relation. An unqualified name matches such a view in any schema.
+    pub fn denied_view(&self, schema: Option<&str>, name: &str) -> Option<&str> {
+        self.denied_views
+            .get(name)?
+            .iter()
+            .find(|s| schema.is_none_or(|x| x == s.as_str()))
+            .map(String::as_str)
     }
 
     /// All operators named `name` (`+`, `===`), in `schema` if given.
@@ -148,21 +237,57 @@ fn find<'a>(
 #[derive(Default)]
 pub struct CatalogCache {
     entry: Mutex<Option<(Instant, Arc<FunctionCatalog>)>>,
+    /// Held while a refresh runs (one at a time); the time of the last attempt.
+    refresh: tokio::sync::Mutex<Option<Instant>>,
 }
 
 impl CatalogCache {
     /// The cached catalog if it is fresh.
     pub fn fresh(&self) -> Option<Arc<FunctionCatalog>> {
-        let entry = self.entry.lock().ok()?;
-        entry
-            .as_ref()
+        self.current()
             .filter(|(at, _)| at.elapsed() < CATALOG_TTL)
-            .map(|(_, c)| c.clone())
+            .map(|(_, c)| c)
+    }
+
+    /// The cached catalog however old, with the time it was read.
+    pub fn current(&self) -> Option<(Instant, Arc<FunctionCatalog>)> {
+        self.entry.lock().ok()?.clone()
     }
 
     pub fn store(&self, catalog: Arc<FunctionCatalog>) {
         if let Ok(mut entry) = self.entry.lock() {
             *entry = Some((Instant::now(), catalog));
+        }
+    }
+
+    /// Runs `fetch` to replace the catalog, unless another caller refreshed it after
+    /// `asked_at` or the last attempt was under [`MIN_REFRESH_INTERVAL`] ago. One
+    /// refresh runs at a time; callers that arrive during it wait for its result.
+    pub async fn refresh<F, Fut, E>(&self, asked_at: Instant, fetch: F) -> Option<Arc<FunctionCatalog>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Arc<FunctionCatalog>, E>>,
+        E: std::fmt::Display,
+    {
+        let mut last = self.refresh.lock().await;
+        if let Some((at, catalog)) = self.current() {
+            if at > asked_at {
+                return Some(catalog);
+            }
+        }
+        if last.is_some_and(|t| t.elapsed() < MIN_REFRESH_INTERVAL) {
+            return self.current().map(|(_, c)| c);
+        }
+        *last = Some(Instant::now());
+        match fetch().await {
+            Ok(catalog) => {
+                self.store(catalog.clone());
+                Some(catalog)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot refresh the upstream catalog; keeping the one read earlier");
+                self.current().map(|(_, c)| c)
+            }
         }
     }
 }

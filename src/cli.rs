@@ -40,6 +40,11 @@ pub enum Command {
     Check {
         #[arg(long, short, default_value = "gateway.toml")]
         config: PathBuf,
+        /// Also log in to each Postgres upstream with its held credential and warn
+        /// when the role is more powerful than a read-only gateway needs (superuser,
+        /// server files, programs, signals, BYPASSRLS, pg_write_all_data).
+        #[arg(long)]
+        connect: bool,
     },
     /// Start a self-contained demo: dev issuer, TLS gateway, one connection to local Postgres.
     Demo {
@@ -104,7 +109,7 @@ pub enum Command {
 pub async fn run(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Serve { config } => serve(config).await,
-        Command::Check { config } => check(config),
+        Command::Check { config, connect } => check(config, connect).await,
         Command::Demo {
             listen,
             upstream,
@@ -157,10 +162,35 @@ async fn serve(path: PathBuf) -> Result<(), String> {
     Ok(())
 }
 
-fn check(path: PathBuf) -> Result<(), String> {
+async fn check(path: PathBuf, connect: bool) -> Result<(), String> {
     let config = Config::load(&path).map_err(|e| e.to_string())?;
     print!("{}", describe(&config));
+    if connect {
+        println!("upstream roles:");
+        for c in &config.connections {
+            println!("  {:<20} {}", c.name, probe_held_role(c).await);
+        }
+    }
     Ok(())
+}
+
+/// Logs in to `conn` as the gateway would and reports the held role's risky privileges.
+async fn probe_held_role(conn: &crate::config::ConnectionConfig) -> String {
+    use crate::session::upstream;
+    let timeout = std::time::Duration::from_secs(5);
+    let mut session = match upstream::open(conn, &[], timeout).await {
+        Ok(s) => s,
+        Err(e) => return format!("warning: cannot log in: {e}"),
+    };
+    match upstream::risky_privileges(&mut session).await {
+        Ok(risky) if risky.is_empty() => format!("role {}: OK (no risky privileges)", conn.user),
+        Ok(risky) => format!(
+            "warning: role {} has {}; a read-only gateway needs SELECT only (README: least privilege)",
+            conn.user,
+            risky.join(", ")
+        ),
+        Err(e) => format!("warning: cannot read the role's privileges: {e}"),
+    }
 }
 
 /// The `check` report: listeners, identity, connections, and who may reach what.

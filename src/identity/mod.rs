@@ -217,8 +217,8 @@ impl Verifier {
             .ok_or_else(|| TokenError::BadClaim("exp".into()))?;
         Ok(Principal {
             subject,
-            groups: string_list(claims, &self.config.groups_claim)?,
-            scopes: string_list(claims, &self.config.scopes_claim)?,
+            groups: string_list(claims, &self.config.groups_claim, ListForm::ArrayOnly)?,
+            scopes: string_list(claims, &self.config.scopes_claim, ListForm::ArrayOrSpaced)?,
             client_id: match claims.get(&self.config.client_id_claim) {
                 Some(Value::String(s)) => Some(s.clone()),
                 None => None,
@@ -230,12 +230,29 @@ impl Verifier {
     }
 }
 
-/// A claim holding a list of strings: a JSON array, or a space-separated string (how
-/// `scp` is often sent). Missing means empty.
-fn string_list(claims: &Map<String, Value>, name: &str) -> Result<Vec<String>, TokenError> {
+/// Which JSON forms a list claim may take.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ListForm {
+    /// Only an array of strings. Group names may contain spaces ("Analytics Agents"),
+    /// so a string is refused rather than split: split, it would match a grant for
+    /// group "Agents".
+    ArrayOnly,
+    /// An array, or a space-separated string (OAuth's `scope`; Okta sends `scp` as an
+    /// array).
+    ArrayOrSpaced,
+}
+
+/// A claim holding a list of strings. Missing means empty.
+fn string_list(
+    claims: &Map<String, Value>,
+    name: &str,
+    form: ListForm,
+) -> Result<Vec<String>, TokenError> {
     match claims.get(name) {
         None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::String(s)) => Ok(s.split_whitespace().map(str::to_owned).collect()),
+        Some(Value::String(s)) if form == ListForm::ArrayOrSpaced => {
+            Ok(s.split_whitespace().map(str::to_owned).collect())
+        }
         Some(Value::Array(items)) => {
             let mut seen = HashSet::new();
             let mut out = Vec::with_capacity(items.len());

@@ -10,7 +10,8 @@
 
 use crate::catalog::{FunctionCatalog, Volatility};
 use crate::sql::{
-    CopyDirection, QualifiedName, SetFacts, StatementFacts, StatementKind, TransactionOp,
+    CopyDirection, QualifiedName, SetConfigCall, SetFacts, StatementFacts, StatementKind,
+    TransactionOp,
 };
 
 /// The decision on one statement.
@@ -58,7 +59,104 @@ pub const ALLOWED_SETTINGS: &[&str] = &[
     "cursor_tuple_fraction",
     "geqo",
     "row_security",
+    // pg_dump and pgAdmin
+    "synchronize_seqscans",
+    "quote_all_identifiers",
+    "check_function_bodies",
+    // planner costs and limits
+    "random_page_cost",
+    "seq_page_cost",
+    "cpu_tuple_cost",
+    "cpu_index_tuple_cost",
+    "cpu_operator_cost",
+    "parallel_setup_cost",
+    "parallel_tuple_cost",
+    "effective_cache_size",
+    "effective_io_concurrency",
+    "join_collapse_limit",
+    "from_collapse_limit",
+    "geqo_threshold",
+    "geqo_effort",
+    "constraint_exclusion",
+    "default_statistics_target",
+    "jit_above_cost",
+    "jit_inline_above_cost",
+    "jit_optimize_above_cost",
+    "min_parallel_table_scan_size",
+    "min_parallel_index_scan_size",
+    "parallel_leader_participation",
+    "recursive_worktable_factor",
+    // text search and output formats
+    "default_text_search_config",
+    "gin_fuzzy_search_limit",
+    "timezone_abbreviations",
+    "xmlbinary",
+    "array_nulls",
 ];
+
+/// Settings sqlgate pins on every upstream session, with the values they are pinned
+/// to. Setting one to its pinned value is allowed (psycopg2's `set_session(readonly=True)`,
+/// Rails' `SET standard_conforming_strings = on`); any other value is refused.
+pub const PINNED_SETTINGS: &[(&str, &str)] = &[
+    ("default_transaction_read_only", "on"),
+    ("transaction_read_only", "on"),
+    ("standard_conforming_strings", "on"),
+];
+
+/// Relations that expose credentials, server files or raw storage. Reading them is
+/// denied however they are reached (directly, through a CTE or subquery, aliased,
+/// schema-qualified, or through a user view that reads them).
+pub const DENIED_RELATIONS: &[(&str, &str)] = &[
+    ("pg_authid", "it holds role password verifiers"),
+    ("pg_shadow", "it holds role password verifiers"),
+    ("pg_user_mapping", "it holds foreign-server credentials"),
+    ("pg_user_mappings", "it holds foreign-server credentials"),
+    ("pg_hba_file_rules", "it shows the server's pg_hba.conf"),
+    ("pg_ident_file_mappings", "it shows the server's pg_ident.conf"),
+    ("pg_file_settings", "it shows the server's configuration files"),
+    ("pg_largeobject", "it exposes large objects' raw storage"),
+    ("pg_statistic", "it holds samples of column values the role may not read"),
+    ("pg_statistic_ext_data", "it holds samples of column values the role may not read"),
+];
+
+/// Relations of which some columns are sensitive: reading those columns (by name, `*`
+/// or a whole-row reference, or all columns through COPY) is denied, reading the rest
+/// is allowed (pg_dump counts subscriptions).
+pub const DENIED_COLUMNS: &[(&str, &[&str], &str)] = &[(
+    "pg_subscription",
+    &["subconninfo"],
+    "it holds the publisher's connection string, often with a password",
+)];
+
+/// Extension functions that run SQL text, reach other servers or read raw storage:
+/// denied in whatever schema the extension was installed. Matched like
+/// [`DENIED_BUILTINS`].
+pub const DENIED_IN_ANY_SCHEMA: &[&str] = &[
+    "dblink*",
+    "crosstab*",
+    "connectby*",
+    "xpath_table",
+    "lo_*",
+    "pg_read_*",
+    "pg_file_*",
+    "pg_ls_*",
+    "get_raw_page",
+    "page_header",
+    "page_checksum",
+    "heap_page_item*",
+    "heap_tuple_infomask_flags",
+    "tuple_data_split",
+    "bt_page_*",
+    "bt_metap",
+    "fsm_page_contents",
+    "heap_force_*",
+    "pg_truncate_visibility_map",
+    "pg_prewarm",
+];
+
+/// Deny-listed names that are nevertheless harmless: they only release what this
+/// session itself holds (asyncpg's pool reset sends `pg_advisory_unlock_all()`).
+const DENY_LIST_EXCEPTIONS: &[&str] = &["pg_advisory_unlock_all"];
 
 /// Encodings in which every byte of a multi-byte character has the high bit set, so
 /// the classifier's lexer and the server agree on every quote and backslash.
@@ -116,6 +214,9 @@ pub const DENIED_BUILTINS: &[&str] = &[
     "pg_stat_statements_reset",
     "ts_stat",
     "ts_rewrite",
+    "pg_show_all_file_settings",
+    "pg_hba_file_rules",
+    "pg_ident_file_mappings",
 ];
 
 /// VOLATILE built-ins that only read or compute. Every other VOLATILE built-in is
@@ -175,6 +276,7 @@ pub const HARMLESS_VOLATILE_BUILTINS: &[&str] = &[
     "pg_get_wal_resource_managers",
     "pg_get_multixact_members",
     "pg_prepared_xact",
+    "pg_advisory_unlock_all",
 ];
 
 fn matches_pattern(patterns: &[&str], name: &str) -> bool {
@@ -188,12 +290,18 @@ fn matches_pattern(patterns: &[&str], name: &str) -> bool {
 
 /// Whether `name` is on [`DENIED_BUILTINS`].
 pub fn denied_builtin(name: &str) -> bool {
-    DENIED_BUILTINS
-        .iter()
-        .any(|pattern| match pattern.strip_suffix('*') {
-            Some(prefix) => name.starts_with(prefix),
-            None => *pattern == name,
-        })
+    matches_pattern(DENIED_BUILTINS, name) && !DENY_LIST_EXCEPTIONS.contains(&name)
+}
+
+/// Whether `name` is on [`DENIED_IN_ANY_SCHEMA`].
+pub fn denied_in_any_schema(name: &str) -> bool {
+    matches_pattern(DENIED_IN_ANY_SCHEMA, name)
+}
+
+/// Whether a name as written can resolve to the built-in schema (unqualified names
+/// always search `pg_catalog` first: search_path may not put anything before it).
+fn builtin_schema(schema: Option<&str>) -> bool {
+    matches!(schema, None | Some("pg_catalog"))
 }
 
 /// Decides one statement.
@@ -202,8 +310,24 @@ pub fn decide(facts: &StatementFacts, catalog: Option<&FunctionCatalog>) -> Verd
     if kind != Verdict::Allow {
         return kind;
     }
+    if let Err(reason) = check_relations(facts, catalog) {
+        return Verdict::deny(reason);
+    }
+    let set_config_ok = match check_set_config_calls(&facts.tree.set_config_calls) {
+        Ok(ok) => ok,
+        Err(reason) => return Verdict::deny(reason),
+    };
     for function in &facts.tree.functions {
+        if set_config_ok && function.name == "set_config" && builtin_schema(function.schema.as_deref())
+        {
+            continue;
+        }
         if let Err(reason) = check_function(function, catalog) {
+            return Verdict::deny(reason);
+        }
+    }
+    for name in &facts.tree.syntax_calls {
+        if let Err(reason) = check_syntax_call(name, catalog) {
             return Verdict::deny(reason);
         }
     }
@@ -223,6 +347,111 @@ pub fn decide(facts: &StatementFacts, catalog: Option<&FunctionCatalog>) -> Verd
         }
     }
     Verdict::Allow
+}
+
+/// Every `set_config` call must set an allowed setting to a value that `SET` would
+/// accept, both as string constants. `Ok(true)`: there were such calls and all pass.
+fn check_set_config_calls(calls: &[SetConfigCall]) -> Result<bool, String> {
+    for call in calls {
+        let (Some(name), Some(value)) = (&call.name, &call.value) else {
+            return Err(
+                "set_config is allowed only with a constant setting name and value".into(),
+            );
+        };
+        let set = SetFacts::Value {
+            name: name.to_ascii_lowercase(),
+            values: vec![value.to_ascii_lowercase()],
+        };
+        if let Verdict::Deny { reason } = check_set(&set) {
+            return Err(format!("set_config({name:?}, ...): {reason}"));
+        }
+    }
+    Ok(!calls.is_empty())
+}
+
+/// Relations on [`DENIED_RELATIONS`] and [`DENIED_COLUMNS`], and user views the
+/// catalog found reading them.
+fn check_relations(facts: &StatementFacts, catalog: Option<&FunctionCatalog>) -> Result<(), String> {
+    let tree = &facts.tree;
+    for table in &tree.tables {
+        if builtin_schema(table.schema.as_deref()) {
+            if let Some((_, why)) = DENIED_RELATIONS.iter().find(|(n, _)| *n == table.name) {
+                return Err(format!("reading {table} is not allowed: {why}"));
+            }
+            if let Some((_, columns, why)) =
+                DENIED_COLUMNS.iter().find(|(n, _, _)| *n == table.name)
+            {
+                let whole_row = tree
+                    .single_names
+                    .iter()
+                    .any(|n| *n == table.name || tree.aliases.contains(n));
+                let named = tree
+                    .column_names
+                    .iter()
+                    .chain(&tree.selected_names)
+                    .chain(tree.functions.iter().map(|f| &f.name))
+                    .any(|c| c == "*" || columns.contains(&c.as_str()));
+                let copy = matches!(facts.kind, StatementKind::Copy { .. });
+                if whole_row || named || copy {
+                    return Err(format!(
+                        "reading {table}.{} (by name, *, or a whole row) is not allowed: {why}",
+                        columns.join(", ")
+                    ));
+                }
+            }
+        }
+        if let Some(catalog) = catalog {
+            if let Some(schema) = catalog.denied_view(table.schema.as_deref(), &table.name) {
+                return Err(format!(
+                    "reading {schema}.{} is not allowed: the view reads a relation that exposes credentials, server files or raw storage",
+                    table.name
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `search_path` may not put any schema before `pg_catalog`: implicit operators
+/// (`IN`, `BETWEEN`, `CASE x WHEN`, `GREATEST`, `DISTINCT`, `ORDER BY`) and unqualified
+/// names would resolve to a user's objects unchecked. Without `pg_catalog` in the list,
+/// the server searches it first.
+pub fn check_search_path(values: &[String]) -> Result<(), String> {
+    let elements: Vec<String> = values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|e| match e.strip_prefix('"').and_then(|e| e.strip_suffix('"')) {
+            Some(quoted) => quoted.to_owned(),
+            None => e.to_ascii_lowercase(),
+        })
+        .collect();
+    match elements.iter().position(|e| e == "pg_catalog") {
+        Some(at) if at > 0 => Err(format!(
+            "search_path may not put {} before pg_catalog",
+            elements[..at].join(", ")
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A name libpg_query parses as syntax (`json_scalar(x)`) that an older server may
+/// resolve to a function: checked as a function when the catalog has one.
+pub fn check_syntax_call(name: &str, catalog: Option<&FunctionCatalog>) -> Result<(), String> {
+    let Some(catalog) = catalog else {
+        return Err(format!(
+            "{name}(...) cannot be checked: the upstream catalog is unavailable"
+        ));
+    };
+    if catalog.lookup(None, name).next().is_none() {
+        return Ok(());
+    }
+    let function = QualifiedName {
+        schema: None,
+        name: name.to_owned(),
+    };
+    check_function(&function, Some(catalog))
 }
 
 /// Whether a cast to `target` is allowed: if a user-defined cast function to that type
@@ -249,7 +478,7 @@ pub fn check_cast(target: &QualifiedName, catalog: Option<&FunctionCatalog>) -> 
 /// notation for field selection). A name that is a function is checked as one; a name
 /// no function has is a column and passes.
 pub fn check_selected_name(name: &str, catalog: Option<&FunctionCatalog>) -> Result<(), String> {
-    if denied_builtin(name) || name.starts_with("dblink") {
+    if denied_builtin(name) || denied_in_any_schema(name) {
         return Err(format!(
             "{name} is a function with side effects (called as a field: x.{name})"
         ));
@@ -345,7 +574,12 @@ fn decide_kind(kind: &StatementKind, facts: &StatementFacts) -> Verdict {
         | StatementKind::CloseCursor
         | StatementKind::Execute
         | StatementKind::Deallocate
-        | StatementKind::Discard => Verdict::Allow,
+        | StatementKind::Discard
+        | StatementKind::Unlisten => Verdict::Allow,
+        StatementKind::Lock { access_share: true } => Verdict::Allow,
+        StatementKind::Lock {
+            access_share: false,
+        } => Verdict::deny("only LOCK ... IN ACCESS SHARE MODE is allowed (it blocks writers)"),
         // The caller names the statement kind ("DROP TABLE denied: ...").
         StatementKind::Other { .. } => Verdict::deny("the grant is read-only"),
     }
@@ -366,15 +600,28 @@ fn check_query(facts: &StatementFacts) -> Verdict {
     Verdict::Allow
 }
 
+fn setting_allowed(name: &str) -> bool {
+    ALLOWED_SETTINGS.contains(&name) || name.starts_with("enable_")
+}
+
 fn check_set(set: &SetFacts) -> Verdict {
     match set {
         // RESET ALL returns to the session's startup values, where sqlgate pins
         // read-only mode and standard_conforming_strings; it leaves transaction_*
-        // alone. Single settings only from the allow-list: `RESET transaction_read_only`
-        // inside a transaction block would make that transaction read-write.
+        // alone. Single settings only from the allow-list, the pinned settings whose
+        // reset value is the pinned one, and role/session_authorization (back to the
+        // held role). `RESET transaction_read_only` inside a transaction block would
+        // make that transaction read-write.
         SetFacts::ResetAll => Verdict::Allow,
         SetFacts::Reset { name } => {
-            if ALLOWED_SETTINGS.contains(&name.as_str()) || name.starts_with("enable_") {
+            let back_to_pinned = matches!(
+                name.as_str(),
+                "default_transaction_read_only"
+                    | "standard_conforming_strings"
+                    | "role"
+                    | "session_authorization"
+            );
+            if setting_allowed(name) || back_to_pinned {
                 Verdict::Allow
             } else {
                 Verdict::deny(format!(
@@ -396,16 +643,27 @@ fn check_set(set: &SetFacts) -> Verdict {
                     Verdict::deny("client_encoding is pinned to UTF8 (multi-byte encodings like SJIS or GBK can hide quotes from the firewall)")
                 };
             }
-            if ALLOWED_SETTINGS.contains(&name) || name.starts_with("enable_") {
+            if name == "search_path" {
+                return match check_search_path(values) {
+                    Ok(()) => Verdict::Allow,
+                    Err(reason) => Verdict::deny(reason),
+                };
+            }
+            if setting_allowed(name) {
                 return Verdict::Allow;
             }
+            if let Some((_, pinned)) = PINNED_SETTINGS.iter().find(|(n, _)| *n == name) {
+                let on = values.len() == 1 && matches!(values[0].as_str(), "on" | "true" | "1" | "yes");
+                return match (on, *pinned) {
+                    (true, "on") => Verdict::Allow,
+                    _ if name == "standard_conforming_strings" => Verdict::deny(
+                        "standard_conforming_strings is pinned on so the firewall parses strings as the server does",
+                    ),
+                    _ => Verdict::deny(format!("{name} is pinned on: the session is read-only")),
+                };
+            }
             match name {
-                "default_transaction_read_only" | "transaction_read_only" => {
-                    Verdict::deny(format!("{name} is pinned on: the session is read-only"))
-                }
-                "standard_conforming_strings" => {
-                    Verdict::deny("standard_conforming_strings is pinned on so the firewall parses strings as the server does")
-                }
+                "role" if values.len() == 1 && values[0] == "none" => Verdict::Allow,
                 "role" | "session_authorization" => Verdict::deny(format!("changing {name} is not allowed")),
                 _ => Verdict::deny(format!("SET {name} is not on the list of settings a read-only session may change")),
             }
@@ -419,8 +677,9 @@ pub fn check_function(
     catalog: Option<&FunctionCatalog>,
 ) -> Result<(), String> {
     let name = function.name.as_str();
-    let builtin_schema = matches!(function.schema.as_deref(), None | Some("pg_catalog"));
-    if (denied_builtin(name) && builtin_schema) || name.starts_with("dblink") {
+    if (denied_builtin(name) && builtin_schema(function.schema.as_deref()))
+        || denied_in_any_schema(name)
+    {
         return Err(format!("function {function} is not allowed: it has side effects or reaches outside the session"));
     }
     let Some(catalog) = catalog else {
@@ -453,12 +712,65 @@ pub fn check_function(
             ));
         }
     }
-    if !found {
+    // `typename(x)` is a cast to that type when no function matches (function-style
+    // cast); it runs the type's cast function, so it is checked like `x::typename`.
+    let is_type = catalog.is_type(function.schema.as_deref(), name);
+    if is_type {
+        check_cast(function, Some(catalog))?;
+    }
+    if !found && !is_type {
         return Err(format!(
             "function {function} does not exist in the upstream catalog"
         ));
     }
     Ok(())
+}
+
+/// Whether a statement may run code that is not built in: a user-defined function,
+/// operator, aggregate or cast, or a relation outside the system catalogs (a view or a
+/// row-level security policy can call functions). Such code may change a pinned setting
+/// the server only reports afterwards, so the session does not let the server parse
+/// anything further until the statement has finished (see the relay's tripwire).
+pub fn may_run_user_code(facts: &StatementFacts, catalog: Option<&FunctionCatalog>) -> bool {
+    let tree = &facts.tree;
+    let Some(catalog) = catalog else {
+        return true;
+    };
+    let user = |f: &crate::catalog::FunctionInfo| f.schema != "pg_catalog";
+    tree.functions.iter().any(|f| {
+        catalog.lookup(f.schema.as_deref(), &f.name).any(user)
+            || catalog.casts_to(f.schema.as_deref(), &f.name).next().is_some()
+    }) || tree
+        .operators
+        .iter()
+        .any(|o| catalog.operators(o.schema.as_deref(), &o.name).any(user))
+        || tree
+            .selected_names
+            .iter()
+            .chain(&tree.syntax_calls)
+            .any(|n| catalog.lookup(None, n).any(user))
+        || tree
+            .cast_types
+            .iter()
+            .any(|c| catalog.casts_to(c.schema.as_deref(), &c.name).next().is_some())
+        || tree.tables.iter().any(|t| match t.schema.as_deref() {
+            Some("pg_catalog" | "information_schema") => false,
+            Some(_) => true,
+            None => !t.name.starts_with("pg_"),
+        })
+}
+
+/// Whether a denial may be due to a catalog that is out of date: the statement names a
+/// function, type or operator the cached catalog does not know (created after it was
+/// read). The session refreshes the catalog and decides again.
+pub fn unknown_to_catalog(facts: &StatementFacts, catalog: Option<&FunctionCatalog>) -> bool {
+    let Some(catalog) = catalog else {
+        return true;
+    };
+    facts.tree.functions.iter().any(|f| {
+        catalog.lookup(f.schema.as_deref(), &f.name).next().is_none()
+            && !catalog.is_type(f.schema.as_deref(), &f.name)
+    })
 }
 
 #[cfg(test)]

@@ -8,11 +8,13 @@
 //! * [`postgres`]: the Postgres front end — client handshake, login, relay.
 //! * [`upstream`]: opening and logging in to a Postgres upstream.
 //! * [`cancel`]: the gateway's own cancel keys and their mapping to upstream ones.
+//! * [`tripwire`]: pinned settings watched in what the server reports.
 //! * [`admit`]: the protocol-neutral login — token, grant, audit — every front end
 //!   calls with the token it received.
 
 pub mod cancel;
 pub mod postgres;
+pub mod tripwire;
 pub mod upstream;
 
 use std::fmt;
@@ -49,6 +51,8 @@ pub enum EndReason {
     GrantExpired,
     Shutdown,
     ProtocolViolation(String),
+    /// A pinned setting changed (the tripwire).
+    Tamper(String),
     Io(String),
 }
 
@@ -61,6 +65,7 @@ impl fmt::Display for EndReason {
             EndReason::GrantExpired => f.write_str("grant expired"),
             EndReason::Shutdown => f.write_str("gateway shutting down"),
             EndReason::ProtocolViolation(m) => write!(f, "protocol violation: {m}"),
+            EndReason::Tamper(m) => write!(f, "tamper: {m}"),
             EndReason::Io(m) => write!(f, "i/o error: {m}"),
         }
     }

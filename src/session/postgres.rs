@@ -32,11 +32,12 @@ use sqlgate_postgres::frontend;
 use sqlgate_postgres::startup::{decode_initial, InitialPacket, StartupMessage};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 
+use super::tripwire::Tripwire;
 use super::{cancel, new_session_id, upstream, Admission, BoxStream, EndReason, Refusal};
 use crate::audit::{rfc3339, AuditEvent, AuditRecord, Decision};
-use crate::catalog::FunctionCatalog;
+use crate::catalog::{FunctionCatalog, CATALOG_TTL};
 use crate::gateway::Services;
 use crate::identity::Principal;
 use crate::policy::readonly::{self, Verdict, ALLOWED_SETTINGS};
@@ -50,6 +51,12 @@ const MAX_CLIENT_FRAME: usize = 256 << 20;
 const MAX_PASSWORD_FRAME: usize = 64 << 10;
 /// Verdicts remembered per session.
 const VERDICT_CACHE_ENTRIES: usize = 1024;
+/// The newest PostgreSQL major version whose grammar the classifier parses (pg_query 6
+/// is libpg_query 17). An upstream of a newer major version could accept syntax the
+/// classifier reads differently, so sessions to it are refused (fail closed).
+const GRAMMAR_MAJOR: u32 = 17;
+/// Probe statements start with this; a 128-bit random number follows, new per probe.
+const PROBE_PREFIX: &str = "sqlgate_denied_";
 /// Statements up to this size are also looked up by their literal-free shape.
 /// `normalize` runs on the caller's stack and recurses per tree level; 1 KiB bounds
 /// the depth to a few hundred levels.
@@ -259,6 +266,18 @@ impl Session {
                 "run SET after connecting; settings a read-only session may change are allowed",
             ));
         }
+        if let Some((_, path)) = startup
+            .params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("search_path"))
+        {
+            readonly::check_search_path(std::slice::from_ref(path)).map_err(|e| {
+                PgError::fatal(
+                    "42501",
+                    format!("sqlgate: startup parameter search_path refused: {e}"),
+                )
+            })?;
+        }
         let mut out = BytesMut::new();
         let protocol_options: Vec<&str> = startup
             .params
@@ -359,6 +378,46 @@ impl Session {
             },
         };
 
+        match upstream::risky_privileges(&mut up).await {
+            Ok(risky) if !risky.is_empty() => tracing::warn!(
+                session = %self.id, connection = %conn.name, privileges = %risky.join(", "),
+                "the held role is more powerful than a read-only gateway needs (see README: least privilege)"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(connection = %conn.name, error = %e, "cannot read the held role's privileges"),
+        }
+        let reported = |name: &str| {
+            up.parameter_status.iter().find_map(|f| {
+                backend::decode_parameter_status(f.body()).filter(|(n, _)| *n == name).map(|(_, v)| v.to_owned())
+            })
+        };
+        let major: u32 = reported("server_version")
+            .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next().and_then(|m| m.parse().ok()))
+            .unwrap_or(0);
+        if major > GRAMMAR_MAJOR {
+            let reason = format!(
+                "the upstream is PostgreSQL {major}, newer than the grammar sqlgate parses ({GRAMMAR_MAJOR})"
+            );
+            tracing::error!(session = %self.id, connection = %conn.name, %reason, "refusing the session");
+            let mut rec = self.record(AuditEvent::SessionEnded, connection);
+            rec.grant_id = Some(grant.id.clone());
+            rec.sub = Some(principal.subject.clone());
+            rec.reason = Some(reason.clone());
+            let _ = self.services.audit.record(rec).await;
+            return Err(PgError::fatal("0A000", format!("sqlgate: {reason}"))
+                .with_hint("ask the operator to upgrade sqlgate"));
+        }
+        // What the server reports must stay as sqlgate pinned it, or as it was at login.
+        let mut tripwire = Tripwire::default();
+        tripwire.pin("standard_conforming_strings", "on");
+        tripwire.pin("client_encoding", "UTF8");
+        tripwire.pin("default_transaction_read_only", "on");
+        for name in ["is_superuser", "session_authorization", "in_hot_standby"] {
+            if let Some(value) = reported(name) {
+                tripwire.pin(name, &value);
+            }
+        }
+
         let (pid, secret) =
             self.services
                 .cancels
@@ -384,6 +443,7 @@ impl Session {
             principal,
             grant,
             catalog,
+            tripwire,
             cancel_pid: pid,
         }))
     }
@@ -419,6 +479,7 @@ impl Session {
             principal,
             grant,
             catalog,
+            tripwire,
             cancel_pid,
         } = ready;
         let connection = grant.connection.clone();
@@ -428,15 +489,14 @@ impl Session {
         let (mut client_r, mut client_w) = tokio::io::split(client);
         let (mut up_r, mut up_w) = tokio::io::split(upstream.stream);
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
-        let nonce: u64 = rand::random();
+        let (ready_tx, ready_rx) = watch::channel(0u64);
         let ctx = RelayContext {
             session_id: self.id.clone(),
             client_addr: self.peer.to_string(),
             services: self.services.clone(),
             principal,
             grant: grant.clone(),
-            catalog,
-            marker: format!("sqlgate_denied_{nonce:016x}_"),
+            tripwire,
         };
         let deadline = Instant::now()
             + grant
@@ -445,13 +505,26 @@ impl Session {
                 .unwrap_or(Duration::ZERO);
         let client_buf = std::mem::take(&mut self.buf);
 
-        let to_upstream = client_to_upstream(&mut client_r, client_buf, &mut up_w, ctl_tx, &ctx);
+        let to_upstream = client_to_upstream(
+            &mut client_r,
+            client_buf,
+            &mut up_w,
+            ClientSide {
+                ctl: ctl_tx,
+                ready: ready_rx,
+                catalog,
+            },
+            &ctx,
+        );
         let to_client = upstream_to_client(
             &mut up_r,
             upstream.buf,
             &mut client_w,
-            ctl_rx,
-            deadline,
+            UpstreamSide {
+                ctl: ctl_rx,
+                ready: ready_tx,
+                deadline,
+            },
             &mut shutdown,
             &ctx,
         );
@@ -480,6 +553,7 @@ struct Ready {
     principal: Principal,
     grant: Grant,
     catalog: Option<Arc<FunctionCatalog>>,
+    tripwire: Tripwire,
     cancel_pid: i32,
 }
 
@@ -490,16 +564,32 @@ struct RelayContext {
     services: Arc<Services>,
     principal: Principal,
     grant: Grant,
+    /// Settings the server's reports must not change.
+    tripwire: Tripwire,
+}
+
+/// What the client → upstream direction owns.
+struct ClientSide {
+    ctl: mpsc::UnboundedSender<Control>,
+    /// How many ReadyForQuery messages the other direction has relayed.
+    ready: watch::Receiver<u64>,
+    /// The catalog verdicts are computed from; replaced as it ages.
     catalog: Option<Arc<FunctionCatalog>>,
-    /// Prefix of the probe statements of this session; a number follows.
-    marker: String,
+}
+
+/// What the upstream → client direction owns.
+struct UpstreamSide {
+    ctl: mpsc::UnboundedReceiver<Control>,
+    ready: watch::Sender<u64>,
+    /// When the grant expires.
+    deadline: Instant,
 }
 
 /// Messages from the client-side task to the client-writing task.
 enum Control {
-    /// Probe number `seq` was sent upstream in place of a denied statement; replace
-    /// its error with this one.
-    Denied { seq: u64, error: PgError },
+    /// The probe statement `token` was sent upstream in place of a denied statement;
+    /// replace its error with this one.
+    Denied { token: String, error: PgError },
     /// End the session with this FATAL error.
     Fatal(PgError, EndReason),
 }
@@ -511,12 +601,22 @@ struct Classified {
     verdict: Verdict,
 }
 
+/// An allowed Query/Parse text.
+struct Allowed {
+    /// Each statement's text and kind, for audit.
+    parts: Vec<(String, String)>,
+    /// Whether it may run user-defined code ([`readonly::may_run_user_code`]).
+    user_code: bool,
+}
+
 /// The outcome for one Query/Parse text.
 enum TextDecision {
-    Allow(Arc<Vec<(String, String)>>),
+    Allow(Arc<Allowed>),
     Deny {
         error: PgError,
         parts: Vec<Classified>,
+        /// The denial may be due to a catalog that is out of date.
+        catalog_miss: bool,
     },
 }
 
@@ -527,45 +627,56 @@ enum TextDecision {
 /// (`pg_query::normalize`) and holds only single SELECT statements, whose verdict
 /// cannot depend on a constant (unlike `SET client_encoding = ...` or `BEGIN READ
 /// WRITE`). Keys are whole texts, never hashes, so no crafted collision can alias a
-/// denied statement to an allowed one. The catalog is fixed for a session, so the
-/// cache never outlives what its verdicts were computed from.
+/// denied statement to an allowed one. Verdicts depend on the catalog, so the cache is
+/// cleared whenever the session picks up a newer one.
 #[derive(Default)]
 struct VerdictCache {
-    exact: HashMap<String, Arc<Vec<(String, String)>>>,
-    shapes: HashMap<String, ()>,
+    exact: HashMap<String, Arc<Allowed>>,
+    /// Shape → whether it may run user code.
+    shapes: HashMap<String, bool>,
 }
 
 impl VerdictCache {
-    fn remember(&mut self, text: &str, shape: Option<String>, parts: &Arc<Vec<(String, String)>>) {
+    fn remember(&mut self, text: &str, shape: Option<String>, allowed: &Arc<Allowed>) {
         if self.exact.len() >= VERDICT_CACHE_ENTRIES {
             self.exact.clear();
         }
-        self.exact.insert(text.to_owned(), parts.clone());
-        if let (Some(shape), [(_, kind)]) = (shape, parts.as_slice()) {
+        self.exact.insert(text.to_owned(), allowed.clone());
+        if let (Some(shape), [(_, kind)]) = (shape, allowed.parts.as_slice()) {
             if kind == "SELECT" {
                 if self.shapes.len() >= VERDICT_CACHE_ENTRIES {
                     self.shapes.clear();
                 }
-                self.shapes.insert(shape, ());
+                self.shapes.insert(shape, allowed.user_code);
             }
         }
+    }
+
+    fn clear(&mut self) {
+        self.exact.clear();
+        self.shapes.clear();
     }
 }
 
 impl RelayContext {
-    fn decide(&self, text: &str, cache: &mut VerdictCache) -> TextDecision {
-        if let Some(parts) = cache.exact.get(text) {
-            return TextDecision::Allow(parts.clone());
+    fn decide(
+        &self,
+        text: &str,
+        cache: &mut VerdictCache,
+        catalog: Option<&FunctionCatalog>,
+    ) -> TextDecision {
+        if let Some(allowed) = cache.exact.get(text) {
+            return TextDecision::Allow(allowed.clone());
         }
         let shape = (text.len() <= SHAPE_CACHE_MAX_TEXT)
             .then(|| pg_query::normalize(text).ok())
             .flatten();
         if let Some(shape) = &shape {
-            if cache.shapes.contains_key(shape) {
-                return TextDecision::Allow(Arc::new(vec![(
-                    text.trim().to_owned(),
-                    "SELECT".to_owned(),
-                )]));
+            if let Some(user_code) = cache.shapes.get(shape) {
+                return TextDecision::Allow(Arc::new(Allowed {
+                    parts: vec![(text.trim().to_owned(), "SELECT".to_owned())],
+                    user_code: *user_code,
+                }));
             }
         }
         let max = self.services.config.limits.max_statement_bytes;
@@ -587,6 +698,7 @@ impl RelayContext {
                             reason: e.to_string(),
                         },
                     }],
+                    catalog_miss: false,
                 };
             }
         };
@@ -595,14 +707,18 @@ impl RelayContext {
             .map(|f| Classified {
                 text: f.text.clone(),
                 kind: f.kind.label(),
-                verdict: readonly::decide(f, self.catalog.as_deref()),
+                verdict: readonly::decide(f, catalog),
             })
             .collect();
         let denied = parts.iter().position(|p| p.verdict != Verdict::Allow);
         match denied {
             None => {
-                let allowed: Arc<Vec<(String, String)>> =
-                    Arc::new(parts.into_iter().map(|p| (p.text, p.kind)).collect());
+                let allowed = Arc::new(Allowed {
+                    user_code: facts
+                        .iter()
+                        .any(|f| readonly::may_run_user_code(f, catalog)),
+                    parts: parts.into_iter().map(|p| (p.text, p.kind)).collect(),
+                });
                 cache.remember(text, shape, &allowed);
                 TextDecision::Allow(allowed)
             }
@@ -637,7 +753,11 @@ impl RelayContext {
                         }
                     }
                 }
-                TextDecision::Deny { error, parts }
+                TextDecision::Deny {
+                    error,
+                    parts,
+                    catalog_miss: readonly::unknown_to_catalog(&facts[index], catalog),
+                }
             }
         }
     }
@@ -668,6 +788,86 @@ impl RelayContext {
             tracing::error!(error = %e, "audit record lost");
         }
     }
+
+    /// A newer catalog of this connection than `than`, if there is one. With `wait`,
+    /// reads one now (a statement named something the catalog does not know);
+    /// otherwise, when `than` has aged past [`CATALOG_TTL`], starts a refresh in the
+    /// background and returns at once. Refreshes are single-flight and rate limited
+    /// per connection ([`crate::catalog::CatalogCache::refresh`]).
+    async fn newer_catalog(&self, than: Instant, wait: bool) -> Option<Arc<FunctionCatalog>> {
+        let cache = self.services.catalogs.get(&self.grant.connection)?;
+        if let Some((at, catalog)) = cache.current() {
+            if at > than {
+                return Some(catalog);
+            }
+        }
+        if !wait && than.elapsed() < CATALOG_TTL {
+            return None;
+        }
+        let services = self.services.clone();
+        let name = self.grant.connection.clone();
+        let refresh = async move {
+            let conn = services.config.connection(&name)?.clone();
+            let cache = services.catalogs.get(&name)?;
+            let timeout = services.config.limits.connect_timeout;
+            cache
+                .refresh(than, || upstream::fetch_catalog_separately(&conn, timeout))
+                .await
+        };
+        if wait {
+            refresh.await.filter(|_| {
+                cache.current().is_some_and(|(at, _)| at > than)
+            })
+        } else {
+            tokio::spawn(refresh);
+            None
+        }
+    }
+}
+
+/// Where the client's pipeline stands with respect to statements that may run
+/// user-defined code. Such code may change a pinned setting (say
+/// `standard_conforming_strings`), which the server reports only before its next
+/// ReadyForQuery; a statement the server parsed after that change could be read
+/// differently from how sqlgate read it. So after such a statement, the next Query or
+/// Parse is held until the server has answered it (and the tripwire has seen its
+/// reports).
+#[derive(Default)]
+struct Pipeline {
+    /// Messages sent upstream that each produce one ReadyForQuery (Query, Sync).
+    sync_points: u64,
+    /// Hold the next Query/Parse until this many ReadyForQuery have been relayed.
+    hold_until: Option<u64>,
+    /// A statement that may run user code was prepared in this session: each of its
+    /// executions may change a setting, so every Sync is waited for.
+    user_code_prepared: bool,
+    /// An Execute was sent since the last Sync.
+    executed_since_sync: bool,
+}
+
+impl Pipeline {
+    fn sync(&mut self) {
+        self.sync_points += 1;
+        self.executed_since_sync = false;
+        if self.user_code_prepared {
+            self.hold_until = Some(self.sync_points);
+        }
+    }
+}
+
+/// Whether `text` is read the same whatever `standard_conforming_strings` and the
+/// client encoding are: plain ASCII without backslashes.
+fn lexes_alike(text: &str) -> bool {
+    text.bytes().all(|b| b.is_ascii() && b != b'\\')
+}
+
+/// A fresh, unguessable probe statement (see [`probe_query`]).
+fn probe_token() -> String {
+    format!(
+        "{PROBE_PREFIX}{:016x}{:016x}",
+        rand::random::<u64>(),
+        rand::random::<u64>()
+    )
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -686,12 +886,17 @@ async fn client_to_upstream(
     client: &mut ReadHalf<BoxStream>,
     mut buf: BytesMut,
     upstream: &mut WriteHalf<BoxStream>,
-    ctl: mpsc::UnboundedSender<Control>,
+    mut side: ClientSide,
     ctx: &RelayContext,
 ) -> EndReason {
     let mut out = BytesMut::with_capacity(16 * 1024);
     let mut cache = VerdictCache::default();
-    let mut seq: u64 = 0;
+    let mut pipeline = Pipeline::default();
+    // When the session's catalog was read (a session without one asks at once).
+    let mut catalog_at = match (&side.catalog, ctx.services.catalogs.get(&ctx.grant.connection)) {
+        (Some(_), Some(cache)) => cache.current().map_or_else(Instant::now, |(at, _)| at),
+        _ => Instant::now() - CATALOG_TTL,
+    };
     loop {
         let mut terminate = false;
         let mut fatal = None;
@@ -710,14 +915,18 @@ async fn client_to_upstream(
                     frontend::parse_message(frame.body()).map(|p| (p.query, Some(p.name)))
                 }
                 frontend::FUNCTION_CALL => {
-                    seq += 1;
                     let error =
                         PgError::error("42501", "sqlgate: FunctionCall messages are not allowed")
                             .with_hint(
                             "call functions with SELECT; the statement is checked like any other",
                         );
-                    let _ = ctl.send(Control::Denied { seq, error });
-                    probe_query(&ctx.marker, seq, &mut out);
+                    let token = probe_token();
+                    let _ = side.ctl.send(Control::Denied {
+                        token: token.clone(),
+                        error,
+                    });
+                    probe_query(&token, &mut out);
+                    pipeline.sync_points += 1;
                     ctx.audit(ctx.statement_record(
                         "<FunctionCall message>",
                         "FunctionCall",
@@ -733,11 +942,19 @@ async fn client_to_upstream(
                     terminate = true;
                     break;
                 }
+                frontend::SYNC => {
+                    out.extend_from_slice(&frame.raw);
+                    pipeline.sync();
+                    continue;
+                }
+                frontend::EXECUTE => {
+                    out.extend_from_slice(&frame.raw);
+                    pipeline.executed_since_sync = true;
+                    continue;
+                }
                 frontend::BIND
                 | frontend::DESCRIBE
-                | frontend::EXECUTE
                 | frontend::CLOSE
-                | frontend::SYNC
                 | frontend::FLUSH
                 | frontend::COPY_DATA
                 | frontend::COPY_DONE
@@ -762,8 +979,31 @@ async fn client_to_upstream(
                     break;
                 }
             };
-            let decision = if ctx.services.audit.healthy() {
-                ctx.decide(text, &mut cache)
+
+            // The server must not parse this before earlier user code has finished
+            // and the tripwire has seen what the server reported.
+            if let Some(need) = pipeline.hold_until.take() {
+                if *side.ready.borrow() < need {
+                    if !out.is_empty() {
+                        if let Err(e) = upstream.write_all(&out).await {
+                            return EndReason::Io(format!("writing upstream: {e}"));
+                        }
+                        out.clear();
+                    }
+                    if side.ready.wait_for(|n| *n >= need).await.is_err() {
+                        // The other direction ended the session.
+                        std::future::pending::<()>().await;
+                    }
+                }
+            }
+            if let Some(newer) = ctx.newer_catalog(catalog_at, false).await {
+                side.catalog = Some(newer);
+                catalog_at = Instant::now();
+                cache.clear();
+            }
+
+            let mut decision = if ctx.services.audit.healthy() {
+                ctx.decide(text, &mut cache, side.catalog.as_deref())
             } else {
                 TextDecision::Deny {
                     error: PgError::error(
@@ -778,24 +1018,70 @@ async fn client_to_upstream(
                             reason: "audit trail unavailable".into(),
                         },
                     }],
+                    catalog_miss: false,
                 }
             };
+            if let TextDecision::Deny {
+                catalog_miss: true, ..
+            } = decision
+            {
+                // Perhaps created after the catalog was read: read it again, decide again.
+                if let Some(newer) = ctx.newer_catalog(catalog_at, true).await {
+                    side.catalog = Some(newer);
+                    catalog_at = Instant::now();
+                    cache.clear();
+                    decision = ctx.decide(text, &mut cache, side.catalog.as_deref());
+                }
+            }
+            if pipeline.user_code_prepared
+                && pipeline.executed_since_sync
+                && !lexes_alike(text)
+                && matches!(decision, TextDecision::Allow(_))
+            {
+                let reason = "an earlier statement of this pipeline may run user-defined code that changes how the server reads text, and no Sync followed it";
+                decision = TextDecision::Deny {
+                    error: PgError::error("42501", format!("sqlgate: statement denied: {reason}"))
+                        .with_hint("send Sync before a statement with backslashes or non-ASCII characters"),
+                    parts: vec![Classified {
+                        text: text.to_owned(),
+                        kind: "pipelined".into(),
+                        verdict: Verdict::Deny {
+                            reason: reason.into(),
+                        },
+                    }],
+                    catalog_miss: false,
+                };
+            }
             match decision {
-                TextDecision::Allow(parts) => {
+                TextDecision::Allow(allowed) => {
                     out.extend_from_slice(&frame.raw);
-                    for (text, kind) in parts.iter() {
+                    if parse_name.is_none() {
+                        pipeline.sync_points += 1;
+                        if allowed.user_code {
+                            pipeline.hold_until = Some(pipeline.sync_points);
+                        }
+                    } else if allowed.user_code {
+                        pipeline.user_code_prepared = true;
+                    }
+                    for (text, kind) in allowed.parts.iter() {
                         ctx.audit(ctx.statement_record(text, kind, &Verdict::Allow))
                             .await;
                     }
                 }
-                TextDecision::Deny { error, parts } => {
-                    seq += 1;
+                TextDecision::Deny { error, parts, .. } => {
                     tracing::info!(session = %ctx.session_id, message = %error.message, "statement denied");
+                    let token = probe_token();
                     // Register the replacement before the probe can be answered.
-                    let _ = ctl.send(Control::Denied { seq, error });
+                    let _ = side.ctl.send(Control::Denied {
+                        token: token.clone(),
+                        error,
+                    });
                     match parse_name {
-                        None => probe_query(&ctx.marker, seq, &mut out),
-                        Some(name) => probe_parse(&ctx.marker, seq, name, &mut out),
+                        None => {
+                            probe_query(&token, &mut out);
+                            pipeline.sync_points += 1;
+                        }
+                        Some(name) => probe_parse(&token, name, &mut out),
                     }
                     for part in &parts {
                         ctx.audit(ctx.statement_record(&part.text, &part.kind, &part.verdict))
@@ -815,7 +1101,7 @@ async fn client_to_upstream(
         }
         if let Some(error) = fatal {
             let reason = EndReason::ProtocolViolation(error.message.clone());
-            let _ = ctl.send(Control::Fatal(error, reason));
+            let _ = side.ctl.send(Control::Fatal(error, reason));
             // The other direction writes the error and ends the session.
             std::future::pending::<()>().await;
         }
@@ -835,36 +1121,42 @@ fn invalid_message(e: impl std::fmt::Display) -> PgError {
     PgError::fatal("08P01", format!("invalid message from client: {e}"))
 }
 
-/// A simple Query that the server rejects with a syntax error naming `marker` + seq.
-fn probe_query(marker: &str, seq: u64, out: &mut BytesMut) {
-    let text = format!("{marker}{seq}");
-    let _ = postgres_protocol::message::frontend::query(&text, out);
+/// A simple Query that the server rejects with a syntax error naming `token`. The
+/// token is new for every probe: by the time the server reports its text (in
+/// `pg_stat_activity`, to any session), nothing of this session runs before the probe's
+/// error, so no statement can forge it.
+fn probe_query(token: &str, out: &mut BytesMut) {
+    let _ = postgres_protocol::message::frontend::query(token, out);
 }
 
 /// A Parse of the probe statement under the client's statement name.
-fn probe_parse(marker: &str, seq: u64, name: &str, out: &mut BytesMut) {
-    let text = format!("{marker}{seq}");
-    let _ = postgres_protocol::message::frontend::parse(name, &text, std::iter::empty(), out);
+fn probe_parse(token: &str, name: &str, out: &mut BytesMut) {
+    let _ = postgres_protocol::message::frontend::parse(name, token, std::iter::empty(), out);
 }
 
-/// Upstream → client: forward everything, replacing probe errors with our denials.
-/// Also ends the session on grant expiry, gateway shutdown, or a fatal error from
-/// the client-side task.
+/// The server's exact error for a probe.
+fn probe_error_message(token: &str) -> String {
+    format!("syntax error at or near \"{token}\"")
+}
+
+/// Upstream → client: forward everything, replacing probe errors with our denials
+/// and watching the server's reports (the tripwire). Also ends the session on grant
+/// expiry, gateway shutdown, or a fatal error from the client-side task.
 async fn upstream_to_client(
     upstream: &mut ReadHalf<BoxStream>,
     mut buf: BytesMut,
     client: &mut WriteHalf<BoxStream>,
-    mut ctl: mpsc::UnboundedReceiver<Control>,
-    deadline: Instant,
+    mut side: UpstreamSide,
     shutdown: &mut broadcast::Receiver<()>,
     ctx: &RelayContext,
 ) -> EndReason {
-    let mut pending: VecDeque<(u64, PgError)> = VecDeque::new();
-    let deadline = tokio::time::Instant::from_std(deadline);
-    let marker = ctx.marker.as_bytes();
+    let mut pending: VecDeque<(String, PgError)> = VecDeque::new();
+    let deadline = tokio::time::Instant::from_std(side.deadline);
+    let mut ready_count: u64 = 0;
     loop {
         // Forward every complete message in `buf`, in place where possible.
         let mut pos = 0;
+        let ready_before = ready_count;
         while buf.len() - pos >= HEADER_LEN {
             let len = (&buf[pos + 1..pos + HEADER_LEN]).get_i32();
             if len < 4 {
@@ -876,12 +1168,17 @@ async fn upstream_to_client(
                 buf.reserve((end - buf.len()).min(64 * 1024));
                 break;
             }
-            if buf[pos] == backend::ERROR_RESPONSE {
-                if let Some(seq) = probe_seq(&buf[pos + HEADER_LEN..end], marker) {
+            let body = &buf[pos + HEADER_LEN..end];
+            match buf[pos] {
+                backend::ERROR_RESPONSE
+                    if body
+                        .windows(PROBE_PREFIX.len())
+                        .any(|w| w == PROBE_PREFIX.as_bytes()) =>
+                {
                     // The denial was queued before its probe was sent; collect it.
-                    while let Ok(control) = ctl.try_recv() {
+                    while let Ok(control) = side.ctl.try_recv() {
                         match control {
-                            Control::Denied { seq, error } => pending.push_back((seq, error)),
+                            Control::Denied { token, error } => pending.push_back((token, error)),
                             Control::Fatal(error, reason) => {
                                 let _ = write_parts(client, &buf[..pos], &[]).await;
                                 let _ = write_error(client, &error).await;
@@ -890,23 +1187,21 @@ async fn upstream_to_client(
                         }
                     }
                     // Only the server's syntax error for a pending probe is replaced;
-                    // anything else that merely contains the marker (it is visible to
-                    // other sessions in pg_stat_activity) is forwarded as it is.
-                    let fields = backend::ErrorFields::parse(&buf[pos + HEADER_LEN..end])
-                        .unwrap_or_default();
-                    let expected = format!("syntax error at or near \"{}{seq}\"", ctx.marker);
-                    let is_probe = fields.code == "42601"
-                        && fields.message == expected
-                        && pending.iter().any(|(s, _)| *s == seq);
-                    if is_probe {
-                        let mut replacement = BytesMut::new();
+                    // anything else that merely mentions a probe is forwarded as it is.
+                    let fields = backend::ErrorFields::parse(body).unwrap_or_default();
+                    let matched = (fields.code == "42601")
+                        .then(|| {
+                            pending
+                                .iter()
+                                .position(|(token, _)| fields.message == probe_error_message(token))
+                        })
+                        .flatten();
+                    if let Some(index) = matched {
                         // Earlier probes were skipped by the server (extended-protocol
                         // error mode); their denials are dropped with them.
-                        while let Some((s, error)) = pending.pop_front() {
-                            if s == seq {
-                                error.encode(&mut replacement);
-                                break;
-                            }
+                        let mut replacement = BytesMut::new();
+                        if let Some((_, error)) = pending.drain(..=index).last() {
+                            error.encode(&mut replacement);
                         }
                         if let Err(e) = write_parts(client, &buf[..pos], &replacement).await {
                             return EndReason::Io(format!("writing client: {e}"));
@@ -916,6 +1211,22 @@ async fn upstream_to_client(
                         continue;
                     }
                 }
+                backend::PARAMETER_STATUS => {
+                    let tripped = match backend::decode_parameter_status(body) {
+                        Some((name, value)) => ctx.tripwire.check(name, value).err().map(|t| t.to_string()),
+                        None => Some("the upstream sent a malformed ParameterStatus".into()),
+                    };
+                    if let Some(why) = tripped {
+                        tracing::error!(session = %ctx.session_id, %why, "tripwire: ending the session");
+                        let _ = write_parts(client, &buf[..pos], &[]).await;
+                        let error = PgError::fatal("42501", format!("sqlgate: session ended: {why}"))
+                            .with_hint("a statement changed a setting sqlgate pins; nothing further was forwarded, and the event is in the audit trail");
+                        let _ = write_error(client, &error).await;
+                        return EndReason::Tamper(why);
+                    }
+                }
+                backend::READY_FOR_QUERY => ready_count += 1,
+                _ => {}
             }
             pos = end;
         }
@@ -924,6 +1235,9 @@ async fn upstream_to_client(
                 return EndReason::Io(format!("writing client: {e}"));
             }
             buf.advance(pos);
+        }
+        if ready_count != ready_before {
+            let _ = side.ready.send(ready_count);
         }
         if buf.capacity() - buf.len() < 8192 {
             buf.reserve(64 * 1024);
@@ -934,8 +1248,8 @@ async fn upstream_to_client(
                 Ok(_) => {}
                 Err(e) => return EndReason::Io(format!("reading upstream: {e}")),
             },
-            control = ctl.recv() => match control {
-                Some(Control::Denied { seq, error }) => pending.push_back((seq, error)),
+            control = side.ctl.recv() => match control {
+                Some(Control::Denied { token, error }) => pending.push_back((token, error)),
                 Some(Control::Fatal(error, reason)) => {
                     let _ = write_error(client, &error).await;
                     return reason;
@@ -960,17 +1274,6 @@ async fn upstream_to_client(
             }
         }
     }
-}
-
-/// The probe number in an ErrorResponse body, if it is one of ours.
-fn probe_seq(body: &[u8], marker: &[u8]) -> Option<u64> {
-    let at = body.windows(marker.len()).position(|w| w == marker)?;
-    let digits = &body[at + marker.len()..];
-    let end = digits
-        .iter()
-        .position(|b| !b.is_ascii_digit())
-        .unwrap_or(digits.len());
-    std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
 }
 
 async fn write_parts<W: AsyncWrite + Unpin>(

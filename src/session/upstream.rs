@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::BoxStream;
-use crate::catalog::{FunctionCatalog, FUNCTION_QUERY};
+use crate::catalog::{catalog_query, FunctionCatalog};
 use crate::config::{ConnectionConfig, UpstreamTls};
 
 /// Settings pinned on every upstream session, as startup `options`.
@@ -233,11 +233,56 @@ async fn start_tls(
 pub async fn fetch_catalog(
     session: &mut UpstreamSession,
 ) -> Result<Arc<FunctionCatalog>, UpstreamError> {
+    let rows = query_rows::<4>(session, &catalog_query()).await?;
+    Ok(Arc::new(FunctionCatalog::from_rows(rows)))
+}
+
+/// Reads the catalog over a new, short-lived upstream session of `conn` (a session
+/// that is relaying cannot be used: its client owns the protocol state).
+pub async fn fetch_catalog_separately(
+    conn: &ConnectionConfig,
+    timeout: Duration,
+) -> Result<Arc<FunctionCatalog>, UpstreamError> {
+    let mut session = open(conn, &[], timeout).await?;
+    let catalog = tokio::time::timeout(timeout, fetch_catalog(&mut session))
+        .await
+        .map_err(|_| UpstreamError::Timeout(timeout))??;
     let mut out = BytesMut::new();
-    postgres_protocol::message::frontend::query(FUNCTION_QUERY, &mut out)
+    postgres_protocol::message::frontend::terminate(&mut out);
+    let _ = session.stream.write_all(&out).await;
+    Ok(catalog)
+}
+
+/// Privileges the held role should not have: superuser, or membership in a role that
+/// reads or writes server files, runs programs, signals other backends, bypasses
+/// row-level security or writes every table. sqlgate's checks do not depend on the
+/// role being weak, but a DBA should know (README: least-privilege recipe).
+pub const RISKY_ROLE_QUERY: &str = "SELECT 'superuser' FROM pg_catalog.pg_roles \
+     WHERE rolname OPERATOR(pg_catalog.=) CURRENT_USER AND rolsuper \
+     UNION ALL SELECT 'bypassrls' FROM pg_catalog.pg_roles \
+     WHERE rolname OPERATOR(pg_catalog.=) CURRENT_USER AND rolbypassrls \
+     UNION ALL SELECT m FROM pg_catalog.unnest(ARRAY['pg_read_server_files', \
+       'pg_write_server_files', 'pg_execute_server_program', 'pg_signal_backend', \
+       'pg_write_all_data']::pg_catalog.text[]) AS m \
+     WHERE pg_catalog.pg_has_role(CURRENT_USER, m::pg_catalog.name, 'MEMBER')";
+
+/// The risky privileges of the held role ([`RISKY_ROLE_QUERY`]).
+pub async fn risky_privileges(session: &mut UpstreamSession) -> Result<Vec<String>, UpstreamError> {
+    let rows = query_rows::<1>(session, RISKY_ROLE_QUERY).await?;
+    Ok(rows.into_iter().map(|[m]| m).collect())
+}
+
+/// Runs one simple query on an idle session and returns its rows as text, each with
+/// exactly `N` columns (NULL as ""). Leaves the session idle.
+async fn query_rows<const N: usize>(
+    session: &mut UpstreamSession,
+    sql: &str,
+) -> Result<Vec<[String; N]>, UpstreamError> {
+    let mut out = BytesMut::new();
+    postgres_protocol::message::frontend::query(sql, &mut out)
         .map_err(|e| UpstreamError::Login(e.to_string()))?;
     session.stream.write_all(&out).await.map_err(io_closed)?;
-    let mut rows: Vec<[String; 4]> = Vec::new();
+    let mut rows: Vec<[String; N]> = Vec::new();
     let mut failure = None;
     loop {
         let frame = read_frame(&mut session.stream, &mut session.buf).await?;
@@ -245,7 +290,7 @@ pub async fn fetch_catalog(
             b'D' => {
                 if let Message::DataRow(row) = parse_backend(&frame)? {
                     let buffer = row.buffer();
-                    let mut values: Vec<String> = Vec::with_capacity(4);
+                    let mut values: Vec<String> = Vec::with_capacity(N);
                     let mut ranges = row.ranges();
                     while let Ok(Some(range)) =
                         fallible_iterator::FallibleIterator::next(&mut ranges)
@@ -256,7 +301,7 @@ pub async fn fetch_catalog(
                             .unwrap_or_default();
                         values.push(text);
                     }
-                    if let Ok(row) = <[String; 4]>::try_from(values) {
+                    if let Ok(row) = <[String; N]>::try_from(values) {
                         rows.push(row);
                     }
                 }
@@ -275,7 +320,7 @@ pub async fn fetch_catalog(
     }
     match failure {
         Some(e) => Err(e),
-        None => Ok(Arc::new(FunctionCatalog::from_rows(rows))),
+        None => Ok(rows),
     }
 }
 

@@ -52,6 +52,19 @@ pub struct TreeFacts {
     /// Names selected as fields (`t.name`, `(expr).name`): Postgres calls a function of
     /// that name if one exists, so each is checked as a possible function.
     pub selected_names: Vec<String>,
+    /// Calls libpg_query parses as syntax but an older server may resolve as
+    /// functions (`json_scalar(x)`, `merge_action()`): checked if the catalog has them.
+    pub syntax_calls: Vec<String>,
+    /// Every `set_config(name, value, ...)` call (unqualified or `pg_catalog.`), with
+    /// its name and value if they are string constants.
+    pub set_config_calls: Vec<SetConfigCall>,
+    /// The last name of every column reference (`*` for `t.*` and `*`).
+    pub column_names: Vec<String>,
+    /// Column references of a single name: a column, or a whole-row reference to a
+    /// table or alias of that name.
+    pub single_names: Vec<String>,
+    /// Aliases given to tables, subqueries and functions.
+    pub aliases: Vec<String>,
     /// Target types of explicit casts (`x::mytype`, `CAST(x AS mytype)`).
     pub cast_types: Vec<QualifiedName>,
     /// Every table or view named.
@@ -62,6 +75,14 @@ pub struct TreeFacts {
     pub locking: bool,
     /// `SELECT ... INTO` a new table.
     pub into: bool,
+}
+
+/// One `set_config(name, value, is_local)` call; `None` where the argument is not a
+/// string constant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetConfigCall {
+    pub name: Option<String>,
+    pub value: Option<String>,
 }
 
 /// What a statement is, as far as policy cares.
@@ -98,6 +119,12 @@ pub enum StatementKind {
     Execute,
     Deallocate,
     Discard,
+    /// `LOCK TABLE`; `access_share` for `IN ACCESS SHARE MODE` (what pg_dump takes).
+    Lock {
+        access_share: bool,
+    },
+    /// `UNLISTEN` (stops notifications to this session only).
+    Unlisten,
     /// Anything else, labelled as a person would say it ("INSERT", "DROP TABLE").
     Other {
         label: String,
@@ -180,6 +207,8 @@ impl StatementKind {
             StatementKind::Execute => "EXECUTE".into(),
             StatementKind::Deallocate => "DEALLOCATE".into(),
             StatementKind::Discard => "DISCARD".into(),
+            StatementKind::Lock { .. } => "LOCK".into(),
+            StatementKind::Unlisten => "UNLISTEN".into(),
             StatementKind::Other { label } => label.clone(),
         }
     }
@@ -193,9 +222,9 @@ pub enum ClassifyError {
     #[error("statement is {len} bytes, over the limit of {max} bytes")]
     TooLarge { len: usize, max: usize },
     #[error(
-        "statement is too complex to check ({count} operators and parentheses; the limit is {max})"
+        "statement is too deeply nested to check (nesting depth about {depth}; the limit is {max})"
     )]
-    TooComplex { count: usize, max: usize },
+    TooComplex { depth: usize, max: usize },
     #[error("statement could not be analysed ({0})")]
     Internal(String),
 }

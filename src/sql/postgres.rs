@@ -29,11 +29,11 @@ use super::{ClassifyError, CopyDirection, SetFacts, StatementFacts, StatementKin
 /// builds (tests), whose frames are ten times larger, hand small statements to shared
 /// big-stack parser threads instead.
 pub const INLINE_PARSE_MAX: usize = 1024;
-/// Most operator and parenthesis tokens a larger statement may have. libpg_query's
+/// Deepest nesting a larger statement may have (see [`nesting_depth`]). libpg_query's
 /// protobuf output costs time quadratic in tree depth (`1+1+…` with 100k terms takes
 /// seconds), and depth comes from chained operators and nesting; flat lists (`IN (…)`,
-/// `VALUES`, `OR` chains) stay cheap however long.
-pub const MAX_STRUCTURE_TOKENS: usize = 10_000;
+/// `VALUES`, `OR` chains, `CASE` arms) stay cheap however long, so only depth is bounded.
+pub const MAX_NESTING_DEPTH: usize = 10_000;
 /// Stack of every parser thread. Parsing and decoding recurse once or more per tree
 /// level (tens of KB per level in a debug build), so parsing never runs on a caller's
 /// (possibly 2 MiB) stack. The space is reserved, not committed, until used.
@@ -107,11 +107,11 @@ pub fn classify(sql: &str, max_bytes: usize) -> Classified {
             .recv()
             .map_err(|_| ClassifyError::Internal("parser thread failed".into()))?;
     }
-    let count = structure_tokens(sql)?;
-    if count > MAX_STRUCTURE_TOKENS {
+    let depth = nesting_depth(sql)?;
+    if depth > MAX_NESTING_DEPTH {
         return Err(ClassifyError::TooComplex {
-            count,
-            max: MAX_STRUCTURE_TOKENS,
+            depth,
+            max: MAX_NESTING_DEPTH,
         });
     }
     let owned = sql.to_owned();
@@ -124,21 +124,68 @@ pub fn classify(sql: &str, max_bytes: usize) -> Classified {
         .map_err(|_| ClassifyError::Internal("parser thread failed".into()))?
 }
 
-/// Operator and `(` tokens, counted with the server's own scanner (so nothing inside
-/// strings or comments counts).
-fn structure_tokens(sql: &str) -> Result<usize, ClassifyError> {
-    const STRUCTURE: &[i32] = &[
-        37, 40, 42, 43, 45, 47, 60, 61, 62, 94, // % ( * + - / < = > ^
-        265, 268, 272, 273, 274, // Op, ::, <=, >=, <>
-    ];
+/// An upper estimate of the parse tree's depth, from the server's own scanner (so
+/// nothing inside strings or comments counts). Parentheses, brackets and `CASE … END`
+/// open a level; within a level, every operator and keyword may nest one deeper
+/// (`1+1+1`, `NOT NOT x`, `UNION` chains are left-deep), until a separator that the
+/// grammar flattens into a list (`,`, `AND`, `OR`, `WHEN`, `THEN`, `ELSE`) starts a
+/// new list element. The estimate is the deepest sum along the open levels.
+fn nesting_depth(sql: &str) -> Result<usize, ClassifyError> {
+    use pg_query::protobuf::{KeywordKind, Token as T};
     let scanned = catch_unwind(AssertUnwindSafe(|| pg_query::scan(sql)))
         .map_err(|_| ClassifyError::Internal("scanner panicked".into()))?
         .map_err(|e| ClassifyError::Syntax(parse_error_message(e)))?;
-    Ok(scanned
-        .tokens
-        .iter()
-        .filter(|t| STRUCTURE.contains(&t.token))
-        .count())
+    // Per open level: the depth below it, and the operators in its current element.
+    let mut levels: Vec<(usize, usize)> = vec![(0, 0)];
+    let mut deepest = 0;
+    for token in &scanned.tokens {
+        let t = T::try_from(token.token).unwrap_or(T::Nul);
+        match t {
+            T::Ascii40 | T::Ascii91 | T::Case => {
+                let (below, ops) = levels.last().copied().unwrap_or_default();
+                levels.push((below + ops + 1, 0));
+            }
+            T::Ascii41 | T::Ascii93 | T::EndP => {
+                if levels.len() > 1 {
+                    levels.pop();
+                }
+            }
+            T::Ascii44 | T::And | T::Or | T::When | T::Then | T::Else | T::Ascii59 => {
+                if let Some(level) = levels.last_mut() {
+                    level.1 = 0;
+                }
+            }
+            _ => {
+                let operator = matches!(
+                    t,
+                    T::Ascii37
+                        | T::Ascii42
+                        | T::Ascii43
+                        | T::Ascii45
+                        | T::Ascii47
+                        | T::Ascii60
+                        | T::Ascii61
+                        | T::Ascii62
+                        | T::Ascii94
+                        | T::Op
+                        | T::Typecast
+                        | T::LessEquals
+                        | T::GreaterEquals
+                        | T::NotEquals
+                );
+                let keyword = token.keyword_kind != KeywordKind::NoKeyword as i32;
+                if operator || keyword {
+                    if let Some(level) = levels.last_mut() {
+                        level.1 += 1;
+                    }
+                }
+            }
+        }
+        if let Some((below, ops)) = levels.last() {
+            deepest = deepest.max(below + ops);
+        }
+    }
+    Ok(deepest)
 }
 
 fn classify_here(sql: &str) -> Classified {
@@ -235,6 +282,11 @@ fn kind(node: &N, root: Option<&str>) -> StatementKind {
         N::ExecuteStmt(_) => StatementKind::Execute,
         N::DeallocateStmt(_) => StatementKind::Deallocate,
         N::DiscardStmt(_) => StatementKind::Discard,
+        // AccessShareLock is lock mode 1 (storage/lockdefs.h).
+        N::LockStmt(l) => StatementKind::Lock {
+            access_share: l.mode == 1,
+        },
+        N::UnlistenStmt(_) => StatementKind::Unlisten,
         _ => StatementKind::Other {
             label: other_label(node, root),
         },

@@ -11,7 +11,25 @@ use std::collections::HashSet;
 
 use serde::ser::{self, Serialize};
 
-use super::{QualifiedName, TreeFacts};
+use super::{QualifiedName, SetConfigCall, TreeFacts};
+
+/// Nodes that libpg_query (PostgreSQL 17's grammar) parses as syntax, where an older
+/// server's grammar sees a plain function call that resolves through the catalog (a
+/// user function named `json_scalar` on PostgreSQL 15). Each counts as a call of the
+/// names listed; policy checks them when the catalog has a function of that name.
+const SYNTAX_CALLS: &[(&str, &[&str])] = &[
+    ("JsonScalarExpr", &["json_scalar"]),
+    ("JsonSerializeExpr", &["json_serialize"]),
+    ("JsonParseExpr", &["json"]),
+    ("JsonObjectConstructor", &["json_object"]),
+    ("JsonArrayConstructor", &["json_array"]),
+    ("JsonArrayQueryConstructor", &["json_array"]),
+    ("JsonObjectAgg", &["json_objectagg"]),
+    ("JsonArrayAgg", &["json_arrayagg"]),
+    ("JsonFuncExpr", &["json_query", "json_value", "json_exists"]),
+    ("JsonTable", &["json_table"]),
+    ("MergeSupportFunc", &["merge_action"]),
+];
 
 /// Walks `node`: the name of its outermost struct (the statement node type, e.g.
 /// "InsertStmt") and the facts found anywhere in it.
@@ -39,8 +57,9 @@ struct Walker {
     facts: TreeFacts,
     /// Struct names and field names from the root to the current value.
     path: Vec<&'static str>,
-    /// Name parts of the FuncCalls being visited (innermost last).
-    functions: Vec<Vec<String>>,
+    /// Name parts and constant string arguments (`None`: not a string constant) of
+    /// the FuncCalls being visited (innermost last).
+    functions: Vec<(Vec<String>, Vec<Option<String>>)>,
     /// Name parts of the operator-bearing nodes (A_Expr, SubLink, SortBy) being visited.
     operators: Vec<Vec<String>>,
     /// Name parts of the ColumnRefs being visited.
@@ -48,9 +67,16 @@ struct Walker {
     /// Name parts of the cast target types being visited.
     casts: Vec<Vec<String>>,
     /// What was recorded so far, to keep the lists free of repeats in linear time.
-    seen: HashSet<QualifiedName>,
+    /// One set per list: a table named like a function must never hide its call.
+    seen_functions: HashSet<QualifiedName>,
+    seen_operators: HashSet<QualifiedName>,
+    seen_tables: HashSet<QualifiedName>,
     seen_selected: HashSet<String>,
     seen_casts: HashSet<QualifiedName>,
+    seen_syntax: HashSet<&'static str>,
+    seen_columns: HashSet<String>,
+    seen_single: HashSet<String>,
+    seen_aliases: HashSet<String>,
     /// (schema, relation) of the RangeVars being visited.
     ranges: Vec<(String, String)>,
 }
@@ -67,8 +93,25 @@ impl Walker {
                 return Err(WalkError("stop".into()));
             }
         }
+        if name == "Node" && self.ends_with(&["FuncCall", "args"]) {
+            if let Some((_, args)) = self.functions.last_mut() {
+                args.push(None);
+            }
+        }
+        if name == "AStar" && self.ends_with(&["ColumnRef", "fields", "Node", "node"]) {
+            if let Some(parts) = self.columns.last_mut() {
+                parts.push("*".to_owned());
+            }
+        }
+        if let Some((_, names)) = SYNTAX_CALLS.iter().find(|(node, _)| *node == name) {
+            for name in names.iter() {
+                if self.seen_syntax.insert(name) {
+                    self.facts.syntax_calls.push((*name).to_owned());
+                }
+            }
+        }
         match name {
-            "FuncCall" => self.functions.push(Vec::new()),
+            "FuncCall" => self.functions.push(Default::default()),
             "AExpr" | "SubLink" | "SortBy" => self.operators.push(Vec::new()),
             "ColumnRef" => self.columns.push(Vec::new()),
             "TypeCast" => self.casts.push(Vec::new()),
@@ -88,15 +131,26 @@ impl Walker {
     fn leave_struct(&mut self) {
         match self.path.pop() {
             Some("FuncCall") => {
-                if let Some(name) = self.functions.pop().and_then(qualified) {
-                    if self.seen.insert(name.clone()) {
-                        self.facts.functions.push(name);
+                if let Some((parts, args)) = self.functions.pop() {
+                    if let Some(name) = qualified(parts) {
+                        if name.name == "set_config"
+                            && matches!(name.schema.as_deref(), None | Some("pg_catalog"))
+                        {
+                            let mut args = args.into_iter();
+                            self.facts.set_config_calls.push(SetConfigCall {
+                                name: args.next().flatten(),
+                                value: args.next().flatten(),
+                            });
+                        }
+                        if self.seen_functions.insert(name.clone()) {
+                            self.facts.functions.push(name);
+                        }
                     }
                 }
             }
             Some("AExpr" | "SubLink" | "SortBy") => {
                 if let Some(name) = self.operators.pop().and_then(qualified) {
-                    if self.seen.insert(name.clone()) {
+                    if self.seen_operators.insert(name.clone()) {
                         self.facts.operators.push(name);
                     }
                 }
@@ -110,10 +164,23 @@ impl Walker {
             }
             Some("ColumnRef") => {
                 // `t.f` (two or more names): the last may be a function of `t`.
+                // A single name may be a whole-row reference to a table or alias.
                 if let Some(parts) = self.columns.pop() {
+                    if parts.len() == 1 {
+                        if self.seen_single.insert(parts[0].clone()) {
+                            self.facts.single_names.push(parts[0].clone());
+                        }
+                    }
+                    if let Some(last) = parts.last() {
+                        if self.seen_columns.insert(last.clone()) {
+                            self.facts.column_names.push(last.clone());
+                        }
+                    }
                     if parts.len() >= 2 {
                         if let Some(last) = parts.into_iter().last() {
-                            self.selected(last);
+                            if last != "*" {
+                                self.selected(last);
+                            }
                         }
                     }
                 }
@@ -124,7 +191,7 @@ impl Walker {
                         schema: (!schema.is_empty()).then_some(schema),
                         name,
                     };
-                    if self.seen.insert(table.clone()) {
+                    if self.seen_tables.insert(table.clone()) {
                         self.facts.tables.push(table);
                     }
                 }
@@ -141,8 +208,18 @@ impl Walker {
 
     fn string(&mut self, v: &str) {
         if self.ends_with(&["FuncCall", "funcname", "Node", "node", "String", "sval"]) {
-            if let Some(parts) = self.functions.last_mut() {
+            if let Some((parts, _)) = self.functions.last_mut() {
                 parts.push(v.to_owned());
+            }
+        } else if self.ends_with(&[
+            "FuncCall", "args", "Node", "node", "AConst", "val", "String", "sval",
+        ]) {
+            if let Some(slot) = self.functions.last_mut().and_then(|(_, a)| a.last_mut()) {
+                *slot = Some(v.to_owned());
+            }
+        } else if self.ends_with(&["Alias", "aliasname"]) {
+            if self.seen_aliases.insert(v.to_owned()) {
+                self.facts.aliases.push(v.to_owned());
             }
         } else if self.ends_with(&["AExpr", "name", "Node", "node", "String", "sval"])
             || self.ends_with(&["SubLink", "oper_name", "Node", "node", "String", "sval"])

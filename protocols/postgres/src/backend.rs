@@ -123,6 +123,19 @@ pub fn parameter_status(name: &str, value: &str, out: &mut BytesMut) {
 
 /// NegotiateProtocolVersion: the newest minor version we speak (0) and the protocol
 /// options (`_pq_.*` parameters) we did not recognise.
+/// Decodes a ParameterStatus body: the setting's name and value. `None` if the body is
+/// not two NUL-terminated UTF-8 strings.
+pub fn decode_parameter_status(body: &[u8]) -> Option<(&str, &str)> {
+    let mut fields = body.split(|b| *b == 0);
+    let name = std::str::from_utf8(fields.next()?).ok()?;
+    let value = std::str::from_utf8(fields.next()?).ok()?;
+    // Exactly two terminated strings: "name\0value\0" splits into name, value, "".
+    match (fields.next(), fields.next()) {
+        (Some(b""), None) => Some((name, value)),
+        _ => None,
+    }
+}
+
 pub fn negotiate_protocol_version(unrecognised: &[&str], out: &mut BytesMut) {
     let body: usize = 8 + unrecognised.iter().map(|o| o.len() + 1).sum::<usize>();
     out.put_u8(b'v');
