@@ -29,17 +29,16 @@ pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(2);
 /// * kind `c`: a cast implemented by a user-defined function, named by its target type
 ///   and by every domain over that type (a cast to the domain runs it too).
 /// * kind `t`: a type (a name that `name(x)` may cast to).
-/// * kind `r`: a user view or materialized view that reads, directly or through other
-///   user views, a relation on [`DENIED_RELATIONS`](crate::policy::readonly::DENIED_RELATIONS).
+/// * kind `v`: a user view or materialized view, with its definition in the third
+///   column. The gateway parses each definition itself to find the views that read,
+///   directly or through other views, a relation on
+///   [`DENIED_RELATIONS`](crate::policy::readonly::DENIED_RELATIONS): PostgreSQL records no
+///   dependencies on system catalogs, so `pg_depend` cannot tell.
 ///
 /// Every operator, function and type in it is qualified with `pg_catalog`, so the
 /// client's `search_path` cannot change what it means.
 pub fn catalog_query() -> String {
-    let denied: Vec<String> = crate::policy::readonly::DENIED_RELATIONS
-        .iter()
-        .map(|(name, _)| format!("'{name}'"))
-        .collect();
-    format!(
+    String::from(
         "SELECT n.nspname, p.proname, \
          CASE WHEN p.prokind OPERATOR(pg_catalog.=) 'a' THEN coalesce((\
            SELECT CASE WHEN pg_catalog.bool_or(f.provolatile OPERATOR(pg_catalog.=) 'v') THEN 'v' \
@@ -71,25 +70,10 @@ pub fn catalog_query() -> String {
          SELECT n.nspname, t.typname, '', 't' \
          FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) t.typnamespace \
          UNION ALL \
-         (WITH RECURSIVE denied(oid) AS (\
-            SELECT c.oid FROM pg_catalog.pg_class c \
-            JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
-            WHERE n.nspname OPERATOR(pg_catalog.=) 'pg_catalog' \
-              AND c.relname OPERATOR(pg_catalog.=) ANY (ARRAY[{denied}]::pg_catalog.name[]) \
-            UNION \
-            SELECT r.ev_class FROM pg_catalog.pg_rewrite r \
-            JOIN pg_catalog.pg_depend d ON d.objid OPERATOR(pg_catalog.=) r.oid \
-             AND d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
-             AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass \
-            JOIN denied ON d.refobjid OPERATOR(pg_catalog.=) denied.oid \
-            JOIN pg_catalog.pg_class v ON v.oid OPERATOR(pg_catalog.=) r.ev_class \
-            JOIN pg_catalog.pg_namespace vn ON vn.oid OPERATOR(pg_catalog.=) v.relnamespace \
-            WHERE vn.nspname OPERATOR(pg_catalog.<>) ALL (ARRAY['pg_catalog', 'information_schema']::pg_catalog.name[])) \
-          SELECT n.nspname, c.relname, '', 'r' FROM denied \
-          JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) denied.oid \
-          JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
-          WHERE n.nspname OPERATOR(pg_catalog.<>) 'pg_catalog')",
-        denied = denied.join(", ")
+         SELECT n.nspname, c.relname, pg_catalog.pg_get_viewdef(c.oid), 'v' \
+         FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+         WHERE c.relkind OPERATOR(pg_catalog.=) ANY (ARRAY['v', 'm']::pg_catalog.\"char\"[]) \
+           AND n.nspname OPERATOR(pg_catalog.<>) ALL (ARRAY['pg_catalog', 'information_schema']::pg_catalog.name[])"
     )
 }
 
@@ -130,15 +114,15 @@ impl FunctionCatalog {
         let mut operators: HashMap<String, Vec<FunctionInfo>> = HashMap::new();
         let mut casts: HashMap<String, Vec<FunctionInfo>> = HashMap::new();
         let mut types: HashMap<String, Vec<String>> = HashMap::new();
-        let mut denied_views: HashMap<String, Vec<String>> = HashMap::new();
+        let mut views: Vec<(String, String, String)> = Vec::new();
         for [schema, name, volatility, kind] in rows {
             match kind.as_str() {
                 "t" => {
                     types.entry(name).or_default().push(schema);
                     continue;
                 }
-                "r" => {
-                    denied_views.entry(name).or_default().push(schema);
+                "v" => {
+                    views.push((schema, name, volatility));
                     continue;
                 }
                 _ => {}
@@ -165,7 +149,7 @@ impl FunctionCatalog {
             operators,
             casts,
             types,
-            denied_views,
+            denied_views: views_reading_denied_relations(views),
         }
     }
 
@@ -222,6 +206,57 @@ impl FunctionCatalog {
     }
 }
 
+/// The user views (schema, name, definition) that read a denied relation, directly or
+/// through other views, by name → schemas. A definition that does not parse counts as
+/// denied (fail closed).
+fn views_reading_denied_relations(
+    views: Vec<(String, String, String)>,
+) -> HashMap<String, Vec<String>> {
+    use crate::policy::readonly::DENIED_RELATIONS;
+    use crate::sql::QualifiedName;
+    let read: Vec<(String, String, Option<Vec<QualifiedName>>)> = views
+        .into_iter()
+        .map(|(schema, name, definition)| {
+            let tables = crate::sql::postgres::classify(&definition, usize::MAX)
+                .ok()
+                .map(|facts| facts.into_iter().flat_map(|f| f.tree.tables).collect());
+            (schema, name, tables)
+        })
+        .collect();
+    let mut denied: HashMap<String, Vec<String>> = HashMap::new();
+    let is_denied = |t: &QualifiedName, denied: &HashMap<String, Vec<String>>| {
+        let matches = |schema: &str| t.schema.as_deref().is_none_or(|s| s == schema);
+        DENIED_RELATIONS
+            .iter()
+            .any(|(schema, name, _)| *name == t.name && matches(schema))
+            || denied
+                .get(&t.name)
+                .is_some_and(|schemas| schemas.iter().any(|s| matches(s)))
+    };
+    // Views of views: repeat until nothing new is found.
+    loop {
+        let mut found = Vec::new();
+        for (schema, name, tables) in &read {
+            if denied.get(name).is_some_and(|s| s.contains(schema)) {
+                continue;
+            }
+            let reads_denied = match tables {
+                Some(tables) => tables.iter().any(|t| is_denied(t, &denied)),
+                None => true,
+            };
+            if reads_denied {
+                found.push((schema.clone(), name.clone()));
+            }
+        }
+        if found.is_empty() {
+            return denied;
+        }
+        for (schema, name) in found {
+            denied.entry(name).or_default().push(schema);
+        }
+    }
+}
+
 fn find<'a>(
     map: &'a HashMap<String, Vec<FunctionInfo>>,
     schema: Option<&'a str>,
@@ -263,7 +298,11 @@ impl CatalogCache {
     /// Runs `fetch` to replace the catalog, unless another caller refreshed it after
     /// `asked_at` or the last attempt was under [`MIN_REFRESH_INTERVAL`] ago. One
     /// refresh runs at a time; callers that arrive during it wait for its result.
-    pub async fn refresh<F, Fut, E>(&self, asked_at: Instant, fetch: F) -> Option<Arc<FunctionCatalog>>
+    pub async fn refresh<F, Fut, E>(
+        &self,
+        asked_at: Instant,
+        fetch: F,
+    ) -> Option<Arc<FunctionCatalog>>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<Arc<FunctionCatalog>, E>>,

@@ -7,8 +7,8 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
-use common::{db_error, ended_with, Setup, TestGateway};
+use bytes::BytesMut;
+use common::{db_error, ended_with, Raw, Setup, TestGateway};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -60,68 +60,6 @@ async fn pipelined_queries_keep_their_order_around_a_denial() {
         .unwrap();
     let name: String = c.query_one(&stmt, &[&2i32]).await.unwrap().get(0);
     assert_eq!(name, "pear");
-}
-
-/// A minimal raw protocol client, to send exact message sequences and record the
-/// message types that come back.
-struct Raw {
-    stream: TcpStream,
-    buf: BytesMut,
-}
-
-impl Raw {
-    async fn login(port: u16, user: &str, dbname: &str, password: Option<&str>) -> Raw {
-        let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let mut raw = Raw {
-            stream,
-            buf: BytesMut::new(),
-        };
-        let mut out = BytesMut::new();
-        frontend::startup_message([("user", user), ("database", dbname)], &mut out).unwrap();
-        raw.stream.write_all(&out).await.unwrap();
-        loop {
-            let (tag, frame) = raw.next().await;
-            match tag {
-                b'R' if (&frame[5..9]).get_i32() == 3 => {
-                    let mut out = BytesMut::new();
-                    frontend::password_message(password.unwrap().as_bytes(), &mut out).unwrap();
-                    raw.stream.write_all(&out).await.unwrap();
-                }
-                b'Z' => return raw,
-                b'E' => panic!("login failed: {:?}", String::from_utf8_lossy(&frame)),
-                _ => {}
-            }
-        }
-    }
-
-    async fn next(&mut self) -> (u8, BytesMut) {
-        loop {
-            if self.buf.len() >= 5 {
-                let len = (&self.buf[1..5]).get_i32() as usize;
-                if self.buf.len() > len {
-                    let frame = self.buf.split_to(1 + len);
-                    return (frame[0], frame);
-                }
-            }
-            assert!(
-                self.stream.read_buf(&mut self.buf).await.unwrap() > 0,
-                "connection closed"
-            );
-        }
-    }
-
-    /// Sends `out` and returns the message types up to and including ReadyForQuery.
-    async fn round_trip(&mut self, out: &[u8]) -> Vec<char> {
-        self.stream.write_all(out).await.unwrap();
-        let mut tags = Vec::new();
-        loop {
-            let (tag, _) = self.next().await;
-            tags.push(tag as char);
-            if tag == b'Z' {
-                return tags;
-            }
-        }
-    }
 }
 
 /// One extended-protocol batch (Parse/Bind/Execute per statement, one Sync).

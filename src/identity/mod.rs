@@ -286,3 +286,37 @@ pub(crate) fn unix_now() -> i64 {
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(json: Value) -> Map<String, Value> {
+        match json {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        }
+    }
+
+    #[test]
+    fn groups_must_be_an_array_scopes_may_be_a_spaced_string() {
+        let c = claims(serde_json::json!({
+            "groups": "Analytics Agents",
+            "scp": "read write",
+            "list": ["a", "b", "a"],
+        }));
+        // Split, "Analytics Agents" would match a grant for group "Agents".
+        assert!(string_list(&c, "groups", ListForm::ArrayOnly).is_err());
+        assert_eq!(
+            string_list(&c, "scp", ListForm::ArrayOrSpaced).unwrap(),
+            ["read", "write"]
+        );
+        assert_eq!(
+            string_list(&c, "list", ListForm::ArrayOnly).unwrap(),
+            ["a", "b"]
+        );
+        assert!(string_list(&c, "missing", ListForm::ArrayOnly)
+            .unwrap()
+            .is_empty());
+    }
+}

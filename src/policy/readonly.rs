@@ -92,7 +92,23 @@ pub const ALLOWED_SETTINGS: &[&str] = &[
     "timezone_abbreviations",
     "xmlbinary",
     "array_nulls",
+    // pg_dump 15.8+ sets it to refuse expanding non-system views (only restricts)
+    "restrict_nonsystem_relation_kind",
 ];
+
+/// Statements well-known tools send whose `set_config` arguments are not constants,
+/// allowed by their exact text (whitespace collapsed). pg_dump 15.8+ and 16.4+: sets
+/// `restrict_nonsystem_relation_kind` only where the server has it.
+const KNOWN_TOOL_STATEMENTS: &[&str] = &[
+    "SELECT set_config(name, 'view, foreign-table', false) FROM pg_settings WHERE name = 'restrict_nonsystem_relation_kind'",
+];
+
+fn known_tool_statement(text: &str) -> bool {
+    let collapsed: Vec<&str> = text.split_whitespace().collect();
+    let collapsed = collapsed.join(" ");
+    let collapsed = collapsed.trim_end_matches(';').trim_end();
+    KNOWN_TOOL_STATEMENTS.contains(&collapsed)
+}
 
 /// Settings sqlgate pins on every upstream session, with the values they are pinned
 /// to. Setting one to its pinned value is allowed (psycopg2's `set_session(readonly=True)`,
@@ -103,20 +119,70 @@ pub const PINNED_SETTINGS: &[(&str, &str)] = &[
     ("standard_conforming_strings", "on"),
 ];
 
-/// Relations that expose credentials, server files or raw storage. Reading them is
-/// denied however they are reached (directly, through a CTE or subquery, aliased,
-/// schema-qualified, or through a user view that reads them).
-pub const DENIED_RELATIONS: &[(&str, &str)] = &[
-    ("pg_authid", "it holds role password verifiers"),
-    ("pg_shadow", "it holds role password verifiers"),
-    ("pg_user_mapping", "it holds foreign-server credentials"),
-    ("pg_user_mappings", "it holds foreign-server credentials"),
-    ("pg_hba_file_rules", "it shows the server's pg_hba.conf"),
-    ("pg_ident_file_mappings", "it shows the server's pg_ident.conf"),
-    ("pg_file_settings", "it shows the server's configuration files"),
-    ("pg_largeobject", "it exposes large objects' raw storage"),
-    ("pg_statistic", "it holds samples of column values the role may not read"),
-    ("pg_statistic_ext_data", "it holds samples of column values the role may not read"),
+/// Relations that expose credentials, server files or raw storage, by schema. Reading
+/// them is denied however they are reached (directly, through a CTE or subquery,
+/// aliased, schema-qualified or not, or through a user view that reads them).
+pub const DENIED_RELATIONS: &[(&str, &str, &str)] = &[
+    (
+        "pg_catalog",
+        "pg_authid",
+        "it holds role password verifiers",
+    ),
+    (
+        "pg_catalog",
+        "pg_shadow",
+        "it holds role password verifiers",
+    ),
+    (
+        "pg_catalog",
+        "pg_user_mapping",
+        "it holds foreign-server credentials",
+    ),
+    (
+        "pg_catalog",
+        "pg_user_mappings",
+        "it holds foreign-server credentials",
+    ),
+    (
+        "pg_catalog",
+        "pg_hba_file_rules",
+        "it shows the server's pg_hba.conf",
+    ),
+    (
+        "pg_catalog",
+        "pg_ident_file_mappings",
+        "it shows the server's pg_ident.conf",
+    ),
+    (
+        "pg_catalog",
+        "pg_file_settings",
+        "it shows the server's configuration files",
+    ),
+    (
+        "pg_catalog",
+        "pg_largeobject",
+        "it exposes large objects' raw storage",
+    ),
+    (
+        "pg_catalog",
+        "pg_statistic",
+        "it holds samples of column values the role may not read",
+    ),
+    (
+        "pg_catalog",
+        "pg_statistic_ext_data",
+        "it holds samples of column values the role may not read",
+    ),
+    (
+        "information_schema",
+        "user_mapping_options",
+        "it holds foreign-server credentials",
+    ),
+    (
+        "information_schema",
+        "_pg_user_mappings",
+        "it holds foreign-server credentials",
+    ),
 ];
 
 /// Relations of which some columns are sensitive: reading those columns (by name, `*`
@@ -315,10 +381,13 @@ pub fn decide(facts: &StatementFacts, catalog: Option<&FunctionCatalog>) -> Verd
     }
     let set_config_ok = match check_set_config_calls(&facts.tree.set_config_calls) {
         Ok(ok) => ok,
+        Err(_) if known_tool_statement(&facts.text) => true,
         Err(reason) => return Verdict::deny(reason),
     };
     for function in &facts.tree.functions {
-        if set_config_ok && function.name == "set_config" && builtin_schema(function.schema.as_deref())
+        if set_config_ok
+            && function.name == "set_config"
+            && builtin_schema(function.schema.as_deref())
         {
             continue;
         }
@@ -354,9 +423,7 @@ pub fn decide(facts: &StatementFacts, catalog: Option<&FunctionCatalog>) -> Verd
 fn check_set_config_calls(calls: &[SetConfigCall]) -> Result<bool, String> {
     for call in calls {
         let (Some(name), Some(value)) = (&call.name, &call.value) else {
-            return Err(
-                "set_config is allowed only with a constant setting name and value".into(),
-            );
+            return Err("set_config is allowed only with a constant setting name and value".into());
         };
         let set = SetFacts::Value {
             name: name.to_ascii_lowercase(),
@@ -371,13 +438,18 @@ fn check_set_config_calls(calls: &[SetConfigCall]) -> Result<bool, String> {
 
 /// Relations on [`DENIED_RELATIONS`] and [`DENIED_COLUMNS`], and user views the
 /// catalog found reading them.
-fn check_relations(facts: &StatementFacts, catalog: Option<&FunctionCatalog>) -> Result<(), String> {
+fn check_relations(
+    facts: &StatementFacts,
+    catalog: Option<&FunctionCatalog>,
+) -> Result<(), String> {
     let tree = &facts.tree;
     for table in &tree.tables {
+        if let Some((_, _, why)) = DENIED_RELATIONS.iter().find(|(schema, name, _)| {
+            *name == table.name && table.schema.as_deref().is_none_or(|s| s == *schema)
+        }) {
+            return Err(format!("reading {table} is not allowed: {why}"));
+        }
         if builtin_schema(table.schema.as_deref()) {
-            if let Some((_, why)) = DENIED_RELATIONS.iter().find(|(n, _)| *n == table.name) {
-                return Err(format!("reading {table} is not allowed: {why}"));
-            }
             if let Some((_, columns, why)) =
                 DENIED_COLUMNS.iter().find(|(n, _, _)| *n == table.name)
             {
@@ -392,7 +464,8 @@ fn check_relations(facts: &StatementFacts, catalog: Option<&FunctionCatalog>) ->
                     .chain(tree.functions.iter().map(|f| &f.name))
                     .any(|c| c == "*" || columns.contains(&c.as_str()));
                 let copy = matches!(facts.kind, StatementKind::Copy { .. });
-                if whole_row || named || copy {
+                // `FROM pg_subscription AS s(a, b, ..., k)` renames the columns.
+                if whole_row || named || copy || tree.column_aliases {
                     return Err(format!(
                         "reading {table}.{} (by name, *, or a whole row) is not allowed: {why}",
                         columns.join(", ")
@@ -422,10 +495,12 @@ pub fn check_search_path(values: &[String]) -> Result<(), String> {
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|e| !e.is_empty())
-        .map(|e| match e.strip_prefix('"').and_then(|e| e.strip_suffix('"')) {
-            Some(quoted) => quoted.to_owned(),
-            None => e.to_ascii_lowercase(),
-        })
+        .map(
+            |e| match e.strip_prefix('"').and_then(|e| e.strip_suffix('"')) {
+                Some(quoted) => quoted.to_owned(),
+                None => e.to_ascii_lowercase(),
+            },
+        )
         .collect();
     match elements.iter().position(|e| e == "pg_catalog") {
         Some(at) if at > 0 => Err(format!(
@@ -653,7 +728,8 @@ fn check_set(set: &SetFacts) -> Verdict {
                 return Verdict::Allow;
             }
             if let Some((_, pinned)) = PINNED_SETTINGS.iter().find(|(n, _)| *n == name) {
-                let on = values.len() == 1 && matches!(values[0].as_str(), "on" | "true" | "1" | "yes");
+                let on =
+                    values.len() == 1 && matches!(values[0].as_str(), "on" | "true" | "1" | "yes");
                 return match (on, *pinned) {
                     (true, "on") => Verdict::Allow,
                     _ if name == "standard_conforming_strings" => Verdict::deny(
@@ -664,8 +740,12 @@ fn check_set(set: &SetFacts) -> Verdict {
             }
             match name {
                 "role" if values.len() == 1 && values[0] == "none" => Verdict::Allow,
-                "role" | "session_authorization" => Verdict::deny(format!("changing {name} is not allowed")),
-                _ => Verdict::deny(format!("SET {name} is not on the list of settings a read-only session may change")),
+                "role" | "session_authorization" => {
+                    Verdict::deny(format!("changing {name} is not allowed"))
+                }
+                _ => Verdict::deny(format!(
+                    "SET {name} is not on the list of settings a read-only session may change"
+                )),
             }
         }
     }
@@ -726,40 +806,6 @@ pub fn check_function(
     Ok(())
 }
 
-/// Whether a statement may run code that is not built in: a user-defined function,
-/// operator, aggregate or cast, or a relation outside the system catalogs (a view or a
-/// row-level security policy can call functions). Such code may change a pinned setting
-/// the server only reports afterwards, so the session does not let the server parse
-/// anything further until the statement has finished (see the relay's tripwire).
-pub fn may_run_user_code(facts: &StatementFacts, catalog: Option<&FunctionCatalog>) -> bool {
-    let tree = &facts.tree;
-    let Some(catalog) = catalog else {
-        return true;
-    };
-    let user = |f: &crate::catalog::FunctionInfo| f.schema != "pg_catalog";
-    tree.functions.iter().any(|f| {
-        catalog.lookup(f.schema.as_deref(), &f.name).any(user)
-            || catalog.casts_to(f.schema.as_deref(), &f.name).next().is_some()
-    }) || tree
-        .operators
-        .iter()
-        .any(|o| catalog.operators(o.schema.as_deref(), &o.name).any(user))
-        || tree
-            .selected_names
-            .iter()
-            .chain(&tree.syntax_calls)
-            .any(|n| catalog.lookup(None, n).any(user))
-        || tree
-            .cast_types
-            .iter()
-            .any(|c| catalog.casts_to(c.schema.as_deref(), &c.name).next().is_some())
-        || tree.tables.iter().any(|t| match t.schema.as_deref() {
-            Some("pg_catalog" | "information_schema") => false,
-            Some(_) => true,
-            None => !t.name.starts_with("pg_"),
-        })
-}
-
 /// Whether a denial may be due to a catalog that is out of date: the statement names a
 /// function, type or operator the cached catalog does not know (created after it was
 /// read). The session refreshes the catalog and decides again.
@@ -768,7 +814,10 @@ pub fn unknown_to_catalog(facts: &StatementFacts, catalog: Option<&FunctionCatal
         return true;
     };
     facts.tree.functions.iter().any(|f| {
-        catalog.lookup(f.schema.as_deref(), &f.name).next().is_none()
+        catalog
+            .lookup(f.schema.as_deref(), &f.name)
+            .next()
+            .is_none()
             && !catalog.is_type(f.schema.as_deref(), &f.name)
     })
 }

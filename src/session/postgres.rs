@@ -384,15 +384,23 @@ impl Session {
                 "the held role is more powerful than a read-only gateway needs (see README: least privilege)"
             ),
             Ok(_) => {}
-            Err(e) => tracing::warn!(connection = %conn.name, error = %e, "cannot read the held role's privileges"),
+            Err(e) => {
+                tracing::warn!(connection = %conn.name, error = %e, "cannot read the held role's privileges")
+            }
         }
         let reported = |name: &str| {
             up.parameter_status.iter().find_map(|f| {
-                backend::decode_parameter_status(f.body()).filter(|(n, _)| *n == name).map(|(_, v)| v.to_owned())
+                backend::decode_parameter_status(f.body())
+                    .filter(|(n, _)| *n == name)
+                    .map(|(_, v)| v.to_owned())
             })
         };
         let major: u32 = reported("server_version")
-            .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next().and_then(|m| m.parse().ok()))
+            .and_then(|v| {
+                v.split(|c: char| !c.is_ascii_digit())
+                    .next()
+                    .and_then(|m| m.parse().ok())
+            })
             .unwrap_or(0);
         if major > GRAMMAR_MAJOR {
             let reason = format!(
@@ -601,12 +609,9 @@ struct Classified {
     verdict: Verdict,
 }
 
-/// An allowed Query/Parse text.
+/// An allowed Query/Parse text: each statement's text and kind, for audit.
 struct Allowed {
-    /// Each statement's text and kind, for audit.
     parts: Vec<(String, String)>,
-    /// Whether it may run user-defined code ([`readonly::may_run_user_code`]).
-    user_code: bool,
 }
 
 /// The outcome for one Query/Parse text.
@@ -632,11 +637,11 @@ enum TextDecision {
 #[derive(Default)]
 struct VerdictCache {
     exact: HashMap<String, Arc<Allowed>>,
-    /// Shape → whether it may run user code.
-    shapes: HashMap<String, bool>,
+    shapes: HashMap<String, ()>,
 }
 
 impl VerdictCache {
+    /// `shape` only for statements whose verdict cannot depend on a constant.
     fn remember(&mut self, text: &str, shape: Option<String>, allowed: &Arc<Allowed>) {
         if self.exact.len() >= VERDICT_CACHE_ENTRIES {
             self.exact.clear();
@@ -647,7 +652,7 @@ impl VerdictCache {
                 if self.shapes.len() >= VERDICT_CACHE_ENTRIES {
                     self.shapes.clear();
                 }
-                self.shapes.insert(shape, allowed.user_code);
+                self.shapes.insert(shape, ());
             }
         }
     }
@@ -672,10 +677,9 @@ impl RelayContext {
             .then(|| pg_query::normalize(text).ok())
             .flatten();
         if let Some(shape) = &shape {
-            if let Some(user_code) = cache.shapes.get(shape) {
+            if cache.shapes.contains_key(shape) {
                 return TextDecision::Allow(Arc::new(Allowed {
                     parts: vec![(text.trim().to_owned(), "SELECT".to_owned())],
-                    user_code: *user_code,
                 }));
             }
         }
@@ -714,12 +718,11 @@ impl RelayContext {
         match denied {
             None => {
                 let allowed = Arc::new(Allowed {
-                    user_code: facts
-                        .iter()
-                        .any(|f| readonly::may_run_user_code(f, catalog)),
                     parts: parts.into_iter().map(|p| (p.text, p.kind)).collect(),
                 });
-                cache.remember(text, shape, &allowed);
+                // set_config's verdict depends on its constants: never by shape.
+                let by_shape = facts.iter().all(|f| f.tree.set_config_calls.is_empty());
+                cache.remember(text, shape.filter(|_| by_shape), &allowed);
                 TextDecision::Allow(allowed)
             }
             Some(index) => {
@@ -815,9 +818,9 @@ impl RelayContext {
                 .await
         };
         if wait {
-            refresh.await.filter(|_| {
-                cache.current().is_some_and(|(at, _)| at > than)
-            })
+            refresh
+                .await
+                .filter(|_| cache.current().is_some_and(|(at, _)| at > than))
         } else {
             tokio::spawn(refresh);
             None
@@ -825,33 +828,41 @@ impl RelayContext {
     }
 }
 
-/// Where the client's pipeline stands with respect to statements that may run
-/// user-defined code. Such code may change a pinned setting (say
-/// `standard_conforming_strings`), which the server reports only before its next
-/// ReadyForQuery; a statement the server parsed after that change could be read
-/// differently from how sqlgate read it. So after such a statement, the next Query or
-/// Parse is held until the server has answered it (and the tripwire has seen its
-/// reports).
+/// What the client has sent upstream that the server has not answered yet, as far as
+/// it matters to the tripwire.
+///
+/// Code a statement runs (a user function a DBA labelled STABLE) may change a pinned
+/// setting, say `standard_conforming_strings` or `client_encoding`, and the server
+/// reports the change only before its next ReadyForQuery. A statement the server
+/// parses after such a change could be read differently from how sqlgate read it, but
+/// only if its text contains a backslash or a non-ASCII byte ([`lexes_alike`]): plain
+/// ASCII reads the same under every setting. So such text is forwarded only when the
+/// server has answered everything before it (and the tripwire has seen its reports);
+/// otherwise it waits, or is denied where waiting could not end.
 #[derive(Default)]
 struct Pipeline {
     /// Messages sent upstream that each produce one ReadyForQuery (Query, Sync).
     sync_points: u64,
-    /// Hold the next Query/Parse until this many ReadyForQuery have been relayed.
-    hold_until: Option<u64>,
-    /// A statement that may run user code was prepared in this session: each of its
-    /// executions may change a setting, so every Sync is waited for.
-    user_code_prepared: bool,
-    /// An Execute was sent since the last Sync.
-    executed_since_sync: bool,
+    /// Extended-protocol messages were sent since the last Sync: the server may be
+    /// skipping to the next Sync after an error, and no ReadyForQuery will tell us
+    /// when they are done.
+    extended_since_sync: bool,
+    /// A Query was sent while extended-protocol messages were outstanding; the server
+    /// drops a Query while it skips to Sync, so `sync_points` may overcount.
+    uncertain: bool,
 }
 
 impl Pipeline {
+    fn query(&mut self) {
+        self.sync_points += 1;
+        if self.extended_since_sync {
+            self.uncertain = true;
+        }
+    }
+
     fn sync(&mut self) {
         self.sync_points += 1;
-        self.executed_since_sync = false;
-        if self.user_code_prepared {
-            self.hold_until = Some(self.sync_points);
-        }
+        self.extended_since_sync = false;
     }
 }
 
@@ -893,7 +904,10 @@ async fn client_to_upstream(
     let mut cache = VerdictCache::default();
     let mut pipeline = Pipeline::default();
     // When the session's catalog was read (a session without one asks at once).
-    let mut catalog_at = match (&side.catalog, ctx.services.catalogs.get(&ctx.grant.connection)) {
+    let mut catalog_at = match (
+        &side.catalog,
+        ctx.services.catalogs.get(&ctx.grant.connection),
+    ) {
         (Some(_), Some(cache)) => cache.current().map_or_else(Instant::now, |(at, _)| at),
         _ => Instant::now() - CATALOG_TTL,
     };
@@ -926,7 +940,7 @@ async fn client_to_upstream(
                         error,
                     });
                     probe_query(&token, &mut out);
-                    pipeline.sync_points += 1;
+                    pipeline.query();
                     ctx.audit(ctx.statement_record(
                         "<FunctionCall message>",
                         "FunctionCall",
@@ -947,20 +961,18 @@ async fn client_to_upstream(
                     pipeline.sync();
                     continue;
                 }
-                frontend::EXECUTE => {
-                    out.extend_from_slice(&frame.raw);
-                    pipeline.executed_since_sync = true;
-                    continue;
-                }
                 frontend::BIND
+                | frontend::EXECUTE
                 | frontend::DESCRIBE
                 | frontend::CLOSE
-                | frontend::FLUSH
-                | frontend::COPY_DATA
-                | frontend::COPY_DONE
-                | frontend::COPY_FAIL => {
+                | frontend::FLUSH => {
                     // These refer only to statements that passed a Parse (a denied
                     // Parse never reached the upstream), so they are safe to forward.
+                    out.extend_from_slice(&frame.raw);
+                    pipeline.extended_since_sync = true;
+                    continue;
+                }
+                frontend::COPY_DATA | frontend::COPY_DONE | frontend::COPY_FAIL => {
                     out.extend_from_slice(&frame.raw);
                     continue;
                 }
@@ -980,16 +992,22 @@ async fn client_to_upstream(
                 }
             };
 
-            // The server must not parse this before earlier user code has finished
-            // and the tripwire has seen what the server reported.
-            if let Some(need) = pipeline.hold_until.take() {
-                if *side.ready.borrow() < need {
+            // Text that a changed setting could make the server read differently is
+            // parsed upstream only once everything before it has been answered.
+            let mut unsettled = None;
+            if !lexes_alike(text) && *side.ready.borrow() < pipeline.sync_points {
+                if pipeline.extended_since_sync || pipeline.uncertain {
+                    unsettled = Some(
+                        "earlier messages of this pipeline are still running and no Sync ends them",
+                    );
+                } else {
                     if !out.is_empty() {
                         if let Err(e) = upstream.write_all(&out).await {
                             return EndReason::Io(format!("writing upstream: {e}"));
                         }
                         out.clear();
                     }
+                    let need = pipeline.sync_points;
                     if side.ready.wait_for(|n| *n >= need).await.is_err() {
                         // The other direction ended the session.
                         std::future::pending::<()>().await;
@@ -1033,21 +1051,15 @@ async fn client_to_upstream(
                     decision = ctx.decide(text, &mut cache, side.catalog.as_deref());
                 }
             }
-            if pipeline.user_code_prepared
-                && pipeline.executed_since_sync
-                && !lexes_alike(text)
-                && matches!(decision, TextDecision::Allow(_))
-            {
-                let reason = "an earlier statement of this pipeline may run user-defined code that changes how the server reads text, and no Sync followed it";
+            if let (Some(reason), TextDecision::Allow(_)) = (unsettled, &decision) {
+                let reason = format!("a statement with backslashes or non-ASCII characters must wait until the server is idle, and {reason}");
                 decision = TextDecision::Deny {
                     error: PgError::error("42501", format!("sqlgate: statement denied: {reason}"))
-                        .with_hint("send Sync before a statement with backslashes or non-ASCII characters"),
+                        .with_hint("send Sync (or wait for the results) before this statement"),
                     parts: vec![Classified {
                         text: text.to_owned(),
                         kind: "pipelined".into(),
-                        verdict: Verdict::Deny {
-                            reason: reason.into(),
-                        },
+                        verdict: Verdict::Deny { reason },
                     }],
                     catalog_miss: false,
                 };
@@ -1055,13 +1067,9 @@ async fn client_to_upstream(
             match decision {
                 TextDecision::Allow(allowed) => {
                     out.extend_from_slice(&frame.raw);
-                    if parse_name.is_none() {
-                        pipeline.sync_points += 1;
-                        if allowed.user_code {
-                            pipeline.hold_until = Some(pipeline.sync_points);
-                        }
-                    } else if allowed.user_code {
-                        pipeline.user_code_prepared = true;
+                    match parse_name {
+                        None => pipeline.query(),
+                        Some(_) => pipeline.extended_since_sync = true,
                     }
                     for (text, kind) in allowed.parts.iter() {
                         ctx.audit(ctx.statement_record(text, kind, &Verdict::Allow))
@@ -1079,9 +1087,12 @@ async fn client_to_upstream(
                     match parse_name {
                         None => {
                             probe_query(&token, &mut out);
-                            pipeline.sync_points += 1;
+                            pipeline.query();
                         }
-                        Some(name) => probe_parse(&token, name, &mut out),
+                        Some(name) => {
+                            probe_parse(&token, name, &mut out);
+                            pipeline.extended_since_sync = true;
+                        }
                     }
                     for part in &parts {
                         ctx.audit(ctx.statement_record(&part.text, &part.kind, &part.verdict))
@@ -1132,11 +1143,6 @@ fn probe_query(token: &str, out: &mut BytesMut) {
 /// A Parse of the probe statement under the client's statement name.
 fn probe_parse(token: &str, name: &str, out: &mut BytesMut) {
     let _ = postgres_protocol::message::frontend::parse(name, token, std::iter::empty(), out);
-}
-
-/// The server's exact error for a probe.
-fn probe_error_message(token: &str) -> String {
-    format!("syntax error at or near \"{token}\"")
 }
 
 /// Upstream → client: forward everything, replacing probe errors with our denials
@@ -1193,14 +1199,14 @@ async fn upstream_to_client(
                         .then(|| {
                             pending
                                 .iter()
-                                .position(|(token, _)| fields.message == probe_error_message(token))
+                                .position(|(token, _)| fields.message.contains(token.as_str()))
                         })
                         .flatten();
                     if let Some(index) = matched {
                         // Earlier probes were skipped by the server (extended-protocol
                         // error mode); their denials are dropped with them.
                         let mut replacement = BytesMut::new();
-                        if let Some((_, error)) = pending.drain(..=index).last() {
+                        if let Some((_, error)) = pending.drain(..=index).next_back() {
                             error.encode(&mut replacement);
                         }
                         if let Err(e) = write_parts(client, &buf[..pos], &replacement).await {
@@ -1213,7 +1219,9 @@ async fn upstream_to_client(
                 }
                 backend::PARAMETER_STATUS => {
                     let tripped = match backend::decode_parameter_status(body) {
-                        Some((name, value)) => ctx.tripwire.check(name, value).err().map(|t| t.to_string()),
+                        Some((name, value)) => {
+                            ctx.tripwire.check(name, value).err().map(|t| t.to_string())
+                        }
                         None => Some("the upstream sent a malformed ParameterStatus".into()),
                     };
                     if let Some(why) = tripped {

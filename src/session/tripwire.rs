@@ -56,7 +56,9 @@ mod tests {
         wire.pin("is_superuser", "off");
         assert!(wire.check("standard_conforming_strings", "on").is_ok());
         assert!(wire.check("application_name", "anything").is_ok());
-        let tripped = wire.check("Standard_Conforming_Strings", "off").unwrap_err();
+        let tripped = wire
+            .check("Standard_Conforming_Strings", "off")
+            .unwrap_err();
         assert_eq!(tripped.pinned, "on");
         assert!(wire.check("is_superuser", "on").is_err());
     }

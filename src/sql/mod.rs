@@ -65,6 +65,8 @@ pub struct TreeFacts {
     pub single_names: Vec<String>,
     /// Aliases given to tables, subqueries and functions.
     pub aliases: Vec<String>,
+    /// Some alias renames columns (`AS s(a, b)`).
+    pub column_aliases: bool,
     /// Target types of explicit casts (`x::mytype`, `CAST(x AS mytype)`).
     pub cast_types: Vec<QualifiedName>,
     /// Every table or view named.

@@ -129,21 +129,29 @@ pub fn classify(sql: &str, max_bytes: usize) -> Classified {
 /// open a level; within a level, every operator and keyword may nest one deeper
 /// (`1+1+1`, `NOT NOT x`, `UNION` chains are left-deep), until a separator that the
 /// grammar flattens into a list (`,`, `AND`, `OR`, `WHEN`, `THEN`, `ELSE`) starts a
-/// new list element. The estimate is the deepest sum along the open levels.
+/// new list element; set operations and joins (`UNION`, `INTERSECT`, `EXCEPT`, `JOIN`)
+/// nest left-deep across those separators and are never reset. The estimate is the
+/// deepest sum along the open levels.
 fn nesting_depth(sql: &str) -> Result<usize, ClassifyError> {
     use pg_query::protobuf::{KeywordKind, Token as T};
     let scanned = catch_unwind(AssertUnwindSafe(|| pg_query::scan(sql)))
         .map_err(|_| ClassifyError::Internal("scanner panicked".into()))?
         .map_err(|e| ClassifyError::Syntax(parse_error_message(e)))?;
-    // Per open level: the depth below it, and the operators in its current element.
-    let mut levels: Vec<(usize, usize)> = vec![(0, 0)];
+    // Per open level: the depth below it, the operators in its current element, and
+    // the set operations and joins in it.
+    let mut levels: Vec<(usize, usize, usize)> = vec![(0, 0, 0)];
     let mut deepest = 0;
     for token in &scanned.tokens {
         let t = T::try_from(token.token).unwrap_or(T::Nul);
         match t {
             T::Ascii40 | T::Ascii91 | T::Case => {
-                let (below, ops) = levels.last().copied().unwrap_or_default();
-                levels.push((below + ops + 1, 0));
+                let (below, ops, joins) = levels.last().copied().unwrap_or_default();
+                levels.push((below + ops + joins + 1, 0, 0));
+            }
+            T::Union | T::Intersect | T::Except | T::Join => {
+                if let Some(level) = levels.last_mut() {
+                    level.2 += 1;
+                }
             }
             T::Ascii41 | T::Ascii93 | T::EndP => {
                 if levels.len() > 1 {
@@ -181,8 +189,8 @@ fn nesting_depth(sql: &str) -> Result<usize, ClassifyError> {
                 }
             }
         }
-        if let Some((below, ops)) = levels.last() {
-            deepest = deepest.max(below + ops);
+        if let Some((below, ops, joins)) = levels.last() {
+            deepest = deepest.max(below + ops + joins);
         }
     }
     Ok(deepest)

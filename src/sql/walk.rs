@@ -166,10 +166,8 @@ impl Walker {
                 // `t.f` (two or more names): the last may be a function of `t`.
                 // A single name may be a whole-row reference to a table or alias.
                 if let Some(parts) = self.columns.pop() {
-                    if parts.len() == 1 {
-                        if self.seen_single.insert(parts[0].clone()) {
-                            self.facts.single_names.push(parts[0].clone());
-                        }
+                    if parts.len() == 1 && self.seen_single.insert(parts[0].clone()) {
+                        self.facts.single_names.push(parts[0].clone());
                     }
                     if let Some(last) = parts.last() {
                         if self.seen_columns.insert(last.clone()) {
@@ -217,6 +215,8 @@ impl Walker {
             if let Some(slot) = self.functions.last_mut().and_then(|(_, a)| a.last_mut()) {
                 *slot = Some(v.to_owned());
             }
+        } else if self.ends_with(&["Alias", "colnames", "Node", "node", "String", "sval"]) {
+            self.facts.column_aliases = true;
         } else if self.ends_with(&["Alias", "aliasname"]) {
             if self.seen_aliases.insert(v.to_owned()) {
                 self.facts.aliases.push(v.to_owned());

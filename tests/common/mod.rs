@@ -10,10 +10,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use bytes::{Buf, BytesMut};
+use postgres_protocol::message::frontend;
 use serde_json::Value;
 use sqlgate::config::Config;
 use sqlgate::gateway::{Gateway, RunningGateway};
 use sqlgate::identity::dev_issuer::{DevIssuer, DevKey, TokenRequest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio_postgres::{Client, NoTls};
 
 pub const PG: &str = "host=127.0.0.1 port=5432 user=postgres dbname=postgres";
@@ -353,4 +357,66 @@ pub async fn assert_denied(client: &Client, sql: &str, kind: &str, why: &str) {
         "{sql}: {message}"
     );
     assert!(message.contains(why), "{sql}: {message}");
+}
+
+/// A minimal raw protocol client, to send exact message sequences and record the
+/// message types that come back.
+pub struct Raw {
+    pub stream: TcpStream,
+    pub buf: BytesMut,
+}
+
+impl Raw {
+    pub async fn login(port: u16, user: &str, dbname: &str, password: Option<&str>) -> Raw {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let mut raw = Raw {
+            stream,
+            buf: BytesMut::new(),
+        };
+        let mut out = BytesMut::new();
+        frontend::startup_message([("user", user), ("database", dbname)], &mut out).unwrap();
+        raw.stream.write_all(&out).await.unwrap();
+        loop {
+            let (tag, frame) = raw.next().await;
+            match tag {
+                b'R' if (&frame[5..9]).get_i32() == 3 => {
+                    let mut out = BytesMut::new();
+                    frontend::password_message(password.unwrap().as_bytes(), &mut out).unwrap();
+                    raw.stream.write_all(&out).await.unwrap();
+                }
+                b'Z' => return raw,
+                b'E' => panic!("login failed: {:?}", String::from_utf8_lossy(&frame)),
+                _ => {}
+            }
+        }
+    }
+
+    pub async fn next(&mut self) -> (u8, BytesMut) {
+        loop {
+            if self.buf.len() >= 5 {
+                let len = (&self.buf[1..5]).get_i32() as usize;
+                if self.buf.len() > len {
+                    let frame = self.buf.split_to(1 + len);
+                    return (frame[0], frame);
+                }
+            }
+            assert!(
+                self.stream.read_buf(&mut self.buf).await.unwrap() > 0,
+                "connection closed"
+            );
+        }
+    }
+
+    /// Sends `out` and returns the message types up to and including ReadyForQuery.
+    pub async fn round_trip(&mut self, out: &[u8]) -> Vec<char> {
+        self.stream.write_all(out).await.unwrap();
+        let mut tags = Vec::new();
+        loop {
+            let (tag, _) = self.next().await;
+            tags.push(tag as char);
+            if tag == b'Z' {
+                return tags;
+            }
+        }
+    }
 }

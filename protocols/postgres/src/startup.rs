@@ -117,6 +117,17 @@ fn decode_params(mut body: &[u8]) -> Result<Vec<(String, String)>, ProtocolError
             return Ok(params);
         }
         let value = take_cstr(&mut body, "startup parameter value")?;
+        // The server applies the last of repeated names; a checker reading the first
+        // would check the wrong one. Nothing legitimate repeats a parameter.
+        if params
+            .iter()
+            .any(|(n, _): &(String, String)| n.eq_ignore_ascii_case(name))
+        {
+            return Err(ProtocolError::Malformed {
+                what: "StartupMessage",
+                problem: "a parameter is given twice",
+            });
+        }
         params.push((name.to_owned(), value.to_owned()));
     }
 }
