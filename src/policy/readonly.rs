@@ -514,9 +514,15 @@ pub fn check_search_path(values: &[String]) -> Result<(), String> {
 /// A name libpg_query parses as syntax (`json_scalar(x)`) that an older server may
 /// resolve to a function: checked as a function when the catalog has one.
 pub fn check_syntax_call(name: &str, catalog: Option<&FunctionCatalog>) -> Result<(), String> {
+    check_if_function(name, catalog).map_err(|e| format!("{e} (written as {name}(...))"))
+}
+
+/// A name that calls a function only if one exists: checked as a function when the
+/// catalog has one, passed when it has none, denied when there is no catalog.
+fn check_if_function(name: &str, catalog: Option<&FunctionCatalog>) -> Result<(), String> {
     let Some(catalog) = catalog else {
         return Err(format!(
-            "{name}(...) cannot be checked: the upstream catalog is unavailable"
+            "{name} cannot be checked: the upstream function catalog is unavailable"
         ));
     };
     if catalog.lookup(None, name).next().is_none() {
@@ -558,20 +564,7 @@ pub fn check_selected_name(name: &str, catalog: Option<&FunctionCatalog>) -> Res
             "{name} is a function with side effects (called as a field: x.{name})"
         ));
     }
-    let Some(catalog) = catalog else {
-        return Err(format!(
-            "field {name} cannot be checked: the upstream function catalog is unavailable"
-        ));
-    };
-    if catalog.lookup(None, name).next().is_none() {
-        return Ok(());
-    }
-    let function = QualifiedName {
-        schema: None,
-        name: name.to_owned(),
-    };
-    check_function(&function, Some(catalog))
-        .map_err(|e| format!("{e} (called as a field: x.{name})"))
+    check_if_function(name, catalog).map_err(|e| format!("{e} (called as a field: x.{name})"))
 }
 
 /// Whether using `operator` is allowed: user-defined operators run their function, so
