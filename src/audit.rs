@@ -34,8 +34,15 @@ pub struct AuditRecord {
     pub decision: Option<Decision>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The statement text, cut to `audit.max_statement_bytes` (see
+    /// [`AuditRecord::set_statement`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub statement: Option<String>,
+    /// Set when `statement` was cut: the whole text's length in bytes and SHA-256.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub statement_length: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub statement_sha256: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -79,11 +86,44 @@ impl AuditRecord {
             decision: None,
             reason: None,
             statement: None,
+            statement_length: None,
+            statement_sha256: None,
             kind: None,
             expires_at: None,
             groups: None,
         }
     }
+}
+
+impl AuditRecord {
+    /// Records `text`, cut to at most `max` bytes (at a character boundary); a cut
+    /// text comes with the whole text's length and SHA-256, so a reviewer holding the
+    /// statement can prove it is the one recorded.
+    pub fn set_statement(&mut self, text: &str, max: usize) {
+        if text.len() <= max {
+            self.statement = Some(text.to_owned());
+            return;
+        }
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.statement = Some(text[..end].to_owned());
+        self.statement_length = Some(text.len());
+        self.statement_sha256 = Some(sha256_hex(text.as_bytes()));
+    }
+}
+
+/// SHA-256 of `bytes` as lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    use std::fmt::Write;
+    let digest = sha2::Sha256::digest(bytes);
+    let mut hex = String::with_capacity(64);
+    for b in digest {
+        let _ = write!(hex, "{b:02x}");
+    }
+    hex
 }
 
 /// Formats a time as RFC 3339 UTC with milliseconds.

@@ -245,14 +245,15 @@ pub fn describe(config: &Config) -> String {
         };
         let _ = writeln!(
             out,
-            "  {:<20} {} {}/{} as {}, {}, upstream TLS {:?}{credential}",
+            "  {:<20} {} {}/{} as {}, {}, upstream TLS {:?}, at most {} sessions{credential}",
             c.name,
             c.protocol.as_str(),
             c.upstream,
             c.database,
             c.user,
             c.credential.describe(),
-            c.upstream_tls
+            c.upstream_tls,
+            c.max_sessions
         );
     }
     let _ = writeln!(out, "grants (first match wins):");
@@ -281,7 +282,34 @@ pub fn describe(config: &Config) -> String {
             g.access.as_str(),
             humantime::format_duration(g.ttl)
         );
+        let sessions = match g.max_sessions {
+            Some(n) => format!("{n} sessions in all, "),
+            None => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "      limits: statement_timeout {}, idle_in_transaction_timeout {}, {sessions}{} sessions per identity",
+            humantime::format_duration(g.statement_timeout),
+            humantime::format_duration(g.idle_in_transaction_timeout),
+            g.max_sessions_per_identity
+        );
     }
+    let l = &config.limits;
+    let caps: Vec<String> = l
+        .setting_caps
+        .describe()
+        .iter()
+        .map(|(name, cap)| format!("{name} <= {cap}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "limits   {} sessions in all, {} still logging in (login timeout {}), {} cancels/s",
+        l.max_sessions,
+        l.max_unauthenticated,
+        humantime::format_duration(l.login_timeout),
+        l.max_cancels_per_second
+    );
+    let _ = writeln!(out, "         settings: {}", caps.join(", "));
     let unreachable: Vec<&str> = config
         .connections
         .iter()

@@ -113,6 +113,8 @@ pub struct RawConnection {
     /// Authentication methods the upstream may ask for.
     #[serde(default = "default_upstream_auth")]
     pub upstream_auth: Vec<String>,
+    /// Upstream sessions sqlgate may hold open at once on this connection.
+    pub max_sessions: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,12 +133,20 @@ pub struct RawGrant {
     pub access: String,
     #[serde(default = "default_ttl")]
     pub ttl: String,
+    pub statement_timeout: Option<String>,
+    pub idle_in_transaction_timeout: Option<String>,
+    /// Live sessions under this `[[grant]]` entry, all identities together.
+    pub max_sessions: Option<usize>,
+    /// Live sessions of one identity (sub) under this entry.
+    pub max_sessions_per_identity: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawAudit {
     pub dir: Option<PathBuf>,
+    /// Statement text kept per record; longer text is cut, with its length and hash.
+    pub max_statement_bytes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -145,6 +155,26 @@ pub struct RawLimits {
     pub max_statement_bytes: Option<usize>,
     pub connect_timeout: Option<String>,
     pub login_timeout: Option<String>,
+    /// Defaults for grants that do not set their own.
+    pub statement_timeout: Option<String>,
+    pub idle_in_transaction_timeout: Option<String>,
+    pub max_sessions_per_identity: Option<usize>,
+    /// Sessions across the whole gateway.
+    pub max_sessions: Option<usize>,
+    /// Default for connections that do not set their own `max_sessions`.
+    pub max_sessions_per_connection: Option<usize>,
+    /// Client connections that have not finished logging in.
+    pub max_unauthenticated: Option<usize>,
+    /// Cancel requests forwarded per second, gateway-wide.
+    pub max_cancels_per_second: Option<u32>,
+    /// Bytes of remembered verdicts per session.
+    pub verdict_cache_bytes: Option<usize>,
+    /// Threads that parse large statements, and statements that may wait for one.
+    pub parse_threads: Option<usize>,
+    pub parse_queue: Option<usize>,
+    /// Caps on settings that size server memory, e.g. `work_mem = "64MB"`.
+    #[serde(default)]
+    pub setting_caps: std::collections::BTreeMap<String, toml::Value>,
 }
 
 fn default_groups_claim() -> String {
@@ -205,8 +235,13 @@ pub struct Config {
     pub connections: Vec<ConnectionConfig>,
     pub grants: Vec<GrantConfig>,
     pub audit_dir: PathBuf,
+    /// Statement text kept per audit record (longer text: cut, with length and hash).
+    pub audit_max_statement_bytes: usize,
     pub limits: Limits,
 }
+
+/// Default of `audit.max_statement_bytes`.
+pub const DEFAULT_AUDIT_STATEMENT_BYTES: usize = 64 << 10;
 
 #[derive(Debug, Clone)]
 pub struct Listen {
@@ -305,6 +340,9 @@ pub struct ConnectionConfig {
     pub upstream_ca: Option<PathBuf>,
     pub upstream_tls_name: Option<String>,
     pub upstream_auth: Vec<String>,
+    /// Upstream sessions sqlgate holds open at once on this connection, so the
+    /// database keeps slots for its other clients.
+    pub max_sessions: usize,
 }
 
 /// What a grant allows once issued.
@@ -330,6 +368,13 @@ pub struct GrantConfig {
     pub client_ids: Vec<String>,
     pub access: Access,
     pub ttl: Duration,
+    pub statement_timeout: Duration,
+    pub idle_in_transaction_timeout: Duration,
+    /// Live sessions under this entry, all identities together (`None`: no cap of
+    /// its own; the connection's and the gateway's still apply).
+    pub max_sessions: Option<usize>,
+    /// Live sessions of one identity (sub) under this entry.
+    pub max_sessions_per_identity: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -339,6 +384,25 @@ pub struct Limits {
     pub connect_timeout: Duration,
     /// From a client's first byte to its session being ready (TLS, startup, token).
     pub login_timeout: Duration,
+    /// Grant defaults.
+    pub statement_timeout: Duration,
+    pub idle_in_transaction_timeout: Duration,
+    pub max_sessions_per_identity: usize,
+    /// Sessions across the gateway.
+    pub max_sessions: usize,
+    /// Default `max_sessions` of a connection.
+    pub max_sessions_per_connection: usize,
+    /// Client connections that have not finished logging in.
+    pub max_unauthenticated: usize,
+    /// Cancel requests forwarded per second, gateway-wide.
+    pub max_cancels_per_second: u32,
+    /// Bytes of remembered verdicts per session.
+    pub verdict_cache_bytes: usize,
+    /// Threads that parse large statements, and statements that may wait for one.
+    pub parse_threads: usize,
+    pub parse_queue: usize,
+    /// Caps on settings that size server memory.
+    pub setting_caps: crate::policy::caps::SettingCaps,
 }
 
 impl Default for Limits {
@@ -347,6 +411,17 @@ impl Default for Limits {
             max_statement_bytes: 1 << 20,
             connect_timeout: Duration::from_secs(10),
             login_timeout: Duration::from_secs(30),
+            statement_timeout: Duration::from_secs(5 * 60),
+            idle_in_transaction_timeout: Duration::from_secs(60),
+            max_sessions_per_identity: 10,
+            max_sessions: 200,
+            max_sessions_per_connection: 50,
+            max_unauthenticated: 64,
+            max_cancels_per_second: 20,
+            verdict_cache_bytes: 4 << 20,
+            parse_threads: std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8)),
+            parse_queue: 32,
+            setting_caps: crate::policy::caps::SettingCaps::postgres_defaults(),
         }
     }
 }
@@ -472,6 +547,17 @@ impl Config {
         }
         let duration =
             |key: &str, value: &str| parse_duration(value).map_err(|problem| invalid(key, problem));
+        // A time limit: at least a second, at most a day (grants are short).
+        let limit_duration = |key: &str, value: &str| {
+            let d = duration(key, value)?;
+            if d < Duration::from_secs(1) || d > Duration::from_secs(24 * 3600) {
+                return Err(invalid(
+                    key,
+                    format!("{value:?} must be between 1s and 24h"),
+                ));
+            }
+            Ok(d)
+        };
         let identity = IdentityConfig {
             issuer,
             audiences,
@@ -489,6 +575,87 @@ impl Config {
                 "more than 5 minutes of clock skew is not accepted".into(),
             ));
         }
+
+        // [limits] first: connections and grants take their defaults from it.
+        let mut limits = Limits::default();
+        if let Some(max) = raw.limits.max_statement_bytes {
+            if max == 0 || max > 64 << 20 {
+                return Err(invalid(
+                    "limits.max_statement_bytes",
+                    "must be between 1 and 67108864".into(),
+                ));
+            }
+            limits.max_statement_bytes = max;
+        }
+        if let Some(t) = &raw.limits.connect_timeout {
+            limits.connect_timeout = duration("limits.connect_timeout", t)?;
+        }
+        if let Some(t) = &raw.limits.login_timeout {
+            limits.login_timeout = duration("limits.login_timeout", t)?;
+        }
+
+        let positive = |key: &str, value: Option<usize>, default: usize| match value {
+            Some(0) => Err(invalid(key, "must be at least 1".into())),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        };
+        if let Some(t) = &raw.limits.statement_timeout {
+            limits.statement_timeout = limit_duration("limits.statement_timeout", t)?;
+        }
+        if let Some(t) = &raw.limits.idle_in_transaction_timeout {
+            limits.idle_in_transaction_timeout =
+                limit_duration("limits.idle_in_transaction_timeout", t)?;
+        }
+        limits.max_sessions_per_identity = positive(
+            "limits.max_sessions_per_identity",
+            raw.limits.max_sessions_per_identity,
+            limits.max_sessions_per_identity,
+        )?;
+        limits.max_sessions = positive(
+            "limits.max_sessions",
+            raw.limits.max_sessions,
+            limits.max_sessions,
+        )?;
+        limits.max_sessions_per_connection = positive(
+            "limits.max_sessions_per_connection",
+            raw.limits.max_sessions_per_connection,
+            limits.max_sessions_per_connection,
+        )?;
+        limits.max_unauthenticated = positive(
+            "limits.max_unauthenticated",
+            raw.limits.max_unauthenticated,
+            limits.max_unauthenticated,
+        )?;
+        if let Some(n) = raw.limits.max_cancels_per_second {
+            if n == 0 {
+                return Err(invalid(
+                    "limits.max_cancels_per_second",
+                    "must be at least 1".into(),
+                ));
+            }
+            limits.max_cancels_per_second = n;
+        }
+        limits.verdict_cache_bytes = raw
+            .limits
+            .verdict_cache_bytes
+            .unwrap_or(limits.verdict_cache_bytes);
+        limits.parse_threads = positive(
+            "limits.parse_threads",
+            raw.limits.parse_threads,
+            limits.parse_threads,
+        )?;
+        limits.parse_queue = raw.limits.parse_queue.unwrap_or(limits.parse_queue);
+        for (name, value) in &raw.limits.setting_caps {
+            limits
+                .setting_caps
+                .set(name, value)
+                .map_err(|problem| invalid(&format!("limits.setting_caps.{name}"), problem))?;
+        }
+        let audit_max_statement_bytes = positive(
+            "audit.max_statement_bytes",
+            raw.audit.max_statement_bytes,
+            DEFAULT_AUDIT_STATEMENT_BYTES,
+        )?;
 
         // [[connection]]
         let mut connections: Vec<ConnectionConfig> = Vec::new();
@@ -598,6 +765,11 @@ impl Config {
                 upstream_ca: c.upstream_ca.as_deref().map(resolve),
                 upstream_tls_name: c.upstream_tls_name.clone(),
                 upstream_auth: c.upstream_auth.clone(),
+                max_sessions: positive(
+                    &key("max_sessions"),
+                    c.max_sessions,
+                    limits.max_sessions_per_connection,
+                )?,
             });
         }
 
@@ -643,6 +815,17 @@ impl Config {
                     "must be between 1s and 24h; grants are meant to be short".into(),
                 ));
             }
+            let statement_timeout = match &g.statement_timeout {
+                Some(t) => limit_duration(&key("statement_timeout"), t)?,
+                None => limits.statement_timeout,
+            };
+            let idle_in_transaction_timeout = match &g.idle_in_transaction_timeout {
+                Some(t) => limit_duration(&key("idle_in_transaction_timeout"), t)?,
+                None => limits.idle_in_transaction_timeout,
+            };
+            if let Some(0) = g.max_sessions {
+                return Err(invalid(&key("max_sessions"), "must be at least 1".into()));
+            }
             grants.push(GrantConfig {
                 connection: g.connection.clone(),
                 groups: g.groups.clone(),
@@ -651,27 +834,18 @@ impl Config {
                 client_ids: g.client_ids.clone(),
                 access,
                 ttl,
+                statement_timeout,
+                idle_in_transaction_timeout,
+                max_sessions: g.max_sessions,
+                max_sessions_per_identity: positive(
+                    &key("max_sessions_per_identity"),
+                    g.max_sessions_per_identity,
+                    limits.max_sessions_per_identity,
+                )?,
             });
         }
 
         let audit_dir = resolve(raw.audit.dir.as_deref().unwrap_or(Path::new("var/audit")));
-        let mut limits = Limits::default();
-        if let Some(max) = raw.limits.max_statement_bytes {
-            if max == 0 || max > 64 << 20 {
-                return Err(invalid(
-                    "limits.max_statement_bytes",
-                    "must be between 1 and 67108864".into(),
-                ));
-            }
-            limits.max_statement_bytes = max;
-        }
-        if let Some(t) = &raw.limits.connect_timeout {
-            limits.connect_timeout = duration("limits.connect_timeout", t)?;
-        }
-        if let Some(t) = &raw.limits.login_timeout {
-            limits.login_timeout = duration("limits.login_timeout", t)?;
-        }
-
         Ok(Config {
             source: path.to_owned(),
             listen: Listen {
@@ -683,6 +857,7 @@ impl Config {
             connections,
             grants,
             audit_dir,
+            audit_max_statement_bytes,
             limits,
         })
     }

@@ -22,7 +22,9 @@ use crate::catalog::CatalogCache;
 use crate::config::Config;
 use crate::identity::Verifier;
 use crate::policy::GrantPolicy;
-use crate::session::cancel::CancelRegistry;
+use crate::session::cancel::{CancelRegistry, RateLimiter};
+use crate::session::slots::{RefusalCounter, SessionSlots};
+use crate::sql::pool::ParsePool;
 
 /// Everything a session needs, shared by all sessions.
 pub struct Services {
@@ -33,6 +35,14 @@ pub struct Services {
     /// Function catalogs by connection name.
     pub catalogs: HashMap<String, CatalogCache>,
     pub cancels: CancelRegistry,
+    /// Session counters and caps.
+    pub slots: Arc<SessionSlots>,
+    /// Limits the rate of cancel requests forwarded upstream.
+    pub cancel_rate: RateLimiter,
+    /// Connections refused before login, reported at most once a second.
+    pub refusals: RefusalCounter,
+    /// Parser threads for large statements.
+    pub parser: ParsePool,
     /// Client-side TLS; `None` only when plaintext is allowed and no certificate is set.
     pub tls: Option<TlsAcceptor>,
     pub shutdown: broadcast::Sender<()>,
@@ -67,6 +77,8 @@ pub enum StartError {
     Audit(#[from] AuditError),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("cannot start the parser threads: {0}")]
+    Parser(std::io::Error),
 }
 
 /// Builder entry point.
@@ -112,6 +124,8 @@ impl Gateway {
             tracing::warn!(error = %e, "cannot fetch the issuer's keys yet; will retry on the first login");
         }
         let (shutdown, _) = broadcast::channel(1);
+        let parser = ParsePool::start(config.limits.parse_threads, config.limits.parse_queue)
+            .map_err(StartError::Parser)?;
         let services = Arc::new(Services {
             grants: GrantPolicy::from_config(&config),
             catalogs: config
@@ -122,6 +136,10 @@ impl Gateway {
             verifier,
             audit,
             cancels: CancelRegistry::default(),
+            slots: SessionSlots::new(&config.limits),
+            cancel_rate: RateLimiter::per_second(config.limits.max_cancels_per_second),
+            refusals: RefusalCounter::default(),
+            parser,
             tls: tls.map(TlsAcceptor::from),
             shutdown,
             active: AtomicUsize::new(0),

@@ -7,6 +7,7 @@
 //!
 //! [`readonly`] decides single statements from the classifier's fact sheet.
 
+pub mod caps;
 pub mod readonly;
 
 use std::time::{Duration, SystemTime};
@@ -25,6 +26,11 @@ pub struct Grant {
     /// Which `[[grant]]` entry matched (0-based), and on what.
     pub rule_index: usize,
     pub matched_on: String,
+    /// How long one statement may run, and a transaction sit idle.
+    pub time_limits: crate::session::clock::TimeLimits,
+    /// Live sessions under the matched entry, in all and per identity.
+    pub max_sessions: Option<usize>,
+    pub max_sessions_per_identity: usize,
 }
 
 /// A refusal, phrased for the agent.
@@ -74,6 +80,12 @@ impl GrantPolicy {
                     expires_at,
                     rule_index: index,
                     matched_on,
+                    time_limits: crate::session::clock::TimeLimits {
+                        statement_timeout: grant.statement_timeout,
+                        idle_in_transaction_timeout: grant.idle_in_transaction_timeout,
+                    },
+                    max_sessions: grant.max_sessions,
+                    max_sessions_per_identity: grant.max_sessions_per_identity,
                 });
             }
         }

@@ -91,3 +91,51 @@ pub async fn send_upstream_cancel(target: &CancelTarget) -> std::io::Result<()> 
     stream.write_all(&buf).await?;
     stream.shutdown().await
 }
+
+/// A token bucket: at most `rate` events per second on average, bursts up to `rate`.
+/// Cancel requests arrive unauthenticated on fresh connections, so without a limit
+/// anyone who can reach the listener could make the gateway open upstream connections
+/// as fast as it can send packets.
+pub struct RateLimiter {
+    rate: f64,
+    state: Mutex<(std::time::Instant, f64)>,
+}
+
+impl RateLimiter {
+    pub fn per_second(rate: u32) -> Self {
+        let rate = f64::from(rate.max(1));
+        RateLimiter {
+            rate,
+            state: Mutex::new((std::time::Instant::now(), rate)),
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn allow(&self) -> bool {
+        let Ok(mut state) = self.state.lock() else {
+            return false;
+        };
+        let now = std::time::Instant::now();
+        let (last, tokens) = *state;
+        let tokens = (tokens + now.duration_since(last).as_secs_f64() * self.rate).min(self.rate);
+        if tokens >= 1.0 {
+            *state = (now, tokens - 1.0);
+            true
+        } else {
+            *state = (now, tokens);
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_limiter_allows_a_burst_then_refuses() {
+        let limiter = RateLimiter::per_second(3);
+        assert!((0..3).all(|_| limiter.allow()));
+        assert!(!limiter.allow());
+    }
+}

@@ -13,7 +13,9 @@
 //!   calls with the token it received.
 
 pub mod cancel;
+pub mod clock;
 pub mod postgres;
+pub mod slots;
 pub mod tripwire;
 pub mod upstream;
 
@@ -53,6 +55,10 @@ pub enum EndReason {
     ProtocolViolation(String),
     /// A pinned setting changed (the tripwire).
     Tamper(String),
+    /// A statement ran past the grant's statement timeout and did not stop when cancelled.
+    StatementTimeout(String),
+    /// Idle inside a transaction past the grant's limit.
+    IdleInTransaction(String),
     Io(String),
 }
 
@@ -66,15 +72,26 @@ impl fmt::Display for EndReason {
             EndReason::Shutdown => f.write_str("gateway shutting down"),
             EndReason::ProtocolViolation(m) => write!(f, "protocol violation: {m}"),
             EndReason::Tamper(m) => write!(f, "tamper: {m}"),
+            EndReason::StatementTimeout(limit) => {
+                write!(f, "limit: a statement ran past statement_timeout ({limit}) and did not stop when cancelled")
+            }
+            EndReason::IdleInTransaction(limit) => {
+                write!(
+                    f,
+                    "limit: idle in transaction past idle_in_transaction_timeout ({limit})"
+                )
+            }
             EndReason::Io(m) => write!(f, "i/o error: {m}"),
         }
     }
 }
 
-/// A login that passed: who it is and what they may reach.
+/// A login that passed: who it is, what they may reach, and the slot the session
+/// holds while it lives.
 pub struct Admission {
     pub principal: Principal,
     pub grant: Grant,
+    pub slot: slots::SessionSlot,
 }
 
 /// Why a login was refused; each front end phrases it in its own protocol.
@@ -86,6 +103,8 @@ pub enum Refusal {
     NoGrant(Denial),
     /// The grant could not be recorded, so it is not issued (Postgres: 58030).
     AuditUnavailable,
+    /// A session cap is reached (Postgres: 53300).
+    Cap(slots::CapReached),
 }
 
 /// The protocol-neutral part of a login: token → principal → grant, each decision in
@@ -129,6 +148,46 @@ pub async fn admit(
             return Err(Refusal::NoGrant(denial));
         }
     };
+    let Some(conn) = services.config.connection(connection) else {
+        let reason = format!("no connection named {connection:?}");
+        let mut rec = record(AuditEvent::GrantDenied, Decision::Deny);
+        rec.reason = Some(reason.clone());
+        queue(services, rec).await;
+        return Err(Refusal::NoGrant(Denial { reason }));
+    };
+    let key = slots::SessionKey {
+        connection: connection.to_owned(),
+        grant_entry: grant.rule_index,
+        subject: principal.subject.clone(),
+        token: principal
+            .token_id
+            .clone()
+            .unwrap_or_else(|| crate::audit::sha256_hex(token.as_bytes())),
+    };
+    let caps = slots::SessionCaps {
+        connection: conn.max_sessions,
+        grant: grant.max_sessions,
+        identity: grant.max_sessions_per_identity,
+    };
+    let slot = match services.slots.session(key, caps) {
+        Ok(slot) => slot,
+        Err(cap) => {
+            tracing::warn!(sub = %principal.subject, %connection, %cap, "session refused");
+            let mut rec = record(AuditEvent::GrantDenied, Decision::Deny);
+            rec.sub = Some(principal.subject.clone());
+            rec.groups = Some(principal.groups.clone());
+            rec.reason = Some(cap.to_string());
+            queue(services, rec).await;
+            return Err(Refusal::Cap(cap));
+        }
+    };
+    if slot.same_token >= 4 && slot.same_token.is_power_of_two() {
+        tracing::warn!(
+            sub = %principal.subject, %connection, sessions = slot.same_token,
+            "one token has this many sessions open at once: if several agents share it, \
+             they share one identity in the audit trail; give each agent its own"
+        );
+    }
     let mut rec = record(AuditEvent::GrantIssued, Decision::Allow);
     rec.grant_id = Some(grant.id.clone());
     rec.sub = Some(principal.subject.clone());
@@ -142,7 +201,11 @@ pub async fn admit(
         tracing::error!(error = %e, "audit trail unavailable; refusing the connection");
         return Err(Refusal::AuditUnavailable);
     }
-    Ok(Admission { principal, grant })
+    Ok(Admission {
+        principal,
+        grant,
+        slot,
+    })
 }
 
 async fn queue(services: &Services, rec: AuditRecord) {

@@ -29,11 +29,13 @@ use bytes::{Buf, BytesMut};
 use sqlgate_postgres::backend::{self, PgError};
 use sqlgate_postgres::frame::{split_frame, Frame, HEADER_LEN};
 use sqlgate_postgres::frontend;
+use sqlgate_postgres::sqlstate;
 use sqlgate_postgres::startup::{decode_initial, InitialPacket, StartupMessage};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, watch};
 
+use super::clock::{self, Due, Sent, SessionClock};
 use super::tripwire::Tripwire;
 use super::{cancel, new_session_id, upstream, Admission, BoxStream, EndReason, Refusal};
 use crate::audit::{rfc3339, AuditEvent, AuditRecord, Decision};
@@ -42,15 +44,19 @@ use crate::gateway::Services;
 use crate::identity::Principal;
 use crate::policy::readonly::{self, Verdict, ALLOWED_SETTINGS};
 use crate::policy::Grant;
-use crate::sql::{self, ClassifyError};
+use crate::sql::ClassifyError;
 
 /// Largest client message accepted after login (a Bind with big parameters can be
 /// large; statements are limited separately by `limits.max_statement_bytes`).
 const MAX_CLIENT_FRAME: usize = 256 << 20;
 /// Largest password message (the token); Postgres itself allows 64 KB here.
 const MAX_PASSWORD_FRAME: usize = 64 << 10;
-/// Verdicts remembered per session.
-const VERDICT_CACHE_ENTRIES: usize = 1024;
+/// Upstream messages the relay reads (ErrorResponse, ParameterStatus, ReadyForQuery)
+/// are assembled up to this size; all others, and larger errors, stream through.
+const MAX_INSPECTED_MESSAGE: usize = 64 << 10;
+/// How long the end of a session waits for the server to close the upstream
+/// connection before ending its backend from another connection.
+const UPSTREAM_CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// The newest PostgreSQL major version whose grammar the classifier parses (pg_query 6
 /// is libpg_query 17). An upstream of a newer major version could accept syntax the
 /// classifier reads differently, so sessions to it are refused (fail closed).
@@ -66,6 +72,14 @@ const SHAPE_CACHE_MAX_TEXT: usize = 1024;
 pub async fn handle_connection(tcp: TcpStream, peer: SocketAddr, services: Arc<Services>) {
     let _ = tcp.set_nodelay(true);
     let _active = crate::gateway::ActiveGuard::new(&services);
+    // Held until the session is logged in (or the connection is gone).
+    let unauthenticated = match services.slots.unauthenticated() {
+        Ok(slot) => slot,
+        Err(cap) => {
+            refuse_unauthenticated(tcp, peer, &services, &cap).await;
+            return;
+        }
+    };
     let shutdown = services.shutdown.subscribe();
     let login_timeout = services.config.limits.login_timeout;
     let negotiated = tokio::time::timeout(login_timeout, negotiate(tcp, &services)).await;
@@ -88,7 +102,32 @@ pub async fn handle_connection(tcp: TcpStream, peer: SocketAddr, services: Arc<S
         client: Some(stream),
         buf,
     };
-    session.run(startup, tls, shutdown).await;
+    session.run(startup, tls, shutdown, unauthenticated).await;
+}
+
+/// Refuses a connection over `limits.max_unauthenticated` with 53300 before reading
+/// anything from it. The refusal is logged and audited, at most once a second (with
+/// the number refused since), so a flood of connections is not a flood of records.
+async fn refuse_unauthenticated(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    services: &Services,
+    cap: &super::slots::CapReached,
+) {
+    let mut out = BytesMut::new();
+    PgError::fatal(sqlstate::TOO_MANY_CONNECTIONS, format!("sqlgate: {cap}"))
+        .with_hint("retry shortly; connections that do not finish logging in are closed after limits.login_timeout")
+        .encode(&mut out);
+    let _ = tokio::time::timeout(Duration::from_secs(1), tcp.write_all(&out)).await;
+    if let Some(refused) = services.refusals.tick() {
+        tracing::warn!(%peer, refused, %cap, "connections refused");
+        let mut rec = AuditRecord::new(AuditEvent::GrantDenied, "-", "", &peer.to_string());
+        rec.decision = Some(Decision::Deny);
+        rec.reason = Some(format!(
+            "{cap}; {refused} connection(s) refused in the last second"
+        ));
+        let _ = services.audit.record(rec).await;
+    }
 }
 
 /// Reads encryption requests and the startup packet. Returns the (possibly TLS)
@@ -159,6 +198,13 @@ async fn read_initial<S: AsyncRead + Unpin>(
 }
 
 async fn forward_cancel(services: &Services, pid: i32, secret: &[u8]) {
+    if !services.cancel_rate.allow() {
+        tracing::warn!(
+            limit = services.config.limits.max_cancels_per_second,
+            "cancel request dropped: more than limits.max_cancels_per_second"
+        );
+        return;
+    }
     match services.cancels.lookup(pid, secret) {
         Some(target) => {
             if let Err(e) = cancel::send_upstream_cancel(&target).await {
@@ -180,7 +226,13 @@ struct Session {
 }
 
 impl Session {
-    async fn run(&mut self, startup: StartupMessage, tls: bool, shutdown: broadcast::Receiver<()>) {
+    async fn run(
+        &mut self,
+        startup: StartupMessage,
+        tls: bool,
+        shutdown: broadcast::Receiver<()>,
+        unauthenticated: super::slots::UnauthenticatedSlot,
+    ) {
         let connection = startup
             .param("database")
             .or(startup.param("user"))
@@ -198,6 +250,7 @@ impl Session {
                     ),
                 )),
             };
+        drop(unauthenticated);
         match login {
             Ok(Some(ready)) => {
                 let reason = self.relay(ready, shutdown).await;
@@ -317,8 +370,17 @@ impl Session {
                 "58030",
                 "sqlgate: the audit trail is unavailable, so no connection can be granted",
             ),
+            Refusal::Cap(cap) => {
+                PgError::fatal(sqlstate::TOO_MANY_CONNECTIONS, format!("sqlgate: {cap}")).with_hint(
+                    "close sessions you no longer use, or ask the operator to raise the cap",
+                )
+            }
         })?;
-        let Admission { principal, grant } = admission;
+        let Admission {
+            principal,
+            grant,
+            slot,
+        } = admission;
 
         let conn = config
             .connection(connection)
@@ -338,6 +400,18 @@ impl Session {
             })
             .cloned()
             .collect();
+        for (name, value) in &client_params {
+            config
+                .limits
+                .setting_caps
+                .check_value(name, value)
+                .map_err(|e| {
+                    PgError::fatal(
+                        sqlstate::INSUFFICIENT_PRIVILEGE,
+                        format!("sqlgate: startup parameter refused: {e}"),
+                    )
+                })?;
+        }
         let mut up = match upstream::open(&conn, &client_params, config.limits.connect_timeout)
             .await
         {
@@ -426,10 +500,11 @@ impl Session {
             }
         }
 
-        let (pid, secret) =
-            self.services
-                .cancels
-                .register(&conn.upstream, up.backend_pid, up.backend_secret);
+        let (up_pid, up_secret) = (up.backend_pid, up.backend_secret);
+        let (pid, secret) = self
+            .services
+            .cancels
+            .register(&conn.upstream, up_pid, up_secret);
         let mut out = BytesMut::new();
         backend::auth_ok(&mut out);
         for frame in up.parameter_status.iter().chain(&up.notices) {
@@ -448,6 +523,13 @@ impl Session {
         );
         Ok(Some(Ready {
             upstream: up,
+            upstream_cancel: cancel::CancelTarget {
+                secret: 0,
+                upstream_addr: conn.upstream.clone(),
+                upstream_pid: up_pid,
+                upstream_secret: up_secret,
+            },
+            slot,
             principal,
             grant,
             catalog,
@@ -480,10 +562,13 @@ impl Session {
         }
     }
 
-    /// Runs the relay until one side ends; returns why.
+    /// Runs the relay until one side ends, then makes sure nothing of the session
+    /// outlives it upstream; returns why it ended.
     async fn relay(&mut self, ready: Ready, mut shutdown: broadcast::Receiver<()>) -> EndReason {
         let Ready {
             upstream,
+            upstream_cancel,
+            slot,
             principal,
             grant,
             catalog,
@@ -498,6 +583,9 @@ impl Session {
         let (mut up_r, mut up_w) = tokio::io::split(upstream.stream);
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = watch::channel(0u64);
+        let (sent_tx, sent_rx) = watch::channel(Sent::default());
+        let sent_at_end = sent_rx.clone();
+        let mut clock = SessionClock::new(grant.time_limits);
         let ctx = RelayContext {
             session_id: self.id.clone(),
             client_addr: self.peer.to_string(),
@@ -505,6 +593,7 @@ impl Session {
             principal,
             grant: grant.clone(),
             tripwire,
+            upstream_cancel,
         };
         let deadline = Instant::now()
             + grant
@@ -520,6 +609,7 @@ impl Session {
             ClientSide {
                 ctl: ctl_tx,
                 ready: ready_rx,
+                sent: sent_tx,
                 catalog,
             },
             &ctx,
@@ -531,8 +621,10 @@ impl Session {
             UpstreamSide {
                 ctl: ctl_rx,
                 ready: ready_tx,
+                sent: sent_rx,
                 deadline,
             },
+            &mut clock,
             &mut shutdown,
             &ctx,
         );
@@ -542,13 +634,82 @@ impl Session {
         };
         let _ = client_w.shutdown().await;
         self.services.cancels.unregister(cancel_pid);
+        clock.sent(Instant::now(), *sent_at_end.borrow());
+        let busy = clock.busy();
         let mut rec = self.record(AuditEvent::SessionEnded, &connection);
         rec.grant_id = Some(grant.id.clone());
         rec.sub = Some(ctx.principal.subject.clone());
         rec.reason = Some(reason.to_string());
         let _ = self.services.audit.record(rec).await;
+        close_upstream(&mut up_r, &mut up_w, busy, &ctx, slot).await;
         reason
     }
+}
+
+/// Ends the upstream side of a session so that nothing of it keeps running: a
+/// statement still running is cancelled, the connection is told to terminate, and the
+/// gateway waits (at most [`UPSTREAM_CLOSE_WAIT`]) for the server to close it. If it
+/// does not, the backend is ended from a separate connection (the cancel may have
+/// arrived before the statement began). The session's slot is held until then, so
+/// the connection's cap counts a backend that still lives.
+async fn close_upstream(
+    up_r: &mut ReadHalf<BoxStream>,
+    up_w: &mut WriteHalf<BoxStream>,
+    busy: bool,
+    ctx: &RelayContext,
+    slot: super::slots::SessionSlot,
+) {
+    if busy {
+        let _ = tokio::time::timeout(
+            UPSTREAM_CLOSE_WAIT,
+            cancel::send_upstream_cancel(&ctx.upstream_cancel),
+        )
+        .await;
+    }
+    let mut out = BytesMut::new();
+    postgres_protocol::message::frontend::terminate(&mut out);
+    let _ = tokio::time::timeout(UPSTREAM_CLOSE_WAIT, async {
+        up_w.write_all(&out).await?;
+        up_w.shutdown().await
+    })
+    .await;
+    if !busy {
+        return;
+    }
+    // Read (and drop) whatever the server still sends until it closes the connection.
+    let closed = tokio::time::timeout(UPSTREAM_CLOSE_WAIT, async {
+        let mut sink = vec![0u8; 16 * 1024];
+        loop {
+            match up_r.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok();
+    if closed {
+        return;
+    }
+    let services = ctx.services.clone();
+    let name = ctx.grant.connection.clone();
+    let pid = ctx.upstream_cancel.upstream_pid;
+    let session = ctx.session_id.clone();
+    tokio::spawn(async move {
+        let _slot = slot;
+        let Some(conn) = services.config.connection(&name) else {
+            return;
+        };
+        let timeout = services.config.limits.connect_timeout;
+        match upstream::terminate_backend(conn, pid, timeout).await {
+            Ok(_) => {
+                tracing::info!(%session, pid, "upstream backend terminated after the session ended")
+            }
+            Err(e) => {
+                tracing::error!(%session, pid, error = %e, "cannot terminate the upstream backend of an ended session")
+            }
+        }
+    });
 }
 
 fn closed() -> PgError {
@@ -558,6 +719,10 @@ fn closed() -> PgError {
 /// What the login hands to the relay.
 struct Ready {
     upstream: upstream::UpstreamSession,
+    /// Where the gateway's own cancels go (statement timeout, session end).
+    upstream_cancel: cancel::CancelTarget,
+    /// Counted against the session caps while the session lives.
+    slot: super::slots::SessionSlot,
     principal: Principal,
     grant: Grant,
     catalog: Option<Arc<FunctionCatalog>>,
@@ -574,6 +739,8 @@ struct RelayContext {
     grant: Grant,
     /// Settings the server's reports must not change.
     tripwire: Tripwire,
+    /// The upstream backend's cancel key.
+    upstream_cancel: cancel::CancelTarget,
 }
 
 /// What the client → upstream direction owns.
@@ -581,6 +748,8 @@ struct ClientSide {
     ctl: mpsc::UnboundedSender<Control>,
     /// How many ReadyForQuery messages the other direction has relayed.
     ready: watch::Receiver<u64>,
+    /// What has been sent upstream, for the session clock.
+    sent: watch::Sender<Sent>,
     /// The catalog verdicts are computed from; replaced as it ages.
     catalog: Option<Arc<FunctionCatalog>>,
 }
@@ -589,6 +758,8 @@ struct ClientSide {
 struct UpstreamSide {
     ctl: mpsc::UnboundedReceiver<Control>,
     ready: watch::Sender<u64>,
+    /// What the client side has sent upstream.
+    sent: watch::Receiver<Sent>,
     /// When the grant expires.
     deadline: Instant,
 }
@@ -634,37 +805,64 @@ enum TextDecision {
 /// WRITE`). Keys are whole texts, never hashes, so no crafted collision can alias a
 /// denied statement to an allowed one. Verdicts depend on the catalog, so the cache is
 /// cleared whenever the session picks up a newer one.
-#[derive(Default)]
+///
+/// The cache is bounded in bytes (`limits.verdict_cache_bytes`): each entry counts its
+/// key, its statements' texts and a fixed overhead; when the next entry would not fit,
+/// the cache starts over. Statements larger than a quarter of the budget are never
+/// remembered.
 struct VerdictCache {
     exact: HashMap<String, Arc<Allowed>>,
     shapes: HashMap<String, ()>,
+    bytes: usize,
+    budget: usize,
 }
 
+/// What one cache entry costs beyond its texts (map slot, Arc, Vec headers).
+const VERDICT_ENTRY_OVERHEAD: usize = 128;
+
 impl VerdictCache {
+    fn new(budget: usize) -> Self {
+        VerdictCache {
+            exact: HashMap::new(),
+            shapes: HashMap::new(),
+            bytes: 0,
+            budget,
+        }
+    }
+
     /// `shape` only for statements whose verdict cannot depend on a constant.
     fn remember(&mut self, text: &str, shape: Option<String>, allowed: &Arc<Allowed>) {
-        if self.exact.len() >= VERDICT_CACHE_ENTRIES {
-            self.exact.clear();
+        let parts: usize = allowed.parts.iter().map(|(t, k)| t.len() + k.len()).sum();
+        let shape =
+            shape.filter(|_| matches!(allowed.parts.as_slice(), [(_, kind)] if kind == "SELECT"));
+        let cost = text.len()
+            + parts
+            + shape
+                .as_ref()
+                .map_or(0, |s| s.len() + VERDICT_ENTRY_OVERHEAD)
+            + VERDICT_ENTRY_OVERHEAD;
+        if cost > self.budget / 4 {
+            return;
         }
+        if self.bytes + cost > self.budget {
+            self.clear();
+        }
+        self.bytes += cost;
         self.exact.insert(text.to_owned(), allowed.clone());
-        if let (Some(shape), [(_, kind)]) = (shape, allowed.parts.as_slice()) {
-            if kind == "SELECT" {
-                if self.shapes.len() >= VERDICT_CACHE_ENTRIES {
-                    self.shapes.clear();
-                }
-                self.shapes.insert(shape, ());
-            }
+        if let Some(shape) = shape {
+            self.shapes.insert(shape, ());
         }
     }
 
     fn clear(&mut self) {
         self.exact.clear();
         self.shapes.clear();
+        self.bytes = 0;
     }
 }
 
 impl RelayContext {
-    fn decide(
+    async fn decide(
         &self,
         text: &str,
         cache: &mut VerdictCache,
@@ -684,13 +882,16 @@ impl RelayContext {
             }
         }
         let max = self.services.config.limits.max_statement_bytes;
-        let facts = match sql::postgres::classify(text, max) {
+        let facts = match self.services.parser.classify(text, max).await {
             Ok(facts) => facts,
             Err(e) => {
                 let code = match e {
-                    ClassifyError::Syntax(_) => "42601",
-                    ClassifyError::TooLarge { .. } | ClassifyError::TooComplex { .. } => "54000",
-                    ClassifyError::Internal(_) => "XX000",
+                    ClassifyError::Syntax(_) => sqlstate::SYNTAX_ERROR,
+                    ClassifyError::TooLarge { .. } | ClassifyError::TooComplex { .. } => {
+                        sqlstate::PROGRAM_LIMIT_EXCEEDED
+                    }
+                    ClassifyError::Busy { .. } => sqlstate::INSUFFICIENT_RESOURCES,
+                    ClassifyError::Internal(_) => sqlstate::INTERNAL_ERROR,
                 };
                 return TextDecision::Deny {
                     error: PgError::error(code, format!("sqlgate: statement denied: {e}"))
@@ -706,12 +907,19 @@ impl RelayContext {
                 };
             }
         };
+        let caps = &self.services.config.limits.setting_caps;
         let mut parts: Vec<Classified> = facts
             .iter()
             .map(|f| Classified {
                 text: f.text.clone(),
                 kind: f.kind.label(),
-                verdict: readonly::decide(f, catalog),
+                verdict: match readonly::decide(f, catalog) {
+                    Verdict::Allow => match caps.check(f) {
+                        Ok(()) => Verdict::Allow,
+                        Err(reason) => Verdict::Deny { reason },
+                    },
+                    deny => deny,
+                },
             })
             .collect();
         let denied = parts.iter().position(|p| p.verdict != Verdict::Allow);
@@ -774,7 +982,7 @@ impl RelayContext {
         );
         rec.grant_id = Some(self.grant.id.clone());
         rec.sub = Some(self.principal.subject.clone());
-        rec.statement = Some(text.to_owned());
+        rec.set_statement(text, self.services.config.audit_max_statement_bytes);
         rec.kind = Some(kind.to_owned());
         match verdict {
             Verdict::Allow => rec.decision = Some(Decision::Allow),
@@ -901,7 +1109,7 @@ async fn client_to_upstream(
     ctx: &RelayContext,
 ) -> EndReason {
     let mut out = BytesMut::with_capacity(16 * 1024);
-    let mut cache = VerdictCache::default();
+    let mut cache = VerdictCache::new(ctx.services.config.limits.verdict_cache_bytes);
     let mut pipeline = Pipeline::default();
     // When the session's catalog was read (a session without one asks at once).
     let mut catalog_at = match (
@@ -1001,11 +1209,8 @@ async fn client_to_upstream(
                         "earlier messages of this pipeline are still running and no Sync ends them",
                     );
                 } else {
-                    if !out.is_empty() {
-                        if let Err(e) = upstream.write_all(&out).await {
-                            return EndReason::Io(format!("writing upstream: {e}"));
-                        }
-                        out.clear();
+                    if let Err(e) = send_upstream(upstream, &mut out, &side, &pipeline).await {
+                        return e;
                     }
                     let need = pipeline.sync_points;
                     if side.ready.wait_for(|n| *n >= need).await.is_err() {
@@ -1021,7 +1226,7 @@ async fn client_to_upstream(
             }
 
             let mut decision = if ctx.services.audit.healthy() {
-                ctx.decide(text, &mut cache, side.catalog.as_deref())
+                ctx.decide(text, &mut cache, side.catalog.as_deref()).await
             } else {
                 TextDecision::Deny {
                     error: PgError::error(
@@ -1048,7 +1253,7 @@ async fn client_to_upstream(
                     side.catalog = Some(newer);
                     catalog_at = Instant::now();
                     cache.clear();
-                    decision = ctx.decide(text, &mut cache, side.catalog.as_deref());
+                    decision = ctx.decide(text, &mut cache, side.catalog.as_deref()).await;
                 }
             }
             if let (Some(reason), TextDecision::Allow(_)) = (unsettled, &decision) {
@@ -1101,11 +1306,8 @@ async fn client_to_upstream(
                 }
             }
         }
-        if !out.is_empty() {
-            if let Err(e) = upstream.write_all(&out).await {
-                return EndReason::Io(format!("writing upstream: {e}"));
-            }
-            out.clear();
+        if let Err(e) = send_upstream(upstream, &mut out, &side, &pipeline).await {
+            return e;
         }
         if terminate {
             return EndReason::ClientQuit;
@@ -1127,6 +1329,28 @@ async fn client_to_upstream(
     }
 }
 
+/// Writes `out` upstream, after telling the session clock what it holds.
+async fn send_upstream(
+    upstream: &mut WriteHalf<BoxStream>,
+    out: &mut BytesMut,
+    side: &ClientSide,
+    pipeline: &Pipeline,
+) -> Result<(), EndReason> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    side.sent.send_replace(Sent {
+        ready_points: pipeline.sync_points,
+        open: pipeline.extended_since_sync,
+    });
+    upstream
+        .write_all(out)
+        .await
+        .map_err(|e| EndReason::Io(format!("writing upstream: {e}")))?;
+    out.clear();
+    Ok(())
+}
+
 /// The FATAL error for a client message that does not decode.
 fn invalid_message(e: impl std::fmt::Display) -> PgError {
     PgError::fatal("08P01", format!("invalid message from client: {e}"))
@@ -1146,70 +1370,88 @@ fn probe_parse(token: &str, name: &str, out: &mut BytesMut) {
 }
 
 /// Upstream → client: forward everything, replacing probe errors with our denials
-/// and watching the server's reports (the tripwire). Also ends the session on grant
-/// expiry, gateway shutdown, or a fatal error from the client-side task.
+/// and watching the server's reports (the tripwire). Messages stream through as they
+/// arrive; only those the relay reads are assembled, up to [`MAX_INSPECTED_MESSAGE`].
+/// Also runs the session clock (statement and idle-in-transaction timeouts) and ends
+/// the session on grant expiry, gateway shutdown, or a fatal error from the
+/// client-side task.
+#[allow(clippy::too_many_arguments)]
 async fn upstream_to_client(
     upstream: &mut ReadHalf<BoxStream>,
     mut buf: BytesMut,
     client: &mut WriteHalf<BoxStream>,
     mut side: UpstreamSide,
+    clock: &mut SessionClock,
     shutdown: &mut broadcast::Receiver<()>,
     ctx: &RelayContext,
 ) -> EndReason {
     let mut pending: VecDeque<(String, PgError)> = VecDeque::new();
     let deadline = tokio::time::Instant::from_std(side.deadline);
     let mut ready_count: u64 = 0;
+    // Bytes of a streamed message that have not arrived yet.
+    let mut streaming: usize = 0;
+    let mut sent_open = true;
     loop {
         // Forward every complete message in `buf`, in place where possible.
         let mut pos = 0;
         let ready_before = ready_count;
-        while buf.len() - pos >= HEADER_LEN {
+        loop {
+            if streaming > 0 {
+                let n = streaming.min(buf.len() - pos);
+                pos += n;
+                streaming -= n;
+                if streaming > 0 {
+                    break;
+                }
+                continue;
+            }
+            if buf.len() - pos < HEADER_LEN {
+                break;
+            }
+            let tag = buf[pos];
             let len = (&buf[pos + 1..pos + HEADER_LEN]).get_i32();
             if len < 4 {
                 return EndReason::ProtocolViolation("invalid message length from upstream".into());
             }
-            let end = pos + 1 + len as usize;
+            let total = 1 + len as usize;
+            let inspected = matches!(
+                tag,
+                backend::ERROR_RESPONSE | backend::PARAMETER_STATUS | backend::READY_FOR_QUERY
+            );
+            if !inspected || (tag == backend::ERROR_RESPONSE && total > MAX_INSPECTED_MESSAGE) {
+                // Nothing to read in it (a denial's probe error is short): pass it on
+                // as it streams.
+                streaming = total;
+                continue;
+            }
+            if total > MAX_INSPECTED_MESSAGE {
+                return EndReason::ProtocolViolation(format!(
+                    "the upstream sent a '{}' message of {total} bytes",
+                    tag as char
+                ));
+            }
+            let end = pos + total;
             if end > buf.len() {
-                // Grow step by step, as for client messages (frame::split_frame).
-                buf.reserve((end - buf.len()).min(64 * 1024));
+                buf.reserve(end - buf.len());
                 break;
             }
             let body = &buf[pos + HEADER_LEN..end];
-            match buf[pos] {
-                backend::ERROR_RESPONSE
-                    if body
-                        .windows(PROBE_PREFIX.len())
-                        .any(|w| w == PROBE_PREFIX.as_bytes()) =>
-                {
-                    // The denial was queued before its probe was sent; collect it.
-                    while let Ok(control) = side.ctl.try_recv() {
-                        match control {
-                            Control::Denied { token, error } => pending.push_back((token, error)),
-                            Control::Fatal(error, reason) => {
+            match tag {
+                backend::ERROR_RESPONSE => {
+                    if let Some(replacement) =
+                        replacement_error(body, &mut side, &mut pending, clock, ctx)
+                    {
+                        let replacement = match replacement {
+                            Replacement::Error(error) => error,
+                            Replacement::Fatal(error, reason) => {
                                 let _ = write_parts(client, &buf[..pos], &[]).await;
                                 let _ = write_error(client, &error).await;
                                 return reason;
                             }
-                        }
-                    }
-                    // Only the server's syntax error for a pending probe is replaced;
-                    // anything else that merely mentions a probe is forwarded as it is.
-                    let fields = backend::ErrorFields::parse(body).unwrap_or_default();
-                    let matched = (fields.code == "42601")
-                        .then(|| {
-                            pending
-                                .iter()
-                                .position(|(token, _)| fields.message.contains(token.as_str()))
-                        })
-                        .flatten();
-                    if let Some(index) = matched {
-                        // Earlier probes were skipped by the server (extended-protocol
-                        // error mode); their denials are dropped with them.
-                        let mut replacement = BytesMut::new();
-                        if let Some((_, error)) = pending.drain(..=index).next_back() {
-                            error.encode(&mut replacement);
-                        }
-                        if let Err(e) = write_parts(client, &buf[..pos], &replacement).await {
+                        };
+                        let mut out = BytesMut::new();
+                        replacement.encode(&mut out);
+                        if let Err(e) = write_parts(client, &buf[..pos], &out).await {
                             return EndReason::Io(format!("writing client: {e}"));
                         }
                         buf.advance(end);
@@ -1227,13 +1469,17 @@ async fn upstream_to_client(
                     if let Some(why) = tripped {
                         tracing::error!(session = %ctx.session_id, %why, "tripwire: ending the session");
                         let _ = write_parts(client, &buf[..pos], &[]).await;
-                        let error = PgError::fatal("42501", format!("sqlgate: session ended: {why}"))
+                        let error = PgError::fatal(sqlstate::INSUFFICIENT_PRIVILEGE, format!("sqlgate: session ended: {why}"))
                             .with_hint("a statement changed a setting sqlgate pins; nothing further was forwarded, and the event is in the audit trail");
                         let _ = write_error(client, &error).await;
                         return EndReason::Tamper(why);
                     }
                 }
-                backend::READY_FOR_QUERY => ready_count += 1,
+                backend::READY_FOR_QUERY => {
+                    ready_count += 1;
+                    let in_transaction = body.first().is_some_and(|s| *s != b'I');
+                    clock.ready(Instant::now(), in_transaction);
+                }
                 _ => {}
             }
             pos = end;
@@ -1250,6 +1496,7 @@ async fn upstream_to_client(
         if buf.capacity() - buf.len() < 8192 {
             buf.reserve(64 * 1024);
         }
+        let due_at = clock.next_deadline().map(tokio::time::Instant::from_std);
         tokio::select! {
             read = upstream.read_buf(&mut buf) => match read {
                 Ok(0) => return EndReason::UpstreamClosed,
@@ -1264,9 +1511,50 @@ async fn upstream_to_client(
                 }
                 None => std::future::pending::<()>().await,
             },
+            changed = side.sent.changed(), if sent_open => match changed {
+                Ok(()) => {
+                    let sent = *side.sent.borrow_and_update();
+                    clock.sent(Instant::now(), sent);
+                }
+                Err(_) => sent_open = false,
+            },
+            _ = tokio::time::sleep_until(due_at.unwrap_or(deadline)), if due_at.is_some() => {
+                let limits = clock.limits();
+                match clock.due(Instant::now()) {
+                    Some(Due::Cancel) => {
+                        tracing::info!(session = %ctx.session_id, limit = %clock::human(limits.statement_timeout), "statement timeout: cancelling upstream");
+                        let target = ctx.upstream_cancel.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = cancel::send_upstream_cancel(&target).await {
+                                tracing::warn!(error = %e, "could not send the statement-timeout cancel upstream");
+                            }
+                        });
+                    }
+                    Some(Due::EndOverrun) => {
+                        let limit = clock::human(limits.statement_timeout);
+                        let error = PgError::fatal(
+                            sqlstate::QUERY_CANCELED,
+                            format!("sqlgate: session ended: a statement ran past the grant's statement_timeout ({limit}) and did not stop when cancelled"),
+                        );
+                        let _ = write_error(client, &error).await;
+                        return EndReason::StatementTimeout(limit);
+                    }
+                    Some(Due::EndIdleInTransaction) => {
+                        let limit = clock::human(limits.idle_in_transaction_timeout);
+                        let error = PgError::fatal(
+                            sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
+                            format!("sqlgate: session ended: idle in a transaction for longer than the grant's idle_in_transaction_timeout ({limit})"),
+                        )
+                        .with_hint("commit or roll back transactions promptly; the open transaction was rolled back");
+                        let _ = write_error(client, &error).await;
+                        return EndReason::IdleInTransaction(limit);
+                    }
+                    None => {}
+                }
+            }
             _ = tokio::time::sleep_until(deadline) => {
                 let error = PgError::fatal(
-                    "28000",
+                    sqlstate::INVALID_AUTHORIZATION,
                     format!(
                         "sqlgate: grant {} for connection {:?} expired at {}",
                         ctx.grant.id, ctx.grant.connection, rfc3339(ctx.grant.expires_at)
@@ -1277,11 +1565,73 @@ async fn upstream_to_client(
                 return EndReason::GrantExpired;
             }
             _ = shutdown.recv() => {
-                let _ = write_error(client, &PgError::fatal("57P01", "sqlgate: the gateway is shutting down")).await;
+                let _ = write_error(client, &PgError::fatal(sqlstate::ADMIN_SHUTDOWN, "sqlgate: the gateway is shutting down")).await;
                 return EndReason::Shutdown;
             }
         }
     }
+}
+
+/// What replaces a server's ErrorResponse: the denial whose probe it answers, or,
+/// after the gateway cancelled a statement for its timeout, an error naming the
+/// grant's limit. `Fatal`: a fatal error from the client side arrived first; end the
+/// session with it.
+enum Replacement {
+    Error(PgError),
+    Fatal(PgError, EndReason),
+}
+
+/// What replaces the server's ErrorResponse `body` ([`Replacement`]), if anything.
+fn replacement_error(
+    body: &[u8],
+    side: &mut UpstreamSide,
+    pending: &mut VecDeque<(String, PgError)>,
+    clock: &SessionClock,
+    ctx: &RelayContext,
+) -> Option<Replacement> {
+    let probe = body
+        .windows(PROBE_PREFIX.len())
+        .any(|w| w == PROBE_PREFIX.as_bytes());
+    if !probe && !clock.cancelled_for_timeout() {
+        return None;
+    }
+    let fields = backend::ErrorFields::parse(body).unwrap_or_default();
+    if !probe {
+        if fields.code != sqlstate::QUERY_CANCELED {
+            return None;
+        }
+        let limit = clock::human(clock.limits().statement_timeout);
+        tracing::info!(session = %ctx.session_id, %limit, "statement cancelled for its timeout");
+        return Some(Replacement::Error(PgError::error(
+            sqlstate::QUERY_CANCELED,
+            format!("sqlgate: statement cancelled: it ran longer than the grant's statement_timeout ({limit})"),
+        )
+        .with_hint(format!(
+            "the grant for connection {:?} limits each statement to {limit}; narrow the query or ask for a grant with a longer statement_timeout",
+            ctx.grant.connection
+        ))));
+    }
+    // The denial was queued before its probe was sent; collect it.
+    while let Ok(control) = side.ctl.try_recv() {
+        match control {
+            Control::Denied { token, error } => pending.push_back((token, error)),
+            Control::Fatal(error, reason) => return Some(Replacement::Fatal(error, reason)),
+        }
+    }
+    // Only the server's syntax error for a pending probe is replaced; anything else
+    // that merely mentions a probe is forwarded as it is.
+    if fields.code != sqlstate::SYNTAX_ERROR {
+        return None;
+    }
+    let index = pending
+        .iter()
+        .position(|(token, _)| fields.message.contains(token.as_str()))?;
+    // Earlier probes were skipped by the server (extended-protocol error mode); their
+    // denials are dropped with them.
+    pending
+        .drain(..=index)
+        .next_back()
+        .map(|(_, error)| Replacement::Error(error))
 }
 
 async fn write_parts<W: AsyncWrite + Unpin>(

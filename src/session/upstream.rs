@@ -253,6 +253,25 @@ pub async fn fetch_catalog_separately(
     Ok(catalog)
 }
 
+/// Ends the upstream backend `pid` from a separate connection (the last resort when a
+/// session's own connection is closed and a cancel did not stop its statement). The
+/// held role may end its own backends without further privileges.
+pub async fn terminate_backend(
+    conn: &ConnectionConfig,
+    pid: i32,
+    timeout: Duration,
+) -> Result<bool, UpstreamError> {
+    let mut session = open(conn, &[], timeout).await?;
+    let sql = format!("SELECT pg_catalog.pg_terminate_backend({pid})");
+    let rows = tokio::time::timeout(timeout, query_rows::<1>(&mut session, &sql))
+        .await
+        .map_err(|_| UpstreamError::Timeout(timeout))??;
+    let mut out = BytesMut::new();
+    postgres_protocol::message::frontend::terminate(&mut out);
+    let _ = session.stream.write_all(&out).await;
+    Ok(rows.first().is_some_and(|[t]| t == "t"))
+}
+
 /// Privileges the held role should not have: superuser, or membership in a role that
 /// reads or writes server files, runs programs, signals other backends, bypasses
 /// row-level security or writes every table. sqlgate's checks do not depend on the

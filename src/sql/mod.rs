@@ -10,6 +10,7 @@
 //! A front end that cannot parse a statement returns [`ClassifyError`]; the caller
 //! denies — nothing unparsed is ever forwarded.
 
+pub mod pool;
 pub mod postgres;
 pub mod walk;
 
@@ -229,4 +230,7 @@ pub enum ClassifyError {
     TooComplex { depth: usize, max: usize },
     #[error("statement could not be analysed ({0})")]
     Internal(String),
+    /// Every parser thread is busy and the queue is full.
+    #[error("the gateway's statement parser is busy ({queued} large statements are waiting); retry shortly")]
+    Busy { queued: usize },
 }

@@ -37,7 +37,7 @@ pub const MAX_NESTING_DEPTH: usize = 10_000;
 /// Stack of every parser thread. Parsing and decoding recurse once or more per tree
 /// level (tens of KB per level in a debug build), so parsing never runs on a caller's
 /// (possibly 2 MiB) stack. The space is reserved, not committed, until used.
-const PARSE_STACK: usize = 256 << 20;
+pub const PARSE_STACK: usize = 256 << 20;
 /// Shared parser threads for small statements in debug builds.
 const PARSER_THREADS: usize = 2;
 
@@ -107,6 +107,38 @@ pub fn classify(sql: &str, max_bytes: usize) -> Classified {
             .recv()
             .map_err(|_| ClassifyError::Internal("parser thread failed".into()))?;
     }
+    let owned = sql.to_owned();
+    std::thread::Builder::new()
+        .name("sqlgate-parse-large".into())
+        .stack_size(PARSE_STACK)
+        .spawn(move || classify_large(&owned))
+        .map_err(|e| ClassifyError::Internal(format!("cannot start a parser thread: {e}")))?
+        .join()
+        .map_err(|_| ClassifyError::Internal("parser thread failed".into()))?
+}
+
+/// Classifies a statement on the calling thread, which must have a stack of at least
+/// [`PARSE_STACK`] (the parser pool's threads do). Limits as [`classify`].
+pub fn classify_on_parser_thread(sql: &str, max_bytes: usize) -> Classified {
+    if sql.len() > max_bytes {
+        return Err(ClassifyError::TooLarge {
+            len: sql.len(),
+            max: max_bytes,
+        });
+    }
+    if sql.contains('\0') {
+        return Err(ClassifyError::Syntax(
+            "statement contains a NUL byte".into(),
+        ));
+    }
+    if sql.len() <= INLINE_PARSE_MAX {
+        return classify_here(sql);
+    }
+    classify_large(sql)
+}
+
+/// A statement over [`INLINE_PARSE_MAX`]: bounded in depth, then parsed.
+fn classify_large(sql: &str) -> Classified {
     let depth = nesting_depth(sql)?;
     if depth > MAX_NESTING_DEPTH {
         return Err(ClassifyError::TooComplex {
@@ -114,14 +146,7 @@ pub fn classify(sql: &str, max_bytes: usize) -> Classified {
             max: MAX_NESTING_DEPTH,
         });
     }
-    let owned = sql.to_owned();
-    std::thread::Builder::new()
-        .name("sqlgate-parse-large".into())
-        .stack_size(PARSE_STACK)
-        .spawn(move || classify_here(&owned))
-        .map_err(|e| ClassifyError::Internal(format!("cannot start a parser thread: {e}")))?
-        .join()
-        .map_err(|_| ClassifyError::Internal("parser thread failed".into()))?
+    classify_here(sql)
 }
 
 /// An upper estimate of the parse tree's depth, from the server's own scanner (so

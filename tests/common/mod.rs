@@ -129,6 +129,10 @@ pub struct Setup {
     pub broken_audit: bool,
     /// `limits.login_timeout`, if not the default.
     pub login_timeout: Option<&'static str>,
+    /// More lines for `[limits]`, `[audit]`, and the "reporting" `[[grant]]`.
+    pub limits: String,
+    pub audit_extra: String,
+    pub grant_extra: String,
 }
 
 impl Default for Setup {
@@ -141,6 +145,9 @@ impl Default for Setup {
             user_override: None,
             broken_audit: false,
             login_timeout: None,
+            limits: String::new(),
+            audit_extra: String::new(),
+            grant_extra: String::new(),
         }
     }
 }
@@ -201,6 +208,7 @@ user = "{user}"
 connection = "reporting"
 groups = ["analytics-agents"]
 ttl = "{ttl}"
+{grant_extra}
 
 [[grant]]
 connection = "primary"
@@ -209,6 +217,9 @@ ttl = "{ttl}"
 
 [audit]
 dir = "audit"
+{audit_extra}
+
+[limits]
 {limits}
 "#,
             plain = setup.allow_plaintext,
@@ -217,10 +228,13 @@ dir = "audit"
             db = db.name,
             conn_extra = setup.connection_extra,
             ttl = setup.grant_ttl,
+            grant_extra = setup.grant_extra,
+            audit_extra = setup.audit_extra,
             limits = setup
                 .login_timeout
-                .map(|t| format!("[limits]\nlogin_timeout = \"{t}\""))
-                .unwrap_or_default(),
+                .map(|t| format!("login_timeout = \"{t}\"\n"))
+                .unwrap_or_default()
+                + &setup.limits,
         );
         let (cert, cert_key) = sqlgate::tls::self_signed().unwrap();
         std::fs::write(dir.path().join("cert.pem"), cert).unwrap();

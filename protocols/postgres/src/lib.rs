@@ -25,6 +25,7 @@
 pub mod backend;
 pub mod frame;
 pub mod frontend;
+pub mod sqlstate;
 pub mod startup;
 pub mod upstream;
 
