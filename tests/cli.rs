@@ -56,6 +56,22 @@ fn check_prints_who_may_reach_what_and_warns() {
     );
     assert!(out.contains("org authorization server"), "{out}");
     assert!(out.contains("SQLGATE_CLI_TEST_UNSET is not set"), "{out}");
+    // Each grant's limits, and the gateway's.
+    assert!(
+        out.contains("limits: statement_timeout 5m, idle_in_transaction_timeout 1m, 10 sessions per identity"),
+        "{out}"
+    );
+    assert!(out.contains("at most 50 sessions"), "{out}");
+    assert!(out.contains("work_mem <= 64MB"), "{out}");
+    let (ok, out, err) = check(&CONFIG.replace(
+        "ttl = \"10m\"",
+        "ttl = \"10m\"\nstatement_timeout = \"30s\"\nmax_sessions = 3",
+    ));
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("statement_timeout 30s, idle_in_transaction_timeout 1m, 3 sessions in all"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -73,6 +89,20 @@ fn check_names_file_key_and_problem() {
     assert!(!ok);
     assert!(
         err.contains("grant[0].ttl") && err.contains("not a duration"),
+        "{err}"
+    );
+    let (ok, _, err) = check(&format!(
+        "{CONFIG}\n[limits.setting_caps]\nshared_buffers = \"1GB\"\n"
+    ));
+    assert!(!ok);
+    assert!(
+        err.contains("limits.setting_caps.shared_buffers") && err.contains("cannot be capped"),
+        "{err}"
+    );
+    let (ok, _, err) = check(&format!("{CONFIG}\n[limits]\nmax_sessions = 0\n"));
+    assert!(!ok);
+    assert!(
+        err.contains("limits.max_sessions: must be at least 1"),
         "{err}"
     );
 }

@@ -1651,3 +1651,31 @@ async fn write_error<W: AsyncWrite + Unpin>(w: &mut W, error: &PgError) -> std::
     w.write_all(&out).await?;
     w.flush().await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allowed(text: &str) -> Arc<Allowed> {
+        Arc::new(Allowed {
+            parts: vec![(text.to_owned(), "SELECT".to_owned())],
+        })
+    }
+
+    #[test]
+    fn the_verdict_cache_is_bounded_in_bytes() {
+        let mut cache = VerdictCache::new(64 << 10);
+        // Statements over a quarter of the budget are never remembered.
+        let big = "x".repeat(20 << 10);
+        cache.remember(&big, None, &allowed(&big));
+        assert!(cache.exact.is_empty());
+        for i in 0..1000 {
+            let text = format!("SELECT {i} /* {} */", "y".repeat(1000));
+            cache.remember(&text, Some(format!("shape{i}")), &allowed(&text));
+            assert!(cache.bytes <= 64 << 10);
+        }
+        assert!(!cache.exact.is_empty());
+        cache.clear();
+        assert_eq!(cache.bytes, 0);
+    }
+}
