@@ -217,6 +217,51 @@ async fn settings_that_size_server_memory_are_capped() {
     }
     let row = client.query_one("SHOW work_mem", &[]).await.unwrap();
     assert_eq!(row.get::<_, String>(0), "4MB");
+
+    // Startup parameters are held to the same caps.
+    let token = gw.token(&["analytics-agents"]);
+    let reply = startup_with(gw.port(), &token, ("work_mem", "1TB")).await;
+    assert!(
+        reply.contains("42501") && reply.contains("cap of 32MB"),
+        "{reply}"
+    );
+    let reply = startup_with(gw.port(), &token, ("work_mem", "16MB")).await;
+    assert!(reply.starts_with('Z'), "{reply}");
+}
+
+/// Logs in with one extra startup parameter; returns the tag of the first message
+/// after the password and that message as text.
+async fn startup_with(port: u16, token: &str, param: (&str, &str)) -> String {
+    use bytes::{Buf, BytesMut};
+    use postgres_protocol::message::frontend;
+    use tokio::io::AsyncWriteExt;
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut out = BytesMut::new();
+    frontend::startup_message(
+        [("user", "agent-7"), ("database", "reporting"), param],
+        &mut out,
+    )
+    .unwrap();
+    frontend::password_message(token.as_bytes(), &mut out).unwrap();
+    stream.write_all(&out).await.unwrap();
+    let mut buf = BytesMut::new();
+    loop {
+        while buf.len() >= 5 && buf.len() > (&buf[1..5]).get_i32() as usize {
+            let len = (&buf[1..5]).get_i32() as usize;
+            let frame = buf.split_to(1 + len);
+            match frame[0] {
+                b'E' | b'Z' => {
+                    return format!(
+                        "{}{}",
+                        frame[0] as char,
+                        String::from_utf8_lossy(&frame[5..])
+                    )
+                }
+                _ => {}
+            }
+        }
+        assert!(stream.read_buf(&mut buf).await.unwrap() > 0, "closed");
+    }
 }
 
 #[tokio::test]
