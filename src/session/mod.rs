@@ -9,11 +9,15 @@
 //! * [`upstream`]: opening and logging in to a Postgres upstream.
 //! * [`cancel`]: the gateway's own cancel keys and their mapping to upstream ones.
 //! * [`tripwire`]: pinned settings watched in what the server reports.
+//! * [`gate`]: the protocol-neutral statement decision and its audit record.
+//! * [`clock`]: the grant's statement and idle-in-transaction timeouts.
+//! * [`slots`]: session caps.
 //! * [`admit`]: the protocol-neutral login — token, grant, audit — every front end
 //!   calls with the token it received.
 
 pub mod cancel;
 pub mod clock;
+pub mod gate;
 pub mod postgres;
 pub mod slots;
 pub mod tripwire;

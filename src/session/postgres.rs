@@ -20,7 +20,7 @@
 //! reason). So clients see precisely what Postgres would show for a failing
 //! statement, without the gateway tracking the extended-protocol state machine.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -36,6 +36,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, watch};
 
 use super::clock::{self, Due, Sent, SessionClock};
+use super::gate::{Classified, Denied, Gate, TextDecision, VerdictCache};
 use super::tripwire::Tripwire;
 use super::{cancel, new_session_id, upstream, Admission, BoxStream, EndReason, Refusal};
 use crate::audit::{rfc3339, AuditEvent, AuditRecord, Decision};
@@ -63,10 +64,6 @@ const UPSTREAM_CLOSE_WAIT: Duration = Duration::from_secs(1);
 const GRAMMAR_MAJOR: u32 = 17;
 /// Probe statements start with this; a 128-bit random number follows, new per probe.
 const PROBE_PREFIX: &str = "sqlgate_denied_";
-/// Statements up to this size are also looked up by their literal-free shape.
-/// `normalize` runs on the caller's stack and recurses per tree level; 1 KiB bounds
-/// the depth to a few hundred levels.
-const SHAPE_CACHE_MAX_TEXT: usize = 1024;
 
 /// Serves one client connection, from the first byte to the end of its session.
 pub async fn handle_connection(tcp: TcpStream, peer: SocketAddr, services: Arc<Services>) {
@@ -587,11 +584,13 @@ impl Session {
         let sent_at_end = sent_rx.clone();
         let mut clock = SessionClock::new(grant.time_limits);
         let ctx = RelayContext {
-            session_id: self.id.clone(),
-            client_addr: self.peer.to_string(),
-            services: self.services.clone(),
-            principal,
-            grant: grant.clone(),
+            gate: Gate {
+                session_id: self.id.clone(),
+                client_addr: self.peer.to_string(),
+                services: self.services.clone(),
+                principal,
+                grant: grant.clone(),
+            },
             tripwire,
             upstream_cancel,
         };
@@ -638,7 +637,7 @@ impl Session {
         let busy = clock.busy();
         let mut rec = self.record(AuditEvent::SessionEnded, &connection);
         rec.grant_id = Some(grant.id.clone());
-        rec.sub = Some(ctx.principal.subject.clone());
+        rec.sub = Some(ctx.gate.principal.subject.clone());
         rec.reason = Some(reason.to_string());
         let _ = self.services.audit.record(rec).await;
         close_upstream(&mut up_r, &mut up_w, busy, &ctx, slot).await;
@@ -691,10 +690,10 @@ async fn close_upstream(
     if closed {
         return;
     }
-    let services = ctx.services.clone();
-    let name = ctx.grant.connection.clone();
+    let services = ctx.gate.services.clone();
+    let name = ctx.gate.grant.connection.clone();
     let pid = ctx.upstream_cancel.upstream_pid;
-    let session = ctx.session_id.clone();
+    let session = ctx.gate.session_id.clone();
     tokio::spawn(async move {
         let _slot = slot;
         let Some(conn) = services.config.connection(&name) else {
@@ -732,11 +731,8 @@ struct Ready {
 
 /// What both relay directions share (read-only).
 struct RelayContext {
-    session_id: String,
-    client_addr: String,
-    services: Arc<Services>,
-    principal: Principal,
-    grant: Grant,
+    /// The statement gate, with who and which grant.
+    gate: Gate,
     /// Settings the server's reports must not change.
     tripwire: Tripwire,
     /// The upstream backend's cancel key.
@@ -771,269 +767,6 @@ enum Control {
     Denied { token: String, error: PgError },
     /// End the session with this FATAL error.
     Fatal(PgError, EndReason),
-}
-
-/// One statement part's classification, for audit.
-struct Classified {
-    text: String,
-    kind: String,
-    verdict: Verdict,
-}
-
-/// An allowed Query/Parse text: each statement's text and kind, for audit.
-struct Allowed {
-    parts: Vec<(String, String)>,
-}
-
-/// The outcome for one Query/Parse text.
-enum TextDecision {
-    Allow(Arc<Allowed>),
-    Deny {
-        error: PgError,
-        parts: Vec<Classified>,
-        /// The denial may be due to a catalog that is out of date.
-        catalog_miss: bool,
-    },
-}
-
-/// Allowed statements of one session, so repeated statements skip the parser.
-///
-/// `exact` is keyed by the statement text (prepared statements, repeated queries).
-/// `shapes` is keyed by the text with its constants replaced by `$n`
-/// (`pg_query::normalize`) and holds only single SELECT statements, whose verdict
-/// cannot depend on a constant (unlike `SET client_encoding = ...` or `BEGIN READ
-/// WRITE`). Keys are whole texts, never hashes, so no crafted collision can alias a
-/// denied statement to an allowed one. Verdicts depend on the catalog, so the cache is
-/// cleared whenever the session picks up a newer one.
-///
-/// The cache is bounded in bytes (`limits.verdict_cache_bytes`): each entry counts its
-/// key, its statements' texts and a fixed overhead; when the next entry would not fit,
-/// the cache starts over. Statements larger than a quarter of the budget are never
-/// remembered.
-struct VerdictCache {
-    exact: HashMap<String, Arc<Allowed>>,
-    shapes: HashMap<String, ()>,
-    bytes: usize,
-    budget: usize,
-}
-
-/// What one cache entry costs beyond its texts (map slot, Arc, Vec headers).
-const VERDICT_ENTRY_OVERHEAD: usize = 128;
-
-impl VerdictCache {
-    fn new(budget: usize) -> Self {
-        VerdictCache {
-            exact: HashMap::new(),
-            shapes: HashMap::new(),
-            bytes: 0,
-            budget,
-        }
-    }
-
-    /// `shape` only for statements whose verdict cannot depend on a constant.
-    fn remember(&mut self, text: &str, shape: Option<String>, allowed: &Arc<Allowed>) {
-        let parts: usize = allowed.parts.iter().map(|(t, k)| t.len() + k.len()).sum();
-        let shape =
-            shape.filter(|_| matches!(allowed.parts.as_slice(), [(_, kind)] if kind == "SELECT"));
-        let cost = text.len()
-            + parts
-            + shape
-                .as_ref()
-                .map_or(0, |s| s.len() + VERDICT_ENTRY_OVERHEAD)
-            + VERDICT_ENTRY_OVERHEAD;
-        if cost > self.budget / 4 {
-            return;
-        }
-        if self.bytes + cost > self.budget {
-            self.clear();
-        }
-        self.bytes += cost;
-        self.exact.insert(text.to_owned(), allowed.clone());
-        if let Some(shape) = shape {
-            self.shapes.insert(shape, ());
-        }
-    }
-
-    fn clear(&mut self) {
-        self.exact.clear();
-        self.shapes.clear();
-        self.bytes = 0;
-    }
-}
-
-impl RelayContext {
-    async fn decide(
-        &self,
-        text: &str,
-        cache: &mut VerdictCache,
-        catalog: Option<&FunctionCatalog>,
-    ) -> TextDecision {
-        if let Some(allowed) = cache.exact.get(text) {
-            return TextDecision::Allow(allowed.clone());
-        }
-        let shape = (text.len() <= SHAPE_CACHE_MAX_TEXT)
-            .then(|| pg_query::normalize(text).ok())
-            .flatten();
-        if let Some(shape) = &shape {
-            if cache.shapes.contains_key(shape) {
-                return TextDecision::Allow(Arc::new(Allowed {
-                    parts: vec![(text.trim().to_owned(), "SELECT".to_owned())],
-                }));
-            }
-        }
-        let max = self.services.config.limits.max_statement_bytes;
-        let facts = match self.services.parser.classify(text, max).await {
-            Ok(facts) => facts,
-            Err(e) => {
-                let code = match e {
-                    ClassifyError::Syntax(_) => sqlstate::SYNTAX_ERROR,
-                    ClassifyError::TooLarge { .. } | ClassifyError::TooComplex { .. } => {
-                        sqlstate::PROGRAM_LIMIT_EXCEEDED
-                    }
-                    ClassifyError::Busy { .. } => sqlstate::INSUFFICIENT_RESOURCES,
-                    ClassifyError::Internal(_) => sqlstate::INTERNAL_ERROR,
-                };
-                return TextDecision::Deny {
-                    error: PgError::error(code, format!("sqlgate: statement denied: {e}"))
-                        .with_hint("sqlgate only forwards statements it can parse"),
-                    parts: vec![Classified {
-                        text: text.to_owned(),
-                        kind: "unparsed".into(),
-                        verdict: Verdict::Deny {
-                            reason: e.to_string(),
-                        },
-                    }],
-                    catalog_miss: false,
-                };
-            }
-        };
-        let caps = &self.services.config.limits.setting_caps;
-        let mut parts: Vec<Classified> = facts
-            .iter()
-            .map(|f| Classified {
-                text: f.text.clone(),
-                kind: f.kind.label(),
-                verdict: match readonly::decide(f, catalog) {
-                    Verdict::Allow => match caps.check(f) {
-                        Ok(()) => Verdict::Allow,
-                        Err(reason) => Verdict::Deny { reason },
-                    },
-                    deny => deny,
-                },
-            })
-            .collect();
-        let denied = parts.iter().position(|p| p.verdict != Verdict::Allow);
-        match denied {
-            None => {
-                let allowed = Arc::new(Allowed {
-                    parts: parts.into_iter().map(|p| (p.text, p.kind)).collect(),
-                });
-                // set_config's verdict depends on its constants: never by shape.
-                let by_shape = facts.iter().all(|f| f.tree.set_config_calls.is_empty());
-                cache.remember(text, shape.filter(|_| by_shape), &allowed);
-                TextDecision::Allow(allowed)
-            }
-            Some(index) => {
-                let (kind, reason) = match &parts[index].verdict {
-                    Verdict::Deny { reason } => (parts[index].kind.clone(), reason.clone()),
-                    Verdict::Allow => (String::new(), String::new()),
-                };
-                let mut error =
-                    PgError::error("42501", format!("sqlgate: {kind} denied: {reason}")).with_hint(
-                        format!(
-                    "the grant for connection {:?} is {}; nothing of this message was executed",
-                    self.grant.connection,
-                    self.grant.access.as_str()
-                ),
-                    );
-                if parts.len() > 1 {
-                    error = error.with_detail(format!(
-                        "statement {} of {} in this message was denied: {}",
-                        index + 1,
-                        parts.len(),
-                        truncate(&parts[index].text, 200)
-                    ));
-                    for (i, part) in parts.iter_mut().enumerate() {
-                        if i != index && part.verdict == Verdict::Allow {
-                            part.verdict = Verdict::Deny {
-                                reason: format!(
-                                    "not forwarded: statement {} of the same message was denied",
-                                    index + 1
-                                ),
-                            };
-                        }
-                    }
-                }
-                TextDecision::Deny {
-                    error,
-                    parts,
-                    catalog_miss: readonly::unknown_to_catalog(&facts[index], catalog),
-                }
-            }
-        }
-    }
-
-    fn statement_record(&self, text: &str, kind: &str, verdict: &Verdict) -> AuditRecord {
-        let mut rec = AuditRecord::new(
-            AuditEvent::Statement,
-            &self.session_id,
-            &self.grant.connection,
-            &self.client_addr,
-        );
-        rec.grant_id = Some(self.grant.id.clone());
-        rec.sub = Some(self.principal.subject.clone());
-        rec.set_statement(text, self.services.config.audit_max_statement_bytes);
-        rec.kind = Some(kind.to_owned());
-        match verdict {
-            Verdict::Allow => rec.decision = Some(Decision::Allow),
-            Verdict::Deny { reason } => {
-                rec.decision = Some(Decision::Deny);
-                rec.reason = Some(reason.clone());
-            }
-        }
-        rec
-    }
-
-    async fn audit(&self, rec: AuditRecord) {
-        if let Err(e) = self.services.audit.record(rec).await {
-            tracing::error!(error = %e, "audit record lost");
-        }
-    }
-
-    /// A newer catalog of this connection than `than`, if there is one. With `wait`,
-    /// reads one now (a statement named something the catalog does not know);
-    /// otherwise, when `than` has aged past [`CATALOG_TTL`], starts a refresh in the
-    /// background and returns at once. Refreshes are single-flight and rate limited
-    /// per connection ([`crate::catalog::CatalogCache::refresh`]).
-    async fn newer_catalog(&self, than: Instant, wait: bool) -> Option<Arc<FunctionCatalog>> {
-        let cache = self.services.catalogs.get(&self.grant.connection)?;
-        if let Some((at, catalog)) = cache.current() {
-            if at > than {
-                return Some(catalog);
-            }
-        }
-        if !wait && than.elapsed() < CATALOG_TTL {
-            return None;
-        }
-        let services = self.services.clone();
-        let name = self.grant.connection.clone();
-        let refresh = async move {
-            let conn = services.config.connection(&name)?.clone();
-            let cache = services.catalogs.get(&name)?;
-            let timeout = services.config.limits.connect_timeout;
-            cache
-                .refresh(than, || upstream::fetch_catalog_separately(&conn, timeout))
-                .await
-        };
-        if wait {
-            refresh
-                .await
-                .filter(|_| cache.current().is_some_and(|(at, _)| at > than))
-        } else {
-            tokio::spawn(refresh);
-            None
-        }
-    }
 }
 
 /// What the client has sent upstream that the server has not answered yet, as far as
@@ -1089,17 +822,6 @@ fn probe_token() -> String {
     )
 }
 
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
-}
-
 /// Client → upstream: classify statements, forward the rest, substitute probes.
 async fn client_to_upstream(
     client: &mut ReadHalf<BoxStream>,
@@ -1109,12 +831,12 @@ async fn client_to_upstream(
     ctx: &RelayContext,
 ) -> EndReason {
     let mut out = BytesMut::with_capacity(16 * 1024);
-    let mut cache = VerdictCache::new(ctx.services.config.limits.verdict_cache_bytes);
+    let mut cache = VerdictCache::new(ctx.gate.services.config.limits.verdict_cache_bytes);
     let mut pipeline = Pipeline::default();
     // When the session's catalog was read (a session without one asks at once).
     let mut catalog_at = match (
         &side.catalog,
-        ctx.services.catalogs.get(&ctx.grant.connection),
+        ctx.gate.services.catalogs.get(&ctx.gate.grant.connection),
     ) {
         (Some(_), Some(cache)) => cache.current().map_or_else(Instant::now, |(at, _)| at),
         _ => Instant::now() - CATALOG_TTL,
@@ -1149,14 +871,15 @@ async fn client_to_upstream(
                     });
                     probe_query(&token, &mut out);
                     pipeline.query();
-                    ctx.audit(ctx.statement_record(
-                        "<FunctionCall message>",
-                        "FunctionCall",
-                        &Verdict::Deny {
-                            reason: "FunctionCall protocol messages are not allowed".into(),
-                        },
-                    ))
-                    .await;
+                    ctx.gate
+                        .audit(ctx.gate.statement_record(
+                            "<FunctionCall message>",
+                            "FunctionCall",
+                            &Verdict::Deny {
+                                reason: "FunctionCall protocol messages are not allowed".into(),
+                            },
+                        ))
+                        .await;
                     continue;
                 }
                 frontend::TERMINATE => {
@@ -1219,21 +942,19 @@ async fn client_to_upstream(
                     }
                 }
             }
-            if let Some(newer) = ctx.newer_catalog(catalog_at, false).await {
+            if let Some(newer) = ctx.gate.newer_catalog(catalog_at, false).await {
                 side.catalog = Some(newer);
                 catalog_at = Instant::now();
                 cache.clear();
             }
 
-            let mut decision = if ctx.services.audit.healthy() {
-                ctx.decide(text, &mut cache, side.catalog.as_deref()).await
+            let mut decision = if ctx.gate.services.audit.healthy() {
+                ctx.gate
+                    .decide(text, &mut cache, side.catalog.as_deref())
+                    .await
             } else {
                 TextDecision::Deny {
-                    error: PgError::error(
-                        "58030",
-                        "sqlgate: statement denied: the audit trail cannot be written",
-                    )
-                    .with_hint("no statement runs unrecorded; ask the operator to check the audit directory"),
+                    denied: Denied::AuditUnavailable,
                     parts: vec![Classified {
                         text: text.to_owned(),
                         kind: "unaudited".into(),
@@ -1249,18 +970,23 @@ async fn client_to_upstream(
             } = decision
             {
                 // Perhaps created after the catalog was read: read it again, decide again.
-                if let Some(newer) = ctx.newer_catalog(catalog_at, true).await {
+                if let Some(newer) = ctx.gate.newer_catalog(catalog_at, true).await {
                     side.catalog = Some(newer);
                     catalog_at = Instant::now();
                     cache.clear();
-                    decision = ctx.decide(text, &mut cache, side.catalog.as_deref()).await;
+                    decision = ctx
+                        .gate
+                        .decide(text, &mut cache, side.catalog.as_deref())
+                        .await;
                 }
             }
             if let (Some(reason), TextDecision::Allow(_)) = (unsettled, &decision) {
                 let reason = format!("a statement with backslashes or non-ASCII characters must wait until the server is idle, and {reason}");
                 decision = TextDecision::Deny {
-                    error: PgError::error("42501", format!("sqlgate: statement denied: {reason}"))
-                        .with_hint("send Sync (or wait for the results) before this statement"),
+                    denied: Denied::Front {
+                        reason: reason.clone(),
+                        hint: "send Sync (or wait for the results) before this statement".into(),
+                    },
                     parts: vec![Classified {
                         text: text.to_owned(),
                         kind: "pipelined".into(),
@@ -1277,12 +1003,14 @@ async fn client_to_upstream(
                         Some(_) => pipeline.extended_since_sync = true,
                     }
                     for (text, kind) in allowed.parts.iter() {
-                        ctx.audit(ctx.statement_record(text, kind, &Verdict::Allow))
+                        ctx.gate
+                            .audit(ctx.gate.statement_record(text, kind, &Verdict::Allow))
                             .await;
                     }
                 }
-                TextDecision::Deny { error, parts, .. } => {
-                    tracing::info!(session = %ctx.session_id, message = %error.message, "statement denied");
+                TextDecision::Deny { denied, parts, .. } => {
+                    tracing::info!(session = %ctx.gate.session_id, denied = %denied.summary(), "statement denied");
+                    let error = denial_error(&denied, &ctx.gate.grant);
                     let token = probe_token();
                     // Register the replacement before the probe can be answered.
                     let _ = side.ctl.send(Control::Denied {
@@ -1300,7 +1028,11 @@ async fn client_to_upstream(
                         }
                     }
                     for part in &parts {
-                        ctx.audit(ctx.statement_record(&part.text, &part.kind, &part.verdict))
+                        ctx.gate
+                            .audit(
+                                ctx.gate
+                                    .statement_record(&part.text, &part.kind, &part.verdict),
+                            )
                             .await;
                     }
                 }
@@ -1349,6 +1081,57 @@ async fn send_upstream(
         .map_err(|e| EndReason::Io(format!("writing upstream: {e}")))?;
     out.clear();
     Ok(())
+}
+
+/// How a denial reads in Postgres: the SQLSTATE a client can act on, and a message,
+/// hint and detail a person can.
+fn denial_error(denied: &Denied, grant: &Grant) -> PgError {
+    match denied {
+        Denied::Unclassified(e) => {
+            let code = match e {
+                ClassifyError::Syntax(_) => sqlstate::SYNTAX_ERROR,
+                ClassifyError::TooLarge { .. } | ClassifyError::TooComplex { .. } => {
+                    sqlstate::PROGRAM_LIMIT_EXCEEDED
+                }
+                ClassifyError::Busy { .. } => sqlstate::INSUFFICIENT_RESOURCES,
+                ClassifyError::Internal(_) => sqlstate::INTERNAL_ERROR,
+            };
+            PgError::error(code, format!("sqlgate: statement denied: {e}"))
+                .with_hint("sqlgate only forwards statements it can parse")
+        }
+        Denied::Statement {
+            kind,
+            reason,
+            position,
+        } => {
+            let error = PgError::error(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                format!("sqlgate: {kind} denied: {reason}"),
+            )
+            .with_hint(format!(
+                "the grant for connection {:?} is {}; nothing of this message was executed",
+                grant.connection,
+                grant.access.as_str()
+            ));
+            match position {
+                Some(p) => error.with_detail(format!(
+                    "statement {} of {} in this message was denied: {}",
+                    p.index, p.of, p.excerpt
+                )),
+                None => error,
+            }
+        }
+        Denied::AuditUnavailable => PgError::error(
+            sqlstate::SYSTEM_IO_ERROR,
+            "sqlgate: statement denied: the audit trail cannot be written",
+        )
+        .with_hint("no statement runs unrecorded; ask the operator to check the audit directory"),
+        Denied::Front { reason, hint } => PgError::error(
+            sqlstate::INSUFFICIENT_PRIVILEGE,
+            format!("sqlgate: statement denied: {reason}"),
+        )
+        .with_hint(hint.clone()),
+    }
 }
 
 /// The FATAL error for a client message that does not decode.
@@ -1467,7 +1250,7 @@ async fn upstream_to_client(
                         None => Some("the upstream sent a malformed ParameterStatus".into()),
                     };
                     if let Some(why) = tripped {
-                        tracing::error!(session = %ctx.session_id, %why, "tripwire: ending the session");
+                        tracing::error!(session = %ctx.gate.session_id, %why, "tripwire: ending the session");
                         let _ = write_parts(client, &buf[..pos], &[]).await;
                         let error = PgError::fatal(sqlstate::INSUFFICIENT_PRIVILEGE, format!("sqlgate: session ended: {why}"))
                             .with_hint("a statement changed a setting sqlgate pins; nothing further was forwarded, and the event is in the audit trail");
@@ -1522,7 +1305,7 @@ async fn upstream_to_client(
                 let limits = clock.limits();
                 match clock.due(Instant::now()) {
                     Some(Due::Cancel) => {
-                        tracing::info!(session = %ctx.session_id, limit = %clock::human(limits.statement_timeout), "statement timeout: cancelling upstream");
+                        tracing::info!(session = %ctx.gate.session_id, limit = %clock::human(limits.statement_timeout), "statement timeout: cancelling upstream");
                         let target = ctx.upstream_cancel.clone();
                         tokio::spawn(async move {
                             if let Err(e) = cancel::send_upstream_cancel(&target).await {
@@ -1557,7 +1340,7 @@ async fn upstream_to_client(
                     sqlstate::INVALID_AUTHORIZATION,
                     format!(
                         "sqlgate: grant {} for connection {:?} expired at {}",
-                        ctx.grant.id, ctx.grant.connection, rfc3339(ctx.grant.expires_at)
+                        ctx.gate.grant.id, ctx.gate.grant.connection, rfc3339(ctx.gate.grant.expires_at)
                     ),
                 )
                 .with_hint("reconnect with a fresh token to request a new grant");
@@ -1601,14 +1384,14 @@ fn replacement_error(
             return None;
         }
         let limit = clock::human(clock.limits().statement_timeout);
-        tracing::info!(session = %ctx.session_id, %limit, "statement cancelled for its timeout");
+        tracing::info!(session = %ctx.gate.session_id, %limit, "statement cancelled for its timeout");
         return Some(Replacement::Error(PgError::error(
             sqlstate::QUERY_CANCELED,
             format!("sqlgate: statement cancelled: it ran longer than the grant's statement_timeout ({limit})"),
         )
         .with_hint(format!(
             "the grant for connection {:?} limits each statement to {limit}; narrow the query or ask for a grant with a longer statement_timeout",
-            ctx.grant.connection
+            ctx.gate.grant.connection
         ))));
     }
     // The denial was queued before its probe was sent; collect it.
@@ -1650,32 +1433,4 @@ async fn write_error<W: AsyncWrite + Unpin>(w: &mut W, error: &PgError) -> std::
     error.encode(&mut out);
     w.write_all(&out).await?;
     w.flush().await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn allowed(text: &str) -> Arc<Allowed> {
-        Arc::new(Allowed {
-            parts: vec![(text.to_owned(), "SELECT".to_owned())],
-        })
-    }
-
-    #[test]
-    fn the_verdict_cache_is_bounded_in_bytes() {
-        let mut cache = VerdictCache::new(64 << 10);
-        // Statements over a quarter of the budget are never remembered.
-        let big = "x".repeat(20 << 10);
-        cache.remember(&big, None, &allowed(&big));
-        assert!(cache.exact.is_empty());
-        for i in 0..1000 {
-            let text = format!("SELECT {i} /* {} */", "y".repeat(1000));
-            cache.remember(&text, Some(format!("shape{i}")), &allowed(&text));
-            assert!(cache.bytes <= 64 << 10);
-        }
-        assert!(!cache.exact.is_empty());
-        cache.clear();
-        assert_eq!(cache.bytes, 0);
-    }
 }

@@ -1,0 +1,377 @@
+//! The statement gate: the protocol-neutral decision for each statement text a
+//! client sends, and its audit record.
+//!
+//! A front end hands the gate the text of each Query/Parse message (Postgres) or
+//! COM_QUERY/COM_STMT_PREPARE (MySQL); the gate answers [`TextDecision::Allow`] with
+//! every statement's text and kind for the audit trail, or [`TextDecision::Deny`]
+//! with a typed [`Denied`] that the front end phrases in its own protocol (Postgres:
+//! an ErrorResponse with a SQLSTATE). Repeated texts are answered from a per-session
+//! [`VerdictCache`] bounded in bytes. Verdicts depend on the upstream catalog, which
+//! the gate refreshes as it ages or when a statement names something it does not know
+//! ([`Gate::newer_catalog`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::upstream;
+use crate::audit::{AuditEvent, AuditRecord, Decision};
+use crate::catalog::{FunctionCatalog, CATALOG_TTL};
+use crate::gateway::Services;
+use crate::identity::Principal;
+use crate::policy::readonly::{self, Verdict};
+use crate::policy::Grant;
+use crate::sql::ClassifyError;
+
+/// Statements up to this size are also looked up by their literal-free shape.
+/// `normalize` runs on the caller's stack and recurses per tree level; 1 KiB bounds
+/// the depth to a few hundred levels.
+const SHAPE_CACHE_MAX_TEXT: usize = 1024;
+
+/// One statement part's classification, for audit.
+pub struct Classified {
+    pub text: String,
+    pub kind: String,
+    pub verdict: Verdict,
+}
+
+/// An allowed statement text: each statement's text and kind, for audit.
+pub struct Allowed {
+    pub parts: Vec<(String, String)>,
+}
+
+/// The outcome for one statement text (a Query or Parse message, a COM_QUERY).
+pub enum TextDecision {
+    Allow(Arc<Allowed>),
+    Deny {
+        denied: Denied,
+        /// Every statement of the text with its verdict, for audit.
+        parts: Vec<Classified>,
+        /// The denial may be due to a catalog that is out of date.
+        catalog_miss: bool,
+    },
+}
+
+/// Why a text was denied; each front end phrases it in its own protocol.
+#[derive(Debug, Clone)]
+pub enum Denied {
+    /// The text could not be classified (does not parse, too large, too deep, the
+    /// parser is busy).
+    Unclassified(ClassifyError),
+    /// A statement of the text was denied by policy.
+    Statement {
+        /// Its kind ("INSERT", "SET", ...).
+        kind: String,
+        reason: String,
+        /// Where it is, when the text holds more than one statement.
+        position: Option<Position>,
+    },
+    /// The audit trail cannot be written, so nothing may run.
+    AuditUnavailable,
+    /// The front end refused the text before the policy saw it (a pipelining rule, a
+    /// protocol message that is never allowed).
+    Front { reason: String, hint: String },
+}
+
+/// A denied statement's place in a multi-statement text.
+#[derive(Debug, Clone)]
+pub struct Position {
+    /// 1-based.
+    pub index: usize,
+    pub of: usize,
+    /// The statement's text, cut to 200 bytes.
+    pub excerpt: String,
+}
+
+impl Denied {
+    /// One line for logs and the audit reason.
+    pub fn summary(&self) -> String {
+        match self {
+            Denied::Unclassified(e) => format!("statement denied: {e}"),
+            Denied::Statement { kind, reason, .. } => format!("{kind} denied: {reason}"),
+            Denied::AuditUnavailable => {
+                "statement denied: the audit trail cannot be written".into()
+            }
+            Denied::Front { reason, .. } => format!("statement denied: {reason}"),
+        }
+    }
+}
+
+/// Allowed statements of one session, so repeated statements skip the parser.
+///
+/// `exact` is keyed by the statement text (prepared statements, repeated queries).
+/// `shapes` is keyed by the text with its constants replaced by `$n`
+/// (`pg_query::normalize`) and holds only single SELECT statements, whose verdict
+/// cannot depend on a constant (unlike `SET client_encoding = ...` or `BEGIN READ
+/// WRITE`). Keys are whole texts, never hashes, so no crafted collision can alias a
+/// denied statement to an allowed one. Verdicts depend on the catalog, so the cache is
+/// cleared whenever the session picks up a newer one.
+///
+/// The cache is bounded in bytes (`limits.verdict_cache_bytes`): each entry counts its
+/// key, its statements' texts and a fixed overhead; when the next entry would not fit,
+/// the cache starts over. Statements larger than a quarter of the budget are never
+/// remembered.
+pub struct VerdictCache {
+    exact: HashMap<String, Arc<Allowed>>,
+    shapes: HashMap<String, ()>,
+    bytes: usize,
+    budget: usize,
+}
+
+/// What one cache entry costs beyond its texts (map slot, Arc, Vec headers).
+const VERDICT_ENTRY_OVERHEAD: usize = 128;
+
+impl VerdictCache {
+    pub fn new(budget: usize) -> Self {
+        VerdictCache {
+            exact: HashMap::new(),
+            shapes: HashMap::new(),
+            bytes: 0,
+            budget,
+        }
+    }
+
+    /// `shape` only for statements whose verdict cannot depend on a constant.
+    fn remember(&mut self, text: &str, shape: Option<String>, allowed: &Arc<Allowed>) {
+        let parts: usize = allowed.parts.iter().map(|(t, k)| t.len() + k.len()).sum();
+        let shape =
+            shape.filter(|_| matches!(allowed.parts.as_slice(), [(_, kind)] if kind == "SELECT"));
+        let cost = text.len()
+            + parts
+            + shape
+                .as_ref()
+                .map_or(0, |s| s.len() + VERDICT_ENTRY_OVERHEAD)
+            + VERDICT_ENTRY_OVERHEAD;
+        if cost > self.budget / 4 {
+            return;
+        }
+        if self.bytes + cost > self.budget {
+            self.clear();
+        }
+        self.bytes += cost;
+        self.exact.insert(text.to_owned(), allowed.clone());
+        if let Some(shape) = shape {
+            self.shapes.insert(shape, ());
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.exact.clear();
+        self.shapes.clear();
+        self.bytes = 0;
+    }
+}
+
+/// What the gate of one session knows: who, under which grant, from where.
+pub struct Gate {
+    pub session_id: String,
+    pub client_addr: String,
+    pub services: Arc<Services>,
+    pub principal: Principal,
+    pub grant: Grant,
+}
+
+impl Gate {
+    /// Decides one statement text: from the cache, or classified (large texts on the
+    /// parser pool) and decided by the read-only policy and the setting caps. A text
+    /// with several statements is allowed only if every one of them is.
+    pub async fn decide(
+        &self,
+        text: &str,
+        cache: &mut VerdictCache,
+        catalog: Option<&FunctionCatalog>,
+    ) -> TextDecision {
+        if let Some(allowed) = cache.exact.get(text) {
+            return TextDecision::Allow(allowed.clone());
+        }
+        let shape = (text.len() <= SHAPE_CACHE_MAX_TEXT)
+            .then(|| pg_query::normalize(text).ok())
+            .flatten();
+        if let Some(shape) = &shape {
+            if cache.shapes.contains_key(shape) {
+                return TextDecision::Allow(Arc::new(Allowed {
+                    parts: vec![(text.trim().to_owned(), "SELECT".to_owned())],
+                }));
+            }
+        }
+        let max = self.services.config.limits.max_statement_bytes;
+        let facts = match self.services.parser.classify(text, max).await {
+            Ok(facts) => facts,
+            Err(e) => {
+                return TextDecision::Deny {
+                    denied: Denied::Unclassified(e.clone()),
+                    parts: vec![Classified {
+                        text: text.to_owned(),
+                        kind: "unparsed".into(),
+                        verdict: Verdict::Deny {
+                            reason: e.to_string(),
+                        },
+                    }],
+                    catalog_miss: false,
+                };
+            }
+        };
+        let caps = &self.services.config.limits.setting_caps;
+        let mut parts: Vec<Classified> = facts
+            .iter()
+            .map(|f| Classified {
+                text: f.text.clone(),
+                kind: f.kind.label(),
+                verdict: match readonly::decide(f, catalog) {
+                    Verdict::Allow => match caps.check(f) {
+                        Ok(()) => Verdict::Allow,
+                        Err(reason) => Verdict::Deny { reason },
+                    },
+                    deny => deny,
+                },
+            })
+            .collect();
+        let denied = parts.iter().position(|p| p.verdict != Verdict::Allow);
+        match denied {
+            None => {
+                let allowed = Arc::new(Allowed {
+                    parts: parts.into_iter().map(|p| (p.text, p.kind)).collect(),
+                });
+                // set_config's verdict depends on its constants: never by shape.
+                let by_shape = facts.iter().all(|f| f.tree.set_config_calls.is_empty());
+                cache.remember(text, shape.filter(|_| by_shape), &allowed);
+                TextDecision::Allow(allowed)
+            }
+            Some(index) => {
+                let (kind, reason) = match &parts[index].verdict {
+                    Verdict::Deny { reason } => (parts[index].kind.clone(), reason.clone()),
+                    Verdict::Allow => (String::new(), String::new()),
+                };
+                let mut position = None;
+                if parts.len() > 1 {
+                    position = Some(Position {
+                        index: index + 1,
+                        of: parts.len(),
+                        excerpt: truncate(&parts[index].text, 200),
+                    });
+                    for (i, part) in parts.iter_mut().enumerate() {
+                        if i != index && part.verdict == Verdict::Allow {
+                            part.verdict = Verdict::Deny {
+                                reason: format!(
+                                    "not forwarded: statement {} of the same message was denied",
+                                    index + 1
+                                ),
+                            };
+                        }
+                    }
+                }
+                TextDecision::Deny {
+                    denied: Denied::Statement {
+                        kind,
+                        reason,
+                        position,
+                    },
+                    parts,
+                    catalog_miss: readonly::unknown_to_catalog(&facts[index], catalog),
+                }
+            }
+        }
+    }
+
+    pub fn statement_record(&self, text: &str, kind: &str, verdict: &Verdict) -> AuditRecord {
+        let mut rec = AuditRecord::new(
+            AuditEvent::Statement,
+            &self.session_id,
+            &self.grant.connection,
+            &self.client_addr,
+        );
+        rec.grant_id = Some(self.grant.id.clone());
+        rec.sub = Some(self.principal.subject.clone());
+        rec.set_statement(text, self.services.config.audit_max_statement_bytes);
+        rec.kind = Some(kind.to_owned());
+        match verdict {
+            Verdict::Allow => rec.decision = Some(Decision::Allow),
+            Verdict::Deny { reason } => {
+                rec.decision = Some(Decision::Deny);
+                rec.reason = Some(reason.clone());
+            }
+        }
+        rec
+    }
+
+    pub async fn audit(&self, rec: AuditRecord) {
+        if let Err(e) = self.services.audit.record(rec).await {
+            tracing::error!(error = %e, "audit record lost");
+        }
+    }
+
+    /// A newer catalog of this connection than `than`, if there is one. With `wait`,
+    /// reads one now (a statement named something the catalog does not know);
+    /// otherwise, when `than` has aged past [`CATALOG_TTL`], starts a refresh in the
+    /// background and returns at once. Refreshes are single-flight and rate limited
+    /// per connection ([`crate::catalog::CatalogCache::refresh`]).
+    pub async fn newer_catalog(&self, than: Instant, wait: bool) -> Option<Arc<FunctionCatalog>> {
+        let cache = self.services.catalogs.get(&self.grant.connection)?;
+        if let Some((at, catalog)) = cache.current() {
+            if at > than {
+                return Some(catalog);
+            }
+        }
+        if !wait && than.elapsed() < CATALOG_TTL {
+            return None;
+        }
+        let services = self.services.clone();
+        let name = self.grant.connection.clone();
+        let refresh = async move {
+            let conn = services.config.connection(&name)?.clone();
+            let cache = services.catalogs.get(&name)?;
+            let timeout = services.config.limits.connect_timeout;
+            cache
+                .refresh(than, || upstream::fetch_catalog_separately(&conn, timeout))
+                .await
+        };
+        if wait {
+            refresh
+                .await
+                .filter(|_| cache.current().is_some_and(|(at, _)| at > than))
+        } else {
+            tokio::spawn(refresh);
+            None
+        }
+    }
+}
+
+/// `s` cut to at most `max` bytes at a character boundary, with "..." when cut.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allowed(text: &str) -> Arc<Allowed> {
+        Arc::new(Allowed {
+            parts: vec![(text.to_owned(), "SELECT".to_owned())],
+        })
+    }
+
+    #[test]
+    fn the_verdict_cache_is_bounded_in_bytes() {
+        let mut cache = VerdictCache::new(64 << 10);
+        // Statements over a quarter of the budget are never remembered.
+        let big = "x".repeat(20 << 10);
+        cache.remember(&big, None, &allowed(&big));
+        assert!(cache.exact.is_empty());
+        for i in 0..1000 {
+            let text = format!("SELECT {i} /* {} */", "y".repeat(1000));
+            cache.remember(&text, Some(format!("shape{i}")), &allowed(&text));
+            assert!(cache.bytes <= 64 << 10);
+        }
+        assert!(!cache.exact.is_empty());
+        cache.clear();
+        assert_eq!(cache.bytes, 0);
+    }
+}
