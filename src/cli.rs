@@ -299,7 +299,7 @@ pub fn describe(config: &Config) -> String {
         .setting_caps
         .describe()
         .iter()
-        .map(|(name, cap)| format!("{name} <= {cap}"))
+        .map(|(name, op, cap)| format!("{name} {op} {cap}"))
         .collect();
     let _ = writeln!(
         out,

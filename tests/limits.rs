@@ -195,6 +195,9 @@ async fn settings_that_size_server_memory_are_capped() {
         "SET hash_mem_multiplier = 1000",
         "SET max_parallel_workers_per_gather = 64",
         "SELECT set_config('work_mem', '1TB', false)",
+        "SET join_collapse_limit = 100",
+        "SET jit_above_cost = 0",
+        "SET parallel_setup_cost = 0",
     ] {
         let err = client.simple_query(sql).await.expect_err(sql);
         let (code, message) = db_error(&err);
@@ -202,7 +205,9 @@ async fn settings_that_size_server_memory_are_capped() {
         // maintenance_work_mem and temp_buffers only matter to writes and are not
         // settable at all; the others are settable up to their cap.
         assert!(
-            message.contains("cap") || message.contains("not on the list"),
+            message.contains("cap")
+                || message.contains("floor")
+                || message.contains("not on the list"),
             "{sql}: {message}"
         );
     }
@@ -210,6 +215,8 @@ async fn settings_that_size_server_memory_are_capped() {
         "SET work_mem = '32MB'",
         "SET work_mem = 1024",
         "SET max_parallel_workers_per_gather = 0",
+        "SET join_collapse_limit = 8",
+        "SET jit_above_cost = 1000000",
         "SELECT set_config('work_mem', '16MB', false)",
         "RESET work_mem",
     ] {
@@ -402,4 +409,141 @@ async fn large_values_stream_through_and_large_statements_parse_off_the_workers(
     assert!(sql.len() > 900_000);
     let rows = client.simple_query(&sql).await.unwrap();
     assert!(!rows.is_empty());
+}
+
+/// Logs in over a socket with a tiny receive buffer, for clients that stop reading.
+async fn raw_login(port: u16, token: &str, recv_buffer: u32) -> TcpStream {
+    use bytes::{Buf, BytesMut};
+    use postgres_protocol::message::frontend;
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(recv_buffer).unwrap();
+    let mut stream = socket
+        .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+        .unwrap();
+    let mut out = BytesMut::new();
+    frontend::startup_message([("user", "agent-7"), ("database", "reporting")], &mut out).unwrap();
+    frontend::password_message(token.as_bytes(), &mut out).unwrap();
+    stream.write_all(&out).await.unwrap();
+    let mut buf = BytesMut::new();
+    loop {
+        while buf.len() >= 5 && buf.len() > (&buf[1..5]).get_i32() as usize {
+            let len = (&buf[1..5]).get_i32() as usize;
+            let frame = buf.split_to(1 + len);
+            match frame[0] {
+                b'Z' => return stream,
+                b'E' => panic!("login failed: {}", String::from_utf8_lossy(&frame)),
+                _ => {}
+            }
+        }
+        assert!(stream.read_buf(&mut buf).await.unwrap() > 0, "closed");
+    }
+}
+
+async fn send_query(stream: &mut TcpStream, sql: &str) {
+    use tokio::io::AsyncWriteExt;
+    let mut out = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::query(sql, &mut out).unwrap();
+    stream.write_all(&out).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_cannot_hold_its_transaction_past_the_grant() {
+    let gw = TestGateway::start_with(Setup {
+        grant_ttl: "3s",
+        ..Setup::default()
+    })
+    .await;
+    let marker = unique("stalled");
+    let token = gw.token(&["analytics-agents"]);
+    let mut stalled = raw_login(gw.port(), &token, 4096).await;
+    send_query(
+        &mut stalled,
+        &format!("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT repeat('x', 16777216), '{marker}'"),
+    )
+    .await;
+    // Never read: the gateway's writes to this client block.
+    until_running(&gw, &marker, 1, 10).await;
+    let gone = until_running(&gw, &marker, 0, 12).await;
+    assert!(gone < Duration::from_secs(8), "backend lived {gone:?}");
+    assert!(gw
+        .ended_reasons()
+        .await
+        .iter()
+        .any(|r| r == "grant expired"));
+    // The neighbour: a client that reads a large result gets all of it.
+    let client = gw.agent().await;
+    let row = client
+        .query_one("SELECT length(repeat('x', 16777216))", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 16777216);
+    drop(stalled);
+}
+
+#[tokio::test]
+async fn denials_the_server_never_answers_cannot_pile_up() {
+    use tokio::io::AsyncWriteExt;
+    let gw = TestGateway::start().await;
+    let token = gw.token(&["analytics-agents"]);
+    let mut raw = raw_login(gw.port(), &token, 1 << 20).await;
+    // A Bind of an unknown statement puts the server into skip-until-Sync; every
+    // FunctionCall after it is denied with a probe the server never answers.
+    let mut out = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::bind(
+        "",
+        "nope",
+        std::iter::empty::<i16>(),
+        std::iter::empty::<Option<&[u8]>>(),
+        |_: Option<&[u8]>,
+         _: &mut bytes::BytesMut|
+         -> Result<postgres_protocol::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+            Ok(postgres_protocol::IsNull::No)
+        },
+        Some(0),
+        &mut out,
+    )
+    .map_err(|_| ())
+    .unwrap();
+    for _ in 0..5000 {
+        out.extend_from_slice(&[b'F', 0, 0, 0, 4]);
+    }
+    raw.write_all(&out).await.unwrap();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut reply)).await;
+    let text = String::from_utf8_lossy(&reply);
+    assert!(
+        text.contains("54000") && text.contains("denied statements await"),
+        "{text}"
+    );
+    // The neighbour: denials answered one by one never reach the bound.
+    let client = gw.agent().await;
+    for _ in 0..50 {
+        assert!(client.simple_query("DELETE FROM items").await.is_err());
+    }
+    client.simple_query("SELECT 1").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_statement_message_far_over_the_limit_is_refused_unread() {
+    use tokio::io::AsyncWriteExt;
+    let gw = TestGateway::start().await;
+    let token = gw.token(&["analytics-agents"]);
+    let mut raw = raw_login(gw.port(), &token, 1 << 20).await;
+    // Only the header of a 200 MiB Query: the gateway must not wait for the body.
+    let len: i32 = 200 << 20;
+    let mut header = vec![b'Q'];
+    header.extend_from_slice(&len.to_be_bytes());
+    raw.write_all(&header).await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut reply))
+        .await
+        .expect("refused from its header")
+        .unwrap();
+    let text = String::from_utf8_lossy(&reply);
+    assert!(
+        text.contains("54000") && text.contains("max_statement_bytes"),
+        "{text}"
+    );
 }

@@ -23,6 +23,9 @@ enum Measure {
 struct Cap {
     name: &'static str,
     measure: Measure,
+    /// The cap is a floor: the setting may be raised, not lowered (costs that, set
+    /// low, make every query JIT-compile or go parallel).
+    floor: bool,
     /// In bytes for memory, else the number itself.
     max: f64,
     /// The cap as the DBA wrote it (for messages).
@@ -42,6 +45,11 @@ const KB: f64 = 1024.0;
 /// agent lower, but not raise, hash_mem_multiplier and parallel workers.
 const POSTGRES: &[(&str, Measure, &str)] = &[
     ("work_mem", Measure::Memory { unit_bytes: KB }, "64MB"),
+    // Planning time and memory grow exponentially with the joins planned exhaustively.
+    ("join_collapse_limit", Measure::Number, "12"),
+    ("from_collapse_limit", Measure::Number, "12"),
+    ("geqo_threshold", Measure::Number, "12"),
+    ("effective_io_concurrency", Measure::Number, "16"),
     (
         "maintenance_work_mem",
         Measure::Memory { unit_bytes: KB },
@@ -58,16 +66,44 @@ const POSTGRES: &[(&str, Measure, &str)] = &[
     ("max_parallel_workers_per_gather", Measure::Number, "2"),
 ];
 
+/// Settings that may be raised but not lowered below these (the server's defaults):
+/// lower, they make every query JIT-compile (uninterruptible, memory not counted) or
+/// take parallel workers from every other session.
+const POSTGRES_FLOORS: &[(&str, Measure, &str)] = &[
+    ("jit_above_cost", Measure::Number, "100000"),
+    ("jit_inline_above_cost", Measure::Number, "500000"),
+    ("jit_optimize_above_cost", Measure::Number, "500000"),
+    ("parallel_setup_cost", Measure::Number, "1000"),
+    ("parallel_tuple_cost", Measure::Number, "0.1"),
+    (
+        "min_parallel_table_scan_size",
+        Measure::Memory {
+            unit_bytes: 8.0 * KB,
+        },
+        "8MB",
+    ),
+    (
+        "min_parallel_index_scan_size",
+        Measure::Memory {
+            unit_bytes: 8.0 * KB,
+        },
+        "512kB",
+    ),
+];
+
 impl SettingCaps {
     /// The default caps for Postgres.
     pub fn postgres_defaults() -> Self {
         let caps = POSTGRES
             .iter()
-            .filter_map(|(name, measure, shown)| {
+            .map(|cap| (cap, false))
+            .chain(POSTGRES_FLOORS.iter().map(|cap| (cap, true)))
+            .filter_map(|((name, measure, shown), floor)| {
                 let max = read(*measure, shown)?;
                 Some(Cap {
                     name,
                     measure: *measure,
+                    floor,
                     max,
                     shown: (*shown).to_owned(),
                 })
@@ -102,10 +138,10 @@ impl SettingCaps {
     }
 
     /// Each capped setting and its cap, for `sqlgate check`.
-    pub fn describe(&self) -> Vec<(&'static str, &str)> {
+    pub fn describe(&self) -> Vec<(&'static str, &'static str, &str)> {
         self.caps
             .iter()
-            .map(|c| (c.name, c.shown.as_str()))
+            .map(|c| (c.name, if c.floor { ">=" } else { "<=" }, c.shown.as_str()))
             .collect()
     }
 
@@ -116,7 +152,12 @@ impl SettingCaps {
             return Ok(());
         };
         match read(cap.measure, value) {
-            Some(v) if v <= cap.max => Ok(()),
+            Some(v) if !cap.floor && v <= cap.max => Ok(()),
+            Some(v) if cap.floor && v >= cap.max => Ok(()),
+            Some(_) if cap.floor => Err(format!(
+                "{} = {value} is under the gateway's floor of {} (it may be raised, not lowered)",
+                cap.name, cap.shown
+            )),
             Some(_) => Err(format!(
                 "{} = {value} is over the gateway's cap of {}",
                 cap.name, cap.shown
@@ -211,6 +252,19 @@ mod tests {
             .check_value("max_parallel_workers_per_gather", "64")
             .is_err());
         assert!(caps.check_value("statement_timeout", "0").is_ok());
+        // Planner limits, and costs that may only be raised.
+        assert!(caps.check_value("join_collapse_limit", "100").is_err());
+        assert!(caps.check_value("join_collapse_limit", "8").is_ok());
+        assert!(caps.check_value("jit_above_cost", "0").is_err());
+        assert!(caps.check_value("jit_above_cost", "-1").is_err());
+        assert!(caps.check_value("jit_above_cost", "1000000").is_ok());
+        assert!(caps.check_value("parallel_tuple_cost", "0").is_err());
+        assert!(caps
+            .check_value("min_parallel_table_scan_size", "0")
+            .is_err());
+        assert!(caps
+            .check_value("min_parallel_table_scan_size", "16MB")
+            .is_ok());
     }
 
     #[test]

@@ -49,7 +49,11 @@ use crate::sql::ClassifyError;
 
 /// Largest client message accepted after login (a Bind with big parameters can be
 /// large; statements are limited separately by `limits.max_statement_bytes`).
-const MAX_CLIENT_FRAME: usize = 256 << 20;
+const MAX_CLIENT_FRAME: usize = 64 << 20;
+/// Query and Parse messages over twice `limits.max_statement_bytes` and this much are
+/// refused unread, ending the session; smaller ones over the limit are read and get
+/// the usual (non-fatal) 54000.
+const STATEMENT_FRAME_SLACK: usize = 64 << 10;
 /// Largest password message (the token); Postgres itself allows 64 KB here.
 const MAX_PASSWORD_FRAME: usize = 64 << 10;
 /// Upstream messages the relay reads (ErrorResponse, ParameterStatus, ReadyForQuery)
@@ -58,6 +62,9 @@ const MAX_INSPECTED_MESSAGE: usize = 64 << 10;
 /// How long the end of a session waits for the server to close the upstream
 /// connection before ending its backend from another connection.
 const UPSTREAM_CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// How long a session's last words (a FATAL error, TLS close) may take to write: the
+/// client may have stopped reading.
+const FINAL_WRITE_WAIT: Duration = Duration::from_secs(1);
 /// The newest PostgreSQL major version whose grammar the classifier parses (pg_query 6
 /// is libpg_query 17). An upstream of a newer major version could accept syntax the
 /// classifier reads differently, so sessions to it are refused (fail closed).
@@ -78,8 +85,9 @@ pub async fn handle_connection(tcp: TcpStream, peer: SocketAddr, services: Arc<S
         }
     };
     let shutdown = services.shutdown.subscribe();
-    let login_timeout = services.config.limits.login_timeout;
-    let negotiated = tokio::time::timeout(login_timeout, negotiate(tcp, &services)).await;
+    // One deadline from the first byte to a ready session (TLS, startup, token, upstream).
+    let login_deadline = tokio::time::Instant::now() + services.config.limits.login_timeout;
+    let negotiated = tokio::time::timeout_at(login_deadline, negotiate(tcp, &services)).await;
     let (stream, buf, startup, tls) = match negotiated {
         Ok(Ok(Some(opened))) => opened,
         Ok(Ok(None)) => return,
@@ -99,7 +107,9 @@ pub async fn handle_connection(tcp: TcpStream, peer: SocketAddr, services: Arc<S
         client: Some(stream),
         buf,
     };
-    session.run(startup, tls, shutdown, unauthenticated).await;
+    session
+        .run(startup, tls, shutdown, (unauthenticated, login_deadline))
+        .await;
 }
 
 /// Refuses a connection over `limits.max_unauthenticated` with 53300 before reading
@@ -195,14 +205,15 @@ async fn read_initial<S: AsyncRead + Unpin>(
 }
 
 async fn forward_cancel(services: &Services, pid: i32, secret: &[u8]) {
-    if !services.cancel_rate.allow() {
-        tracing::warn!(
-            limit = services.config.limits.max_cancels_per_second,
-            "cancel request dropped: more than limits.max_cancels_per_second"
-        );
-        return;
-    }
+    // Only a cancel with a valid key costs an upstream connection, so only those are
+    // rate limited (bogus keys cannot use up the budget of real ones).
     match services.cancels.lookup(pid, secret) {
+        Some(_) if !services.cancel_rate.allow() => {
+            tracing::warn!(
+                limit = services.config.limits.max_cancels_per_second,
+                "cancel request dropped: more than limits.max_cancels_per_second"
+            );
+        }
         Some(target) => {
             if let Err(e) = cancel::send_upstream_cancel(&target).await {
                 tracing::warn!(error = %e, "could not forward a cancel request upstream");
@@ -228,7 +239,10 @@ impl Session {
         startup: StartupMessage,
         tls: bool,
         shutdown: broadcast::Receiver<()>,
-        unauthenticated: super::slots::UnauthenticatedSlot,
+        (unauthenticated, login_deadline): (
+            super::slots::UnauthenticatedSlot,
+            tokio::time::Instant,
+        ),
     ) {
         let connection = startup
             .param("database")
@@ -237,10 +251,12 @@ impl Session {
             .to_owned();
         let timeout = self.services.config.limits.login_timeout;
         let login =
-            match tokio::time::timeout(timeout, self.login(&startup, tls, &connection)).await {
+            match tokio::time::timeout_at(login_deadline, self.login(&startup, tls, &connection))
+                .await
+            {
                 Ok(result) => result,
                 Err(_) => Err(PgError::fatal(
-                    "08006",
+                    sqlstate::CONNECTION_FAILURE,
                     format!(
                         "sqlgate: login did not complete within {}s",
                         timeout.as_secs()
@@ -262,7 +278,9 @@ impl Session {
 
     async fn send(&mut self, error: &PgError) -> std::io::Result<()> {
         match self.client.as_mut() {
-            Some(client) => write_error(client, error).await,
+            Some(client) => tokio::time::timeout(FINAL_WRITE_WAIT, write_error(client, error))
+                .await
+                .unwrap_or(Ok(())),
             None => Ok(()),
         }
     }
@@ -631,16 +649,17 @@ impl Session {
             r = to_upstream => r,
             r = to_client => r,
         };
-        let _ = client_w.shutdown().await;
         self.services.cancels.unregister(cancel_pid);
         clock.sent(Instant::now(), *sent_at_end.borrow());
         let busy = clock.busy();
+        // The upstream first: nothing the client does (or fails to read) delays it.
+        close_upstream(&mut up_r, &mut up_w, busy, &ctx, slot).await;
+        let _ = tokio::time::timeout(FINAL_WRITE_WAIT, client_w.shutdown()).await;
         let mut rec = self.record(AuditEvent::SessionEnded, &connection);
         rec.grant_id = Some(grant.id.clone());
         rec.sub = Some(ctx.gate.principal.subject.clone());
         rec.reason = Some(reason.to_string());
         let _ = self.services.audit.record(rec).await;
-        close_upstream(&mut up_r, &mut up_w, busy, &ctx, slot).await;
         reason
     }
 }
@@ -845,6 +864,20 @@ async fn client_to_upstream(
         let mut terminate = false;
         let mut fatal = None;
         loop {
+            // A statement message far over the statement limit is refused from its
+            // header, before its body is buffered.
+            if buf.len() >= HEADER_LEN && matches!(buf[0], frontend::QUERY | frontend::PARSE) {
+                let len = usize::try_from((&buf[1..HEADER_LEN]).get_i32()).unwrap_or(0);
+                let max =
+                    ctx.gate.services.config.limits.max_statement_bytes * 2 + STATEMENT_FRAME_SLACK;
+                if len > max {
+                    fatal = Some(PgError::fatal(
+                        sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                        format!("sqlgate: a {len}-byte statement message is far over limits.max_statement_bytes"),
+                    ));
+                    break;
+                }
+            }
             let frame = match split_frame(&mut buf, MAX_CLIENT_FRAME) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
@@ -904,7 +937,8 @@ async fn client_to_upstream(
                     continue;
                 }
                 frontend::COPY_DATA | frontend::COPY_DONE | frontend::COPY_FAIL => {
-                    out.extend_from_slice(&frame.raw);
+                    // COPY FROM STDIN is never allowed, and the server ignores these
+                    // outside it: not forwarded.
                     continue;
                 }
                 other => {
@@ -1169,11 +1203,16 @@ async fn upstream_to_client(
     ctx: &RelayContext,
 ) -> EndReason {
     let mut pending: VecDeque<(String, PgError)> = VecDeque::new();
-    let deadline = tokio::time::Instant::from_std(side.deadline);
+    let mut timers = Timers {
+        clock,
+        deadline: tokio::time::Instant::from_std(side.deadline),
+        shutdown,
+        sent: side.sent.clone(),
+        sent_open: true,
+    };
     let mut ready_count: u64 = 0;
     // Bytes of a streamed message that have not arrived yet.
     let mut streaming: usize = 0;
-    let mut sent_open = true;
     loop {
         // Forward every complete message in `buf`, in place where possible.
         let mut pos = 0;
@@ -1222,20 +1261,20 @@ async fn upstream_to_client(
             match tag {
                 backend::ERROR_RESPONSE => {
                     if let Some(replacement) =
-                        replacement_error(body, &mut side, &mut pending, clock, ctx)
+                        replacement_error(body, &mut side, &mut pending, timers.clock, ctx)
                     {
                         let replacement = match replacement {
                             Replacement::Error(error) => error,
                             Replacement::Fatal(error, reason) => {
-                                let _ = write_parts(client, &buf[..pos], &[]).await;
-                                let _ = write_error(client, &error).await;
-                                return reason;
+                                return final_error(client, &buf[..pos], (error, reason)).await;
                             }
                         };
                         let mut out = BytesMut::new();
                         replacement.encode(&mut out);
-                        if let Err(e) = write_parts(client, &buf[..pos], &out).await {
-                            return EndReason::Io(format!("writing client: {e}"));
+                        if let Err(end) =
+                            write_or_end(client, &[&buf[..pos], &out], &mut timers, ctx).await
+                        {
+                            return end;
                         }
                         buf.advance(end);
                         pos = 0;
@@ -1251,25 +1290,24 @@ async fn upstream_to_client(
                     };
                     if let Some(why) = tripped {
                         tracing::error!(session = %ctx.gate.session_id, %why, "tripwire: ending the session");
-                        let _ = write_parts(client, &buf[..pos], &[]).await;
                         let error = PgError::fatal(sqlstate::INSUFFICIENT_PRIVILEGE, format!("sqlgate: session ended: {why}"))
                             .with_hint("a statement changed a setting sqlgate pins; nothing further was forwarded, and the event is in the audit trail");
-                        let _ = write_error(client, &error).await;
-                        return EndReason::Tamper(why);
+                        return final_error(client, &buf[..pos], (error, EndReason::Tamper(why)))
+                            .await;
                     }
                 }
                 backend::READY_FOR_QUERY => {
                     ready_count += 1;
                     let in_transaction = body.first().is_some_and(|s| *s != b'I');
-                    clock.ready(Instant::now(), in_transaction);
+                    timers.clock.ready(Instant::now(), in_transaction);
                 }
                 _ => {}
             }
             pos = end;
         }
         if pos > 0 {
-            if let Err(e) = client.write_all(&buf[..pos]).await {
-                return EndReason::Io(format!("writing client: {e}"));
+            if let Err(end) = write_or_end(client, &[&buf[..pos]], &mut timers, ctx).await {
+                return end;
             }
             buf.advance(pos);
         }
@@ -1279,7 +1317,6 @@ async fn upstream_to_client(
         if buf.capacity() - buf.len() < 8192 {
             buf.reserve(64 * 1024);
         }
-        let due_at = clock.next_deadline().map(tokio::time::Instant::from_std);
         tokio::select! {
             read = upstream.read_buf(&mut buf) => match read {
                 Ok(0) => return EndReason::UpstreamClosed,
@@ -1287,72 +1324,176 @@ async fn upstream_to_client(
                 Err(e) => return EndReason::Io(format!("reading upstream: {e}")),
             },
             control = side.ctl.recv() => match control {
-                Some(Control::Denied { token, error }) => pending.push_back((token, error)),
+                Some(Control::Denied { token, error }) => {
+                    if let Err(end) = hold_denial(&mut pending, token, error) {
+                        return final_error(client, &[], *end).await;
+                    }
+                }
                 Some(Control::Fatal(error, reason)) => {
-                    let _ = write_error(client, &error).await;
-                    return reason;
+                    return final_error(client, &[], (error, reason)).await;
                 }
                 None => std::future::pending::<()>().await,
             },
-            changed = side.sent.changed(), if sent_open => match changed {
-                Ok(()) => {
-                    let sent = *side.sent.borrow_and_update();
-                    clock.sent(Instant::now(), sent);
+            end = timers.next_end(ctx) => return final_error(client, &[], end).await,
+        }
+    }
+}
+
+/// Denials whose probe the server has not answered yet, at most this many. The server
+/// never answers a probe sent while it skips to Sync after an error, so without a
+/// bound a client could grow the queue forever.
+const MAX_PENDING_DENIALS: usize = 4096;
+
+/// Queues a denial for its probe's answer, or says the session must end.
+fn hold_denial(
+    pending: &mut VecDeque<(String, PgError)>,
+    token: String,
+    error: PgError,
+) -> Result<(), Box<(PgError, EndReason)>> {
+    if pending.len() >= MAX_PENDING_DENIALS {
+        let why =
+            format!("more than {MAX_PENDING_DENIALS} denied statements await the server's answer");
+        return Err(Box::new((
+            PgError::fatal(
+                sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                format!("sqlgate: session ended: {why}"),
+            )
+            .with_hint("send Sync after denied statements"),
+            EndReason::ProtocolViolation(why),
+        )));
+    }
+    pending.push_back((token, error));
+    Ok(())
+}
+
+/// Everything that can end a session while the relay waits on something else (the
+/// upstream, or a client that is slow to read): the session clock, grant expiry,
+/// gateway shutdown. It also keeps the clock told of what the client side sends.
+struct Timers<'a> {
+    clock: &'a mut SessionClock,
+    deadline: tokio::time::Instant,
+    shutdown: &'a mut broadcast::Receiver<()>,
+    sent: watch::Receiver<Sent>,
+    sent_open: bool,
+}
+
+impl Timers<'_> {
+    /// Waits until the session must end; returns the FATAL error and the reason.
+    /// Statement timeouts on the way are handled (the statement is cancelled
+    /// upstream) without ending the session. Cancel-safe: state changes happen
+    /// between awaits.
+    async fn next_end(&mut self, ctx: &RelayContext) -> (PgError, EndReason) {
+        loop {
+            let due_at = self
+                .clock
+                .next_deadline()
+                .map(tokio::time::Instant::from_std);
+            tokio::select! {
+                changed = self.sent.changed(), if self.sent_open => match changed {
+                    Ok(()) => {
+                        let sent = *self.sent.borrow_and_update();
+                        self.clock.sent(Instant::now(), sent);
+                    }
+                    Err(_) => self.sent_open = false,
+                },
+                _ = tokio::time::sleep_until(due_at.unwrap_or(self.deadline)), if due_at.is_some() => {
+                    let limits = self.clock.limits();
+                    match self.clock.due(Instant::now()) {
+                        Some(Due::Cancel) => {
+                            tracing::info!(session = %ctx.gate.session_id, limit = %clock::human(limits.statement_timeout), "statement timeout: cancelling upstream");
+                            let target = ctx.upstream_cancel.clone();
+                            tokio::spawn(async move {
+                                if let Err(e) = cancel::send_upstream_cancel(&target).await {
+                                    tracing::warn!(error = %e, "could not send the statement-timeout cancel upstream");
+                                }
+                            });
+                        }
+                        Some(Due::EndOverrun) => {
+                            let limit = clock::human(limits.statement_timeout);
+                            let error = PgError::fatal(
+                                sqlstate::QUERY_CANCELED,
+                                format!("sqlgate: session ended: a statement ran past the grant's statement_timeout ({limit}) and did not stop when cancelled"),
+                            );
+                            return (error, EndReason::StatementTimeout(limit));
+                        }
+                        Some(Due::EndIdleInTransaction) => {
+                            let limit = clock::human(limits.idle_in_transaction_timeout);
+                            let error = PgError::fatal(
+                                sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
+                                format!("sqlgate: session ended: idle in a transaction for longer than the grant's idle_in_transaction_timeout ({limit})"),
+                            )
+                            .with_hint("commit or roll back transactions promptly; the open transaction was rolled back");
+                            return (error, EndReason::IdleInTransaction(limit));
+                        }
+                        None => {}
+                    }
                 }
-                Err(_) => sent_open = false,
-            },
-            _ = tokio::time::sleep_until(due_at.unwrap_or(deadline)), if due_at.is_some() => {
-                let limits = clock.limits();
-                match clock.due(Instant::now()) {
-                    Some(Due::Cancel) => {
-                        tracing::info!(session = %ctx.gate.session_id, limit = %clock::human(limits.statement_timeout), "statement timeout: cancelling upstream");
-                        let target = ctx.upstream_cancel.clone();
-                        tokio::spawn(async move {
-                            if let Err(e) = cancel::send_upstream_cancel(&target).await {
-                                tracing::warn!(error = %e, "could not send the statement-timeout cancel upstream");
-                            }
-                        });
-                    }
-                    Some(Due::EndOverrun) => {
-                        let limit = clock::human(limits.statement_timeout);
-                        let error = PgError::fatal(
-                            sqlstate::QUERY_CANCELED,
-                            format!("sqlgate: session ended: a statement ran past the grant's statement_timeout ({limit}) and did not stop when cancelled"),
-                        );
-                        let _ = write_error(client, &error).await;
-                        return EndReason::StatementTimeout(limit);
-                    }
-                    Some(Due::EndIdleInTransaction) => {
-                        let limit = clock::human(limits.idle_in_transaction_timeout);
-                        let error = PgError::fatal(
-                            sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
-                            format!("sqlgate: session ended: idle in a transaction for longer than the grant's idle_in_transaction_timeout ({limit})"),
-                        )
-                        .with_hint("commit or roll back transactions promptly; the open transaction was rolled back");
-                        let _ = write_error(client, &error).await;
-                        return EndReason::IdleInTransaction(limit);
-                    }
-                    None => {}
+                _ = tokio::time::sleep_until(self.deadline) => {
+                    let error = PgError::fatal(
+                        sqlstate::INVALID_AUTHORIZATION,
+                        format!(
+                            "sqlgate: grant {} for connection {:?} expired at {}",
+                            ctx.gate.grant.id, ctx.gate.grant.connection, rfc3339(ctx.gate.grant.expires_at)
+                        ),
+                    )
+                    .with_hint("reconnect with a fresh token to request a new grant");
+                    return (error, EndReason::GrantExpired);
                 }
-            }
-            _ = tokio::time::sleep_until(deadline) => {
-                let error = PgError::fatal(
-                    sqlstate::INVALID_AUTHORIZATION,
-                    format!(
-                        "sqlgate: grant {} for connection {:?} expired at {}",
-                        ctx.gate.grant.id, ctx.gate.grant.connection, rfc3339(ctx.gate.grant.expires_at)
-                    ),
-                )
-                .with_hint("reconnect with a fresh token to request a new grant");
-                let _ = write_error(client, &error).await;
-                return EndReason::GrantExpired;
-            }
-            _ = shutdown.recv() => {
-                let _ = write_error(client, &PgError::fatal(sqlstate::ADMIN_SHUTDOWN, "sqlgate: the gateway is shutting down")).await;
-                return EndReason::Shutdown;
+                _ = self.shutdown.recv() => {
+                    let error = PgError::fatal(sqlstate::ADMIN_SHUTDOWN, "sqlgate: the gateway is shutting down");
+                    return (error, EndReason::Shutdown);
+                }
             }
         }
     }
+}
+
+/// Writes `parts` to the client while the session's timers keep running: a client
+/// that stops reading cannot hold the session (and its upstream transaction) past
+/// its limits. `Err`: the session must end, and why.
+async fn write_or_end(
+    client: &mut WriteHalf<BoxStream>,
+    parts: &[&[u8]],
+    timers: &mut Timers<'_>,
+    ctx: &RelayContext,
+) -> Result<(), EndReason> {
+    let end = {
+        let write = async {
+            for part in parts {
+                if !part.is_empty() {
+                    client.write_all(part).await?;
+                }
+            }
+            Ok::<(), std::io::Error>(())
+        };
+        tokio::pin!(write);
+        tokio::select! {
+            written = &mut write => {
+                return written.map_err(|e| EndReason::Io(format!("writing client: {e}")));
+            }
+            end = timers.next_end(ctx) => end,
+        }
+    };
+    // The client may not be reading: the FATAL is best effort.
+    Err(final_error(client, &[], end).await)
+}
+
+/// Writes `before` and a FATAL `error` to the client, giving up after
+/// [`FINAL_WRITE_WAIT`] (a client that does not read must not hold the session's
+/// end); returns the reason.
+async fn final_error(
+    client: &mut WriteHalf<BoxStream>,
+    before: &[u8],
+    (error, reason): (PgError, EndReason),
+) -> EndReason {
+    let _ = tokio::time::timeout(FINAL_WRITE_WAIT, async {
+        if !before.is_empty() {
+            client.write_all(before).await?;
+        }
+        write_error(client, &error).await
+    })
+    .await;
+    reason
 }
 
 /// What replaces a server's ErrorResponse: the denial whose probe it answers, or,
@@ -1415,17 +1556,6 @@ fn replacement_error(
         .drain(..=index)
         .next_back()
         .map(|(_, error)| Replacement::Error(error))
-}
-
-async fn write_parts<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    first: &[u8],
-    second: &[u8],
-) -> std::io::Result<()> {
-    if !first.is_empty() {
-        w.write_all(first).await?;
-    }
-    w.write_all(second).await
 }
 
 async fn write_error<W: AsyncWrite + Unpin>(w: &mut W, error: &PgError) -> std::io::Result<()> {
