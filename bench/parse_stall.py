@@ -89,6 +89,33 @@ def big_sender(target, idx, table, target_bytes, depth, ready, stop, results):
                  "bytes": max(sizes) if sizes else 0})
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _ticks(stat_path):
+    with open(stat_path) as f:
+        text = f.read()
+    comm = text[text.index("(") + 1 : text.rindex(")")]
+    fields = text[text.rindex(")") + 2 :].split()
+    return comm, int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def cpu_seconds(pid):
+    """(whole gateway, its tokio worker threads) CPU seconds so far; None without a pid."""
+    if not pid:
+        return None
+    _, total = _ticks(f"/proc/{pid}/stat")
+    workers = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            comm, t = _ticks(f"/proc/{pid}/task/{tid}/stat")
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            continue
+        if comm.startswith(("tokio-runtime-w", "tokio-rt-worker")):  # tokio's default names
+            workers += t
+    return total / TICK, workers / TICK
+
+
 def pct(sorted_ms, p):
     if not sorted_ms:
         return float("nan")
@@ -102,6 +129,7 @@ def main():
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--connection", required=True, help="sqlgate connection name (dbname)")
     ap.add_argument("--token", required=True)
+    ap.add_argument("--user", default="bench-agent", help="user name sent to the gateway (sqlgate takes the identity from the token)")
     ap.add_argument("--pg-port", type=int, default=5432)
     ap.add_argument("--pg-user", default="postgres")
     ap.add_argument("--pg-db", required=True)
@@ -113,10 +141,11 @@ def main():
     ap.add_argument("--depth", type=int, default=2)
     ap.add_argument("--stmt-bytes", type=int, default=900_000)
     ap.add_argument("--label", default="sqlgate")
+    ap.add_argument("--pid", type=int, help="gateway pid: report its CPU use per phase")
     ap.add_argument("--json")
     a = ap.parse_args()
 
-    gateway = dict(host=a.host, port=a.port, user="bench-agent", database=a.connection,
+    gateway = dict(host=a.host, port=a.port, user=a.user, database=a.connection,
                    password=a.token, params={"application_name": "sqlgate-bench-parse-stall"})
     direct = dict(host=a.host, port=a.pg_port, user=a.pg_user, database=a.pg_db,
                   params={"application_name": "sqlgate-bench-parse-stall"})
@@ -148,6 +177,7 @@ def main():
         conn = Conn.connect(**gateway)
         conn.query("SELECT 1")
         lat = []
+        cpu0, t_cpu0 = cpu_seconds(a.pid), time.perf_counter()
         end = time.perf_counter() + a.duration
         errors = Counter()
         while True:
@@ -161,6 +191,7 @@ def main():
                 if e.during != "query":
                     break
             lat.append((time.perf_counter() - t0) * 1000)
+        cpu1, wall = cpu_seconds(a.pid), time.perf_counter() - t_cpu0
         conn.close()
         stop.set()
         big = [q.get(timeout=120) for _ in senders]
@@ -180,13 +211,17 @@ def main():
             "over_100ms": sum(1 for x in lat if x > 100), "errors": dict(errors),
             "big_done": big_done, "big_per_s": big_done / big_elapsed if big_elapsed else 0.0,
             "big_errors": dict(big_errors),
+            "gw_cpu_pct": 100 * (cpu1[0] - cpu0[0]) / wall if cpu0 else None,
+            "workers_cpu_pct": 100 * (cpu1[1] - cpu0[1]) / wall if cpu0 else None,
         }
         results["phases"][phase] = r
         errs = "; ".join(f"{k} ×{v}" for k, v in {**errors, **big_errors}.items()) or "-"
         big_col = "-" if phase == "baseline" else f"{r['big_per_s']:.1f}"
+        cpu_col = (f"{r['gw_cpu_pct']:.0f} / {r['workers_cpu_pct']:.0f}"
+                   if r["gw_cpu_pct"] is not None else "-")
         out.append(
             f"| {a.label} | {phase} | {r['n']} | {r['p50']:.2f} | {r['p90']:.2f} | {r['p99']:.2f} | "
-            f"{r['p999']:.1f} | {r['max']:.1f} | {r['over_100ms']} | {big_col} | {errs} |")
+            f"{r['p999']:.1f} | {r['max']:.1f} | {r['over_100ms']} | {big_col} | {cpu_col} | {errs} |")
         print(f"[parse_stall] {a.label} {phase}: n={r['n']} p50={r['p50']:.2f} p99={r['p99']:.2f} "
               f"max={r['max']:.1f} big/s={r['big_per_s']:.1f} errors={errs}", file=sys.stderr)
     print("\n".join(out))

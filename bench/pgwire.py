@@ -36,6 +36,21 @@ def _error_fields(payload):
     return fields
 
 
+_TLS = None
+
+
+def _tls_context():
+    """One client context, built once: no CA bundle to load per connection (the bench's
+    certificate is self-signed and not verified, like libpq's sslmode=require)."""
+    global _TLS
+    if _TLS is None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        _TLS = ctx
+    return _TLS
+
+
 def _msg(kind, payload=b""):
     return kind + struct.pack("!I", len(payload) + 4) + payload
 
@@ -76,10 +91,7 @@ class Conn:
                 sock.sendall(struct.pack("!II", 8, SSL_REQUEST))
                 answer = sock.recv(1)
                 if answer == b"S":
-                    ctx = ssl.create_default_context()
-                    ctx.check_hostname = False
-                    ctx.verify_mode = ssl.CERT_NONE  # self-signed bench certificate
-                    sock = ctx.wrap_socket(sock, server_hostname=host)
+                    sock = _tls_context().wrap_socket(sock, server_hostname=host)
                 elif answer == b"E":
                     # An ErrorResponse instead of an answer (e.g. a connection cap).
                     conn = cls(sock)

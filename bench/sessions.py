@@ -98,6 +98,9 @@ def main():
     ap.add_argument("--steps", default="0,10,25,50,75,100")
     ap.add_argument("--per-agent", type=int, default=8)
     ap.add_argument("--extra", type=int, default=3)
+    ap.add_argument("--burst", type=int, default=100, help="logins in phase 4 (0: skip)")
+    ap.add_argument("--burst-threads", type=int, default=12,
+                    help="phase 4 logins at once (below the unauthenticated cap, so the session caps race)")
     ap.add_argument("--settle", type=float, default=0.5)
     ap.add_argument("--cap-gateway", type=int, required=True)
     ap.add_argument("--cap-a", type=int, required=True)
@@ -226,13 +229,73 @@ def main():
         for c in sessions[conn_name]:
             c.close()
     released_all = mon.wait_for(lambda now: now["all"] == 0)
+    with mon.lock:
+        peak_all = Counter(mon.peak)
     time.sleep(1.0)
     rss_after_close = rss_kib(pid)
+
+    # ------------------------------------------------------------ 4. concurrent burst
+    # The same identities and connections, all logins at once: the caps must also hold
+    # when the admissions race (and max_unauthenticated meets a real burst).
+    burst = {"tried": a.burst}
+    if a.burst:
+        with mon.lock:
+            mon.peak = Counter()
+        got, burst_refused, lock = [], Counter(), threading.Lock()
+        barrier = threading.Barrier(a.burst_threads)
+        todo = list(range(a.burst - 1, -1, -1))
+
+        def worker():
+            barrier.wait()
+            while True:
+                with lock:
+                    if not todo:
+                        return
+                    i = todo.pop()
+                conn_name = "ab"[i % 2]
+                sub = agents[(i // a.per_agent) % len(agents)]
+                try:
+                    c = connect(conn_name, sub)
+                    with lock:
+                        got.append((conn_name, c))
+                except PgError as e:
+                    with lock:
+                        burst_refused[(e.sqlstate, short(e.message))] += 1
+                except OSError as e:
+                    with lock:
+                        burst_refused[("-", short(f"{type(e).__name__}: {e}"))] += 1
+
+        ts = [threading.Thread(target=worker) for _ in range(a.burst_threads)]
+        t0 = time.perf_counter()
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        burst_s = time.perf_counter() - t0
+        settle()
+        now = mon.current()
+        rss_burst = rss_kib(pid)
+        with mon.lock:
+            burst_peak = Counter(mon.peak)
+        for _, c in got:
+            c.close()
+        mon.wait_for(lambda now: now["all"] == 0)
+        burst.update({
+            "open_a": sum(1 for n, _ in got if n == "a"), "open_b": sum(1 for n, _ in got if n == "b"),
+            "up_now": dict(now), "peak": dict(burst_peak), "seconds": burst_s, "rss_kib": rss_burst,
+            "refused": [[c, m, n] for (c, m), n in burst_refused.most_common()],
+        })
+        for k, v in burst_peak.items():
+            peak_all[k] = max(peak_all[k], v)
     mon.stop.set()
 
-    # RSS per idle session: least squares of VmRSS on open sessions over the steps.
-    xs = [r["open"] for r in rows]
-    ys = [r["rss_kib"] for r in rows]
+    # RSS per idle session: least squares of VmRSS on open sessions over the steps with
+    # sessions open (the first sessions also pay one-time costs: buffers, catalog, audit).
+    fit = [r for r in rows if r["open"] > 0]
+    if len({r["open"] for r in fit}) < 2:
+        fit = rows
+    xs = [r["open"] for r in fit]
+    ys = [r["rss_kib"] for r in fit]
     n = len(xs)
     mx, my = sum(xs) / n, sum(ys) / n
     sxx = sum((x - mx) ** 2 for x in xs)
@@ -241,7 +304,7 @@ def main():
     low = min(rows, key=lambda r: r["open"])
     per_session_endpoints = ((top["rss_kib"] - low["rss_kib"]) / (top["open"] - low["open"])
                              if top["open"] > low["open"] else float("nan"))
-    peak = mon.peak
+    peak = peak_all
     result.update({
         "steps": rows, "slope_kib": slope, "endpoints_kib": per_session_endpoints,
         "refused": [[c, m, n, first_refused_at[(c, m)]] for (c, m), n in refused.items()],
@@ -249,6 +312,7 @@ def main():
         "rss_after_query_kib": rss_after_query, "rss_after_close_kib": rss_after_close,
         "released_all": released_all, "monitor_samples": mon.samples,
         "login_ms_median": sorted(login_ms)[len(login_ms) // 2] if login_ms else None,
+        "burst": burst,
     })
 
     # ------------------------------------------------------------ report
@@ -271,7 +335,8 @@ def main():
             f"{(r['rss_kib'] - base) / 1024:+.1f} | {r['threads']} |")
     out.append("")
     out.append(f"- **RSS per idle session: {slope:.0f} KiB** (least-squares slope of VmRSS on open "
-               f"sessions over the steps; {per_session_endpoints:.0f} KiB from the two end points). "
+               f"sessions over the steps from {min(xs)} to {max(xs)} open; {per_session_endpoints:.0f} KiB "
+               f"from 0 to {top['open']} open, one-time costs of the first sessions included). "
                f"Gateway at start {rss0 / 1024:.1f} MiB ({threads0} threads).")
     out.append(f"- At the caps ({top['open']} sessions open): VmRSS {top['rss_kib'] / 1024:.1f} MiB; after one "
                f"`select 1` on each: {rss_after_query / 1024:.1f} MiB; 1 s after closing them all: "
@@ -286,6 +351,13 @@ def main():
                + (f", other applications {peak['other']}" if peak["other"] else "")
                + (" — **within the caps**." if peak["a"] <= a.cap_a and peak["b"] <= a.cap_b
                   and peak["a"] + peak["b"] <= a.cap_gateway else " — **A CAP DID NOT HOLD**."))
+    if a.burst:
+        b = burst
+        bp = b["peak"]
+        out.append(f"- Concurrent burst: {a.burst} logins by {a.burst_threads} threads at once (alternating a/b, same "
+                   f"identities, after the staircase's sessions were closed): {b['open_a'] + b['open_b']} admitted ({b['open_a']} + {b['open_b']}) in "
+                   f"{b['seconds']:.2f} s, upstream backends then {b['up_now'].get('all', 0)}, most seen "
+                   f"a {bp.get('a', 0)}, b {bp.get('b', 0)}, all {bp.get('all', 0)}; VmRSS {b['rss_kib'] / 1024:.1f} MiB.")
     out.append("")
     out.append("Refusals:")
     out.append("")
@@ -299,6 +371,9 @@ def main():
         out.append(f"| one identity, connection a | {s['tried']} | {s['open']} | {k} | {c} | {m} |")
     for c, m, k, first in result["refused"] or [["-", "(none refused)", 0, "-"]]:
         out.append(f"| staircase | {attempts} | {top['open']} | {k} | {c} | {m} (#{first}) |")
+    if a.burst:
+        for c, m, k in burst["refused"] or [["-", "(none refused)", 0]]:
+            out.append(f"| concurrent burst | {a.burst} | {burst['open_a'] + burst['open_b']} | {k} | {c} | {m} |")
     out.append("")
     print("\n".join(out))
     if a.json:
@@ -306,6 +381,9 @@ def main():
             json.dump(result, f, indent=1)
     ok = (peak["a"] <= a.cap_a and peak["b"] <= a.cap_b and peak["a"] + peak["b"] <= a.cap_gateway
           and not dead)
+    if a.burst:
+        ok = ok and burst["open_a"] <= a.cap_a and burst["open_b"] <= a.cap_b \
+            and burst["open_a"] + burst["open_b"] <= a.cap_gateway
     sys.exit(0 if ok else 2)
 
 

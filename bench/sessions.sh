@@ -9,8 +9,8 @@
 # Starts a dev issuer and, per sslmode, a fresh gateway with small caps, then opens idle
 # sessions in steps with a stdlib-only Python wire client (bench/pgwire.py) and prints,
 # per step, the gateway's VmRSS and the upstream backends PostgreSQL sees; then RSS per
-# idle session (slope), and every refusal with its SQLSTATE and message. Fails (exit 2)
-# if PostgreSQL ever saw more backends than a cap allows. Knobs under "Settings" and in
+# idle session (slope), a burst of concurrent logins, and every refusal with its SQLSTATE
+# and message. Fails (exit 2) if PostgreSQL ever saw more backends than a cap allows. Knobs under "Settings" and in
 # bench/README.md. The report is printed and appended to bench/results/YYYY-MM-DD-sessions.md.
 set -euo pipefail
 
@@ -24,9 +24,11 @@ CONN_A_MAX=${CONN_A_MAX:-25}             # [[connection]] "a" max_sessions
 CONN_B_MAX=${CONN_B_MAX:-50}             # [[connection]] "b" max_sessions
 PER_IDENTITY=${PER_IDENTITY:-10}         # [limits] max_sessions_per_identity
 MAX_UNAUTH=${MAX_UNAUTH:-16}             # [limits] max_unauthenticated
-STEPS=${STEPS:-"0 10 25 50 75 100"}      # attempted sessions after each step
+STEPS=${STEPS:-"0 10 20 30 40 50 60 80 100"}  # attempted sessions after each step
 PER_AGENT=${PER_AGENT:-8}                # staircase sessions per identity (< PER_IDENTITY)
 EXTRA=${EXTRA:-3}                        # attempts past the identity / unauthenticated caps
+BURST=${BURST:-100}                      # logins in the concurrent burst at the end (0: none)
+BURST_THREADS=${BURST_THREADS:-12}       # of them at once (below MAX_UNAUTH, so the session caps race)
 SSLMODES=${SSLMODES:-"disable require"}  # one fresh gateway per mode
 SETTLE=${SETTLE:-0.5}                    # seconds between a step and its RSS reading
 
@@ -86,6 +88,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------- preflight
+
+LOAD_AT_START=$(cut -d" " -f1-3 /proc/loadavg)
 
 for tool in psql pg_isready openssl "$PYTHON"; do have "$tool" || die "$tool not found"; done
 pg_isready -q -h "$PG_HOST" -p "$PG_PORT" || die "PostgreSQL is not accepting connections on $PG_HOST:$PG_PORT"
@@ -206,7 +210,7 @@ for sslmode in $SSLMODES; do
     out=$("$PYTHON" "$ROOT/bench/sessions.py" --port "$SQLGATE_PORT" --pid "$gw" \
         --pg-port "$PG_PORT" --pg-user "$PG_USER" --database "$BENCH_DB" \
         --tokens "$TMP/tokens.json" --sslmode "$sslmode" --steps "${STEPS// /,}" \
-        --per-agent "$PER_AGENT" --extra "$EXTRA" --settle "$SETTLE" \
+        --per-agent "$PER_AGENT" --extra "$EXTRA" --burst "$BURST" --burst-threads "$BURST_THREADS" --settle "$SETTLE" \
         --cap-gateway "$MAX_SESSIONS" --cap-a "$CONN_A_MAX" --cap-b "$CONN_B_MAX" \
         --cap-identity "$PER_IDENTITY" --cap-unauth "$MAX_UNAUTH" \
         --json "$TMP/sessions-$sslmode.json") || rc=$?
@@ -229,11 +233,12 @@ mkdir -p "$(dirname "$RESULTS_FILE")"
 {
     [[ -s $RESULTS_FILE ]] || printf '# Idle sessions and session caps (bench/sessions.sh)\n'
     echo
-    echo "## $(date -u '+%F %H:%M:%S UTC'), sqlgate $git_rev"
+    echo "## $(date -u '+%F %H:%M:%S UTC'), bench scripts from tree $git_rev"
     echo
     echo "- machine: nproc $(nproc), kernel $(uname -r), cpu: ${cpu:-unknown}; client, gateway and PostgreSQL share the cores"
+    echo "- load average (1/5/15 min) at the start: $LOAD_AT_START, at the end: $(cut -d" " -f1-3 /proc/loadavg) (anything else running on the 2 cores skews the numbers)"
     echo "- PostgreSQL $pg_version; $("$SQLGATE_BIN" --version 2>/dev/null || echo sqlgate) ($SQLGATE_BIN)"
-    echo "- command: \`MAX_SESSIONS=$MAX_SESSIONS CONN_A_MAX=$CONN_A_MAX CONN_B_MAX=$CONN_B_MAX PER_IDENTITY=$PER_IDENTITY MAX_UNAUTH=$MAX_UNAUTH STEPS=\"$STEPS\" PER_AGENT=$PER_AGENT SSLMODES=\"$SSLMODES\" bench/sessions.sh\`"
+    echo "- command: \`$([[ $SKIP_BUILD == 1 ]] && echo "SKIP_BUILD=1 SQLGATE_BIN=$SQLGATE_BIN ")MAX_SESSIONS=$MAX_SESSIONS CONN_A_MAX=$CONN_A_MAX CONN_B_MAX=$CONN_B_MAX PER_IDENTITY=$PER_IDENTITY MAX_UNAUTH=$MAX_UNAUTH STEPS=\"$STEPS\" PER_AGENT=$PER_AGENT BURST=$BURST BURST_THREADS=$BURST_THREADS SSLMODES=\"$SSLMODES\" bench/sessions.sh\`"
     echo "- VmRSS from /proc/PID/status of the \`sqlgate serve\` process; upstream backends from pg_stat_activity (application_name set by the client, passed through by sqlgate)"
     echo
     echo "$REPORT"

@@ -419,7 +419,10 @@ impl Default for Limits {
             max_unauthenticated: 64,
             max_cancels_per_second: 20,
             verdict_cache_bytes: 4 << 20,
-            parse_threads: std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8)),
+            // One core is left to the async workers: a parser thread per core made the
+            // p99 of other sessions one scheduler tick (bench/parse_stall.sh).
+            parse_threads: std::thread::available_parallelism()
+                .map_or(1, |n| n.get().saturating_sub(1).clamp(1, 8)),
             parse_queue: 32,
             setting_caps: crate::policy::caps::SettingCaps::postgres_defaults(),
         }
