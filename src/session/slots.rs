@@ -98,7 +98,7 @@ impl SessionSlots {
         let mut counts = self.counts();
         if counts.unauthenticated >= self.max_unauthenticated {
             return Err(CapReached {
-                what: "the gateway's connections still logging in".into(),
+                what: "the gateway, counting connections still logging in,".into(),
                 key: "limits.max_unauthenticated".into(),
                 limit: self.max_unauthenticated,
             });
