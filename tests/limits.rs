@@ -236,39 +236,10 @@ async fn settings_that_size_server_memory_are_capped() {
     assert!(reply.starts_with('Z'), "{reply}");
 }
 
-/// Logs in with one extra startup parameter; returns the tag of the first message
-/// after the password and that message as text.
+/// Logs in with one extra startup parameter; returns the first ErrorResponse or
+/// ReadyForQuery after the password, as its tag and text.
 async fn startup_with(port: u16, token: &str, param: (&str, &str)) -> String {
-    use bytes::{Buf, BytesMut};
-    use postgres_protocol::message::frontend;
-    use tokio::io::AsyncWriteExt;
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let mut out = BytesMut::new();
-    frontend::startup_message(
-        [("user", "agent-7"), ("database", "reporting"), param],
-        &mut out,
-    )
-    .unwrap();
-    frontend::password_message(token.as_bytes(), &mut out).unwrap();
-    stream.write_all(&out).await.unwrap();
-    let mut buf = BytesMut::new();
-    loop {
-        while buf.len() >= 5 && buf.len() > (&buf[1..5]).get_i32() as usize {
-            let len = (&buf[1..5]).get_i32() as usize;
-            let frame = buf.split_to(1 + len);
-            match frame[0] {
-                b'E' | b'Z' => {
-                    return format!(
-                        "{}{}",
-                        frame[0] as char,
-                        String::from_utf8_lossy(&frame[5..])
-                    )
-                }
-                _ => {}
-            }
-        }
-        assert!(stream.read_buf(&mut buf).await.unwrap() > 0, "closed");
-    }
+    raw_startup(port, token, Some(param), 1 << 20).await.1
 }
 
 #[tokio::test]
@@ -411,8 +382,15 @@ async fn large_values_stream_through_and_large_statements_parse_off_the_workers(
     assert!(!rows.is_empty());
 }
 
-/// Logs in over a socket with a tiny receive buffer, for clients that stop reading.
-async fn raw_login(port: u16, token: &str, recv_buffer: u32) -> TcpStream {
+/// Sends a startup packet (with `param`, if any) and the token over a socket with
+/// `recv_buffer` bytes of receive buffer; returns the socket and the first
+/// ErrorResponse or ReadyForQuery, as its tag and text.
+async fn raw_startup(
+    port: u16,
+    token: &str,
+    param: Option<(&str, &str)>,
+    recv_buffer: u32,
+) -> (TcpStream, String) {
     use bytes::{Buf, BytesMut};
     use postgres_protocol::message::frontend;
     use tokio::io::AsyncWriteExt;
@@ -422,8 +400,10 @@ async fn raw_login(port: u16, token: &str, recv_buffer: u32) -> TcpStream {
         .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
         .await
         .unwrap();
+    let mut params = vec![("user", "agent-7"), ("database", "reporting")];
+    params.extend(param);
     let mut out = BytesMut::new();
-    frontend::startup_message([("user", "agent-7"), ("database", "reporting")], &mut out).unwrap();
+    frontend::startup_message(params, &mut out).unwrap();
     frontend::password_message(token.as_bytes(), &mut out).unwrap();
     stream.write_all(&out).await.unwrap();
     let mut buf = BytesMut::new();
@@ -431,14 +411,25 @@ async fn raw_login(port: u16, token: &str, recv_buffer: u32) -> TcpStream {
         while buf.len() >= 5 && buf.len() > (&buf[1..5]).get_i32() as usize {
             let len = (&buf[1..5]).get_i32() as usize;
             let frame = buf.split_to(1 + len);
-            match frame[0] {
-                b'Z' => return stream,
-                b'E' => panic!("login failed: {}", String::from_utf8_lossy(&frame)),
-                _ => {}
+            if matches!(frame[0], b'E' | b'Z') {
+                let text = format!(
+                    "{}{}",
+                    frame[0] as char,
+                    String::from_utf8_lossy(&frame[5..])
+                );
+                return (stream, text);
             }
         }
         assert!(stream.read_buf(&mut buf).await.unwrap() > 0, "closed");
     }
+}
+
+/// Logs in over a socket with `recv_buffer` bytes of receive buffer (a tiny one for
+/// clients that stop reading).
+async fn raw_login(port: u16, token: &str, recv_buffer: u32) -> TcpStream {
+    let (stream, reply) = raw_startup(port, token, None, recv_buffer).await;
+    assert!(reply.starts_with('Z'), "login failed: {reply}");
+    stream
 }
 
 async fn send_query(stream: &mut TcpStream, sql: &str) {

@@ -21,7 +21,6 @@ type Classified = Result<Vec<StatementFacts>, ClassifyError>;
 
 struct Job {
     sql: String,
-    max_bytes: usize,
     reply: oneshot::Sender<Classified>,
 }
 
@@ -50,7 +49,7 @@ impl ParsePool {
                         Err(_) => return,
                     };
                     let Ok(job) = job else { return };
-                    let result = postgres::classify_on_parser_thread(&job.sql, job.max_bytes);
+                    let result = postgres::classify_on_parser_thread(&job.sql);
                     in_flight.fetch_sub(1, Ordering::Relaxed);
                     let _ = job.reply.send(result);
                 })?;
@@ -64,16 +63,11 @@ impl ParsePool {
         if sql.len() <= INLINE_PARSE_MAX && !cfg!(debug_assertions) {
             return postgres::classify(sql, max_bytes);
         }
-        if sql.len() > max_bytes {
-            return Err(ClassifyError::TooLarge {
-                len: sql.len(),
-                max: max_bytes,
-            });
-        }
+        // Checked here, so an oversized text is never copied into the queue.
+        postgres::check_limits(sql, max_bytes)?;
         let (reply, answer) = oneshot::channel();
         let job = Job {
             sql: sql.to_owned(),
-            max_bytes,
             reply,
         };
         self.in_flight.fetch_add(1, Ordering::Relaxed);

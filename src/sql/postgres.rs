@@ -81,17 +81,7 @@ fn parsers() -> Result<&'static std::sync::mpsc::Sender<Job>, ClassifyError> {
 
 /// Classifies every statement in `sql`.
 pub fn classify(sql: &str, max_bytes: usize) -> Classified {
-    if sql.len() > max_bytes {
-        return Err(ClassifyError::TooLarge {
-            len: sql.len(),
-            max: max_bytes,
-        });
-    }
-    if sql.contains('\0') {
-        return Err(ClassifyError::Syntax(
-            "statement contains a NUL byte".into(),
-        ));
-    }
+    check_limits(sql, max_bytes)?;
     if sql.len() <= INLINE_PARSE_MAX && !cfg!(debug_assertions) {
         return classify_here(sql);
     }
@@ -117,9 +107,9 @@ pub fn classify(sql: &str, max_bytes: usize) -> Classified {
         .map_err(|_| ClassifyError::Internal("parser thread failed".into()))?
 }
 
-/// Classifies a statement on the calling thread, which must have a stack of at least
-/// [`PARSE_STACK`] (the parser pool's threads do). Limits as [`classify`].
-pub fn classify_on_parser_thread(sql: &str, max_bytes: usize) -> Classified {
+/// What every statement must pass before it is parsed: the size limit, and no NUL
+/// byte (the server's lexer stops at one; ours must not read past it).
+pub fn check_limits(sql: &str, max_bytes: usize) -> Result<(), ClassifyError> {
     if sql.len() > max_bytes {
         return Err(ClassifyError::TooLarge {
             len: sql.len(),
@@ -131,6 +121,12 @@ pub fn classify_on_parser_thread(sql: &str, max_bytes: usize) -> Classified {
             "statement contains a NUL byte".into(),
         ));
     }
+    Ok(())
+}
+
+/// Classifies a statement that passed [`check_limits`] on the calling thread, which
+/// must have a stack of at least [`PARSE_STACK`] (the parser pool's threads do).
+pub fn classify_on_parser_thread(sql: &str) -> Classified {
     if sql.len() <= INLINE_PARSE_MAX {
         return classify_here(sql);
     }
