@@ -211,6 +211,16 @@ async fn settings_that_size_server_memory_are_capped() {
             "{sql}: {message}"
         );
     }
+    let err = client
+        .simple_query("SET work_mem = '1TB'")
+        .await
+        .unwrap_err();
+    let hint = err
+        .as_db_error()
+        .and_then(|e| e.hint())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(hint.contains("limits.setting_caps"), "{hint}");
     for sql in [
         "SET work_mem = '32MB'",
         "SET work_mem = 1024",

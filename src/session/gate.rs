@@ -65,6 +65,8 @@ pub enum Denied {
         reason: String,
         /// Where it is, when the text holds more than one statement.
         position: Option<Position>,
+        /// Denied by a setting cap (`[limits.setting_caps]`), not by read-only.
+        setting_cap: bool,
     },
     /// The audit trail cannot be written, so nothing may run.
     AuditUnavailable,
@@ -262,6 +264,7 @@ impl Gate {
                 }
                 TextDecision::Deny {
                     denied: Denied::Statement {
+                        setting_cap: caps.check(&facts[index]).err().as_ref() == Some(&reason),
                         kind,
                         reason,
                         position,

@@ -1137,16 +1137,22 @@ fn denial_error(denied: &Denied, grant: &Grant) -> PgError {
             kind,
             reason,
             position,
+            setting_cap,
         } => {
+            let why = if *setting_cap {
+                "the gateway caps this setting ([limits.setting_caps])".to_owned()
+            } else {
+                format!(
+                    "the grant for connection {:?} is {}",
+                    grant.connection,
+                    grant.access.as_str()
+                )
+            };
             let error = PgError::error(
                 sqlstate::INSUFFICIENT_PRIVILEGE,
                 format!("sqlgate: {kind} denied: {reason}"),
             )
-            .with_hint(format!(
-                "the grant for connection {:?} is {}; nothing of this message was executed",
-                grant.connection,
-                grant.access.as_str()
-            ));
+            .with_hint(format!("{why}; nothing of this message was executed"));
             match position {
                 Some(p) => error.with_detail(format!(
                     "statement {} of {} in this message was denied: {}",
