@@ -66,6 +66,25 @@ pub enum Command {
         /// Where the demo keeps its issuer key and audit trail.
         #[arg(long, default_value = "var/demo")]
         dir: PathBuf,
+        /// The MySQL listener of the demo (connection `demo-mysql`).
+        #[arg(long, default_value = "127.0.0.1:3307")]
+        mysql_listen: SocketAddr,
+        /// Upstream MariaDB/MySQL host:port for `demo-mysql`.
+        #[arg(long, default_value = "127.0.0.1:3306")]
+        mysql_upstream: String,
+        /// Upstream MariaDB/MySQL database for `demo-mysql`.
+        #[arg(long, default_value = "test")]
+        mysql_database: String,
+        /// Upstream MariaDB/MySQL user for `demo-mysql` (no password unless
+        /// --mysql-password-env is set).
+        #[arg(long, default_value = "root")]
+        mysql_user: String,
+        /// Environment variable holding the upstream MariaDB/MySQL password.
+        #[arg(long)]
+        mysql_password_env: Option<String>,
+        /// Serve only the Postgres connection.
+        #[arg(long)]
+        no_mysql: bool,
     },
     /// Serve OIDC discovery and JWKS for a signing key (created if missing).
     DevIssuer {
@@ -117,6 +136,12 @@ pub async fn run(cli: Cli) -> i32 {
             user,
             password_env,
             dir,
+            mysql_listen,
+            mysql_upstream,
+            mysql_database,
+            mysql_user,
+            mysql_password_env,
+            no_mysql,
         } => {
             crate::demo::run(crate::demo::DemoOptions {
                 listen,
@@ -125,6 +150,13 @@ pub async fn run(cli: Cli) -> i32 {
                 user,
                 password_env,
                 dir,
+                mysql: (!no_mysql).then_some(crate::demo::MysqlDemo {
+                    listen: mysql_listen,
+                    upstream: mysql_upstream,
+                    database: mysql_database,
+                    user: mysql_user,
+                    password_env: mysql_password_env,
+                }),
             })
             .await
         }

@@ -53,6 +53,8 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawListen {
     pub postgres: Option<String>,
+    /// The MySQL/MariaDB listener (default 127.0.0.1:3307 when a connection speaks mysql).
+    pub mysql: Option<String>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     #[serde(default)]
@@ -110,9 +112,9 @@ pub struct RawConnection {
     pub upstream_ca: Option<PathBuf>,
     /// Server name for upstream TLS certificate checks (default: the upstream host).
     pub upstream_tls_name: Option<String>,
-    /// Authentication methods the upstream may ask for.
-    #[serde(default = "default_upstream_auth")]
-    pub upstream_auth: Vec<String>,
+    /// Authentication methods the upstream may ask for (default: every method the
+    /// connection's protocol supports).
+    pub upstream_auth: Option<Vec<String>>,
     /// Upstream sessions sqlgate may hold open at once on this connection.
     pub max_sessions: Option<usize>,
 }
@@ -205,15 +207,20 @@ fn default_protocol() -> String {
 fn default_upstream_tls() -> String {
     "disable".into()
 }
-fn default_upstream_auth() -> Vec<String> {
-    UPSTREAM_AUTH_METHODS
-        .iter()
-        .map(|m| m.to_string())
-        .collect()
-}
 
 /// Upstream authentication methods sqlgate can perform.
 pub const UPSTREAM_AUTH_METHODS: &[&str] = &["scram-sha-256", "md5", "password", "trust"];
+
+/// Upstream authentication methods sqlgate supports on MySQL/MariaDB.
+pub const MYSQL_UPSTREAM_AUTH_METHODS: &[&str] = &[
+    "mysql_native_password",
+    "caching_sha2_password",
+    "mysql_clear_password",
+];
+
+/// Where the MySQL listener binds when a mysql connection exists and
+/// `listen.mysql` is not set.
+pub const DEFAULT_MYSQL_LISTEN: &str = "127.0.0.1:3307";
 
 fn default_access() -> String {
     "read-only".into()
@@ -246,6 +253,7 @@ pub const DEFAULT_AUDIT_STATEMENT_BYTES: usize = 64 << 10;
 #[derive(Debug, Clone)]
 pub struct Listen {
     pub postgres: Option<SocketAddr>,
+    pub mysql: Option<SocketAddr>,
     pub tls: Option<TlsFiles>,
     pub allow_plaintext: bool,
 }
@@ -273,12 +281,23 @@ pub struct IdentityConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     Postgres,
+    /// MySQL and MariaDB.
+    Mysql,
 }
 
 impl Protocol {
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Postgres => "postgres",
+            Protocol::Mysql => "mysql",
+        }
+    }
+
+    /// The upstream authentication methods sqlgate supports for this protocol.
+    pub fn upstream_auth_methods(self) -> &'static [&'static str] {
+        match self {
+            Protocol::Postgres => UPSTREAM_AUTH_METHODS,
+            Protocol::Mysql => MYSQL_UPSTREAM_AUTH_METHODS,
         }
     }
 }
@@ -473,10 +492,26 @@ impl Config {
             })?),
             None => None,
         };
-        if postgres.is_none() {
+        let mut mysql = match &raw.listen.mysql {
+            Some(addr) => Some(addr.parse::<SocketAddr>().map_err(|e| {
+                invalid(
+                    "listen.mysql",
+                    format!("{addr:?} is not an ip:port address ({e})"),
+                )
+            })?),
+            None => None,
+        };
+        let speaks_mysql = raw
+            .connections
+            .iter()
+            .any(|c| matches!(c.protocol.as_str(), "mysql" | "mariadb"));
+        if mysql.is_none() && speaks_mysql {
+            mysql = DEFAULT_MYSQL_LISTEN.parse().ok();
+        }
+        if postgres.is_none() && mysql.is_none() {
             return Err(invalid(
                 "listen",
-                "no listener configured: set listen.postgres".into(),
+                "no listener configured: set listen.postgres (or listen.mysql)".into(),
             ));
         }
         let tls = match (&raw.listen.tls_cert, &raw.listen.tls_key) {
@@ -507,12 +542,14 @@ impl Config {
             ));
         }
         if raw.listen.allow_plaintext {
-            if let Some(addr) = postgres {
-                if !addr.ip().is_loopback() {
-                    return Err(invalid(
-                        "listen.allow_plaintext",
-                        format!("plaintext is only allowed on a loopback address, and listen.postgres is {addr}"),
-                    ));
+            for (name, addr) in [("listen.postgres", postgres), ("listen.mysql", mysql)] {
+                if let Some(addr) = addr {
+                    if !addr.ip().is_loopback() {
+                        return Err(invalid(
+                            "listen.allow_plaintext",
+                            format!("plaintext is only allowed on a loopback address, and {name} is {addr}"),
+                        ));
+                    }
                 }
             }
         }
@@ -678,16 +715,11 @@ impl Config {
             }
             let protocol = match c.protocol.as_str() {
                 "postgres" | "postgresql" => Protocol::Postgres,
-                "mysql" | "mariadb" => {
-                    return Err(invalid(
-                        &key("protocol"),
-                        "MySQL/MariaDB connections are not supported yet".into(),
-                    ))
-                }
+                "mysql" | "mariadb" => Protocol::Mysql,
                 other => {
                     return Err(invalid(
                         &key("protocol"),
-                        format!("unknown protocol {other:?} (expected \"postgres\")"),
+                        format!("unknown protocol {other:?} (expected \"postgres\" or \"mysql\")"),
                     ))
                 }
             };
@@ -738,22 +770,27 @@ impl Config {
                     ))
                 }
             };
-            if c.upstream_auth.is_empty() {
+            let methods = protocol.upstream_auth_methods();
+            let upstream_auth = c
+                .upstream_auth
+                .clone()
+                .unwrap_or_else(|| methods.iter().map(|m| m.to_string()).collect());
+            if upstream_auth.is_empty() {
                 return Err(invalid(
                     &key("upstream_auth"),
                     "allow at least one method".into(),
                 ));
             }
-            if let Some(bad) = c
-                .upstream_auth
+            if let Some(bad) = upstream_auth
                 .iter()
-                .find(|m| !UPSTREAM_AUTH_METHODS.contains(&m.as_str()))
+                .find(|m| !methods.contains(&m.as_str()))
             {
                 return Err(invalid(
                     &key("upstream_auth"),
                     format!(
-                        "unknown method {bad:?} (expected {})",
-                        UPSTREAM_AUTH_METHODS.join(", ")
+                        "unknown method {bad:?} for a {} connection (expected {})",
+                        protocol.as_str(),
+                        methods.join(", ")
                     ),
                 ));
             }
@@ -767,7 +804,7 @@ impl Config {
                 upstream_tls,
                 upstream_ca: c.upstream_ca.as_deref().map(resolve),
                 upstream_tls_name: c.upstream_tls_name.clone(),
-                upstream_auth: c.upstream_auth.clone(),
+                upstream_auth,
                 max_sessions: positive(
                     &key("max_sessions"),
                     c.max_sessions,
@@ -853,6 +890,7 @@ impl Config {
             source: path.to_owned(),
             listen: Listen {
                 postgres,
+                mysql,
                 tls,
                 allow_plaintext: raw.listen.allow_plaintext,
             },

@@ -3,7 +3,9 @@
 //! Starts the dev OIDC issuer on a free loopback port, makes a self-signed TLS
 //! certificate, writes a config for one connection `demo` to the local Postgres and
 //! validates it like any other config, starts the gateway, and prints a token for
-//! group `analytics-agents` with a ready-to-paste `psql` line.
+//! group `analytics-agents` with a ready-to-paste `psql` line. Beside it, a connection
+//! `demo-mysql` to the local MariaDB/MySQL on the MySQL listener, with a `mariadb`
+//! line (unless `--no-mysql`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,6 +22,17 @@ pub struct DemoOptions {
     pub user: String,
     pub password_env: Option<String>,
     pub dir: PathBuf,
+    /// The `demo-mysql` connection, if served.
+    pub mysql: Option<MysqlDemo>,
+}
+
+/// The demo's MySQL/MariaDB side.
+pub struct MysqlDemo {
+    pub listen: SocketAddr,
+    pub upstream: String,
+    pub database: String,
+    pub user: String,
+    pub password_env: Option<String>,
 }
 
 /// The demo's config text.
@@ -28,11 +41,41 @@ pub fn demo_config(options: &DemoOptions, issuer: &str) -> String {
         Some(var) => format!("password_env = {var:?}\n"),
         None => String::new(),
     };
+    let (mysql_listen, mysql) = match &options.mysql {
+        Some(m) => (
+            format!("mysql = \"{}\"\n", m.listen),
+            format!(
+                r#"
+[[connection]]
+name = "demo-mysql"
+protocol = "mysql"
+upstream = "{upstream}"
+database = "{database}"
+user = "{user}"
+{password}
+[[grant]]
+connection = "demo-mysql"
+groups = ["analytics-agents"]
+access = "read-only"
+ttl = "30m"
+"#,
+                upstream = m.upstream,
+                database = m.database,
+                user = m.user,
+                password = m
+                    .password_env
+                    .as_ref()
+                    .map(|var| format!("password_env = {var:?}\n"))
+                    .unwrap_or_default(),
+            ),
+        ),
+        None => (String::new(), String::new()),
+    };
     format!(
         r#"# Written by `sqlgate demo`.
 [listen]
 postgres = "{listen}"
-
+{mysql_listen}
 [identity]
 issuer = "{issuer}"
 audience = "api://sqlgate"
@@ -48,7 +91,7 @@ connection = "demo"
 groups = ["analytics-agents"]
 access = "read-only"
 ttl = "30m"
-
+{mysql}
 [audit]
 dir = "audit"
 "#,
@@ -100,10 +143,28 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
         &config_path,
         &options.dir,
     );
+    if let Some(addr) = gateway.mysql_addr {
+        print_mysql(&addr);
+    }
     crate::cli::wait_for_signal().await;
     gateway.shutdown();
     gateway.stopped(std::time::Duration::from_secs(5)).await;
     Ok(())
+}
+
+fn print_mysql(addr: &SocketAddr) {
+    println!(
+        r#"
+MariaDB/MySQL (connection demo-mysql; the same token, as MYSQL_PWD):
+
+export MYSQL_PWD="$PGPASSWORD"
+mariadb --host={host} --port={port} --user=agent-7 --ssl demo-mysql
+
+Then try:  SELECT @@version;            -- allowed
+           CREATE TABLE t (x int);      -- denied: the grant is read-only"#,
+        host = addr.ip(),
+        port = addr.port(),
+    );
 }
 
 fn print_welcome(addr: &SocketAddr, issuer: &str, token: &str, config: &Path, dir: &Path) {

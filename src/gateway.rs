@@ -43,6 +43,8 @@ pub struct Services {
     pub refusals: RefusalCounter,
     /// Parser threads for large statements.
     pub parser: ParsePool,
+    /// The server version the MySQL listener announces: the last upstream's, once seen.
+    pub mysql_version: std::sync::Mutex<Option<String>>,
     /// Client-side TLS; `None` only when plaintext is allowed and no certificate is set.
     pub tls: Option<TlsAcceptor>,
     pub shutdown: broadcast::Sender<()>,
@@ -86,10 +88,30 @@ pub struct Gateway;
 
 /// A started gateway.
 pub struct RunningGateway {
-    /// Where the Postgres listener is bound.
+    /// Where the Postgres listener is bound (an ephemeral loopback port if
+    /// `listen.postgres` is not set: tests and tools may still use it).
     pub postgres_addr: SocketAddr,
+    /// Where the MySQL listener is bound, if one is configured.
+    pub mysql_addr: Option<SocketAddr>,
     pub services: Arc<Services>,
-    accept_task: JoinHandle<()>,
+    accept_tasks: Vec<JoinHandle<()>>,
+}
+
+/// Which front end serves a listener.
+#[derive(Debug, Clone, Copy)]
+enum FrontEnd {
+    Postgres,
+    Mysql,
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    Ok((listener, bound))
 }
 
 impl Gateway {
@@ -111,13 +133,13 @@ impl Gateway {
         let addr = config
             .listen
             .postgres
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 6432)));
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })?;
-        let postgres_addr = listener
-            .local_addr()
-            .map_err(|source| StartError::Bind { addr, source })?;
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let (listener, postgres_addr) = bind(addr).await?;
+        let mysql = match config.listen.mysql {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let mysql_addr = mysql.as_ref().map(|(_, addr)| *addr);
         let audit = AuditLog::open(&config.audit_dir).await?;
         let verifier = Verifier::new(config.identity.clone());
         if let Err(e) = verifier.prefetch().await {
@@ -140,29 +162,48 @@ impl Gateway {
             cancel_rate: RateLimiter::per_second(config.limits.max_cancels_per_second),
             refusals: RefusalCounter::default(),
             parser,
+            mysql_version: std::sync::Mutex::new(None),
             tls: tls.map(TlsAcceptor::from),
             shutdown,
             active: AtomicUsize::new(0),
             config,
         });
         tracing::info!(%postgres_addr, tls = services.tls.is_some(), "postgres listener ready");
-        let accept_task = tokio::spawn(accept_loop(listener, services.clone()));
+        let mut accept_tasks = vec![tokio::spawn(accept_loop(
+            listener,
+            services.clone(),
+            FrontEnd::Postgres,
+        ))];
+        if let Some((listener, mysql_addr)) = mysql {
+            tracing::info!(%mysql_addr, tls = services.tls.is_some(), "mysql listener ready");
+            accept_tasks.push(tokio::spawn(accept_loop(
+                listener,
+                services.clone(),
+                FrontEnd::Mysql,
+            )));
+        }
         Ok(RunningGateway {
             postgres_addr,
+            mysql_addr,
             services,
-            accept_task,
+            accept_tasks,
         })
     }
 }
 
-async fn accept_loop(listener: TcpListener, services: Arc<Services>) {
+async fn accept_loop(listener: TcpListener, services: Arc<Services>, front: FrontEnd) {
     let mut shutdown = services.shutdown.subscribe();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    tokio::spawn(crate::session::postgres::handle_connection(tcp, peer, services.clone()));
-                }
+                Ok((tcp, peer)) => match front {
+                    FrontEnd::Postgres => {
+                        tokio::spawn(crate::session::postgres::handle_connection(tcp, peer, services.clone()));
+                    }
+                    FrontEnd::Mysql => {
+                        tokio::spawn(crate::session::mysql::handle_connection(tcp, peer, services.clone()));
+                    }
+                },
                 Err(e) => {
                     // Out of file descriptors and similar: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -183,7 +224,9 @@ impl RunningGateway {
     /// Waits until the accept loop has stopped (after [`RunningGateway::shutdown`]),
     /// sessions have ended (at most `grace`), and the audit trail is on disk.
     pub async fn stopped(self, grace: Duration) {
-        let _ = self.accept_task.await;
+        for task in self.accept_tasks {
+            let _ = task.await;
+        }
         let until = Instant::now() + grace;
         while self.services.active.load(Ordering::SeqCst) > 0 && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -118,11 +118,18 @@ impl Drop for Running {
 }
 
 #[test]
-fn demo_prints_a_psql_line_that_works() {
+fn demo_prints_a_psql_line_and_a_mariadb_line_that_work() {
     let dir = tempfile::tempdir().unwrap();
     let mut demo = Running(
         Command::new(SQLGATE)
-            .args(["demo", "--listen", "127.0.0.1:0", "--dir"])
+            .args([
+                "demo",
+                "--listen",
+                "127.0.0.1:0",
+                "--mysql-listen",
+                "127.0.0.1:0",
+                "--dir",
+            ])
             .arg(dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -132,6 +139,7 @@ fn demo_prints_a_psql_line_that_works() {
     let stdout = demo.0.stdout.take().unwrap();
     let mut token = None;
     let mut conninfo = None;
+    let mut mariadb = None;
     let started = Instant::now();
     for line in BufReader::new(stdout).lines() {
         let line = line.unwrap();
@@ -140,6 +148,13 @@ fn demo_prints_a_psql_line_that_works() {
         }
         if let Some(rest) = line.strip_prefix("psql \"") {
             conninfo = Some(rest.trim_end_matches('"').to_owned());
+        }
+        if let Some(rest) = line.strip_prefix("mariadb ") {
+            mariadb = Some(
+                rest.split_whitespace()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>(),
+            );
             break;
         }
         assert!(
@@ -168,8 +183,27 @@ fn demo_prints_a_psql_line_that_works() {
     );
     let (_, err) = psql("SET default_transaction_read_only = off");
     assert!(err.contains("pinned on"), "{err}");
+    // The mariadb line, as printed, with the token in MYSQL_PWD.
+    let args = mariadb.expect("demo did not print its mariadb line");
+    let mysql = |sql: &str| {
+        let out = Command::new("mariadb")
+            .args(["--batch", "--skip-column-names", "-e", sql])
+            .args(&args)
+            .env("MYSQL_PWD", &token)
+            .output()
+            .unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (out, err) = mysql("SELECT 40 + 2");
+    assert_eq!(out.trim(), "42", "{err}");
+    let (_, err) = mysql("CREATE TABLE t (x int)");
+    assert!(err.contains("1227") && err.contains("denied"), "{err}");
     let audit = std::fs::read_to_string(dir.path().join("audit").join("audit.jsonl")).unwrap();
     assert!(audit.contains("\"event\":\"grant.issued\""), "{audit}");
+    assert!(audit.contains("\"protocol\":\"mysql\""), "{audit}");
     drop(demo);
 }
 

@@ -5,9 +5,11 @@
 //! and the grant is small: one connection, one access level, and an expiry that is
 //! the sooner of the grant's TTL and the token's `exp`.
 //!
-//! [`readonly`] decides single statements from the classifier's fact sheet.
+//! [`readonly`] decides single statements from the classifier's fact sheet (Postgres);
+//! [`mysql`] is the MySQL/MariaDB read-only profile.
 
 pub mod caps;
+pub mod mysql;
 pub mod readonly;
 
 use std::time::{Duration, SystemTime};

@@ -650,6 +650,10 @@ fn decide_kind(kind: &StatementKind, facts: &StatementFacts) -> Verdict {
         } => Verdict::deny("only LOCK ... IN ACCESS SHARE MODE is allowed (it blocks writers)"),
         // The caller names the statement kind ("DROP TABLE denied: ...").
         StatementKind::Other { .. } => Verdict::deny("the grant is read-only"),
+        // MySQL forms; the Postgres front end never produces them.
+        StatementKind::Use { .. } | StatementKind::SetStatement { .. } => {
+            Verdict::deny("not a Postgres statement")
+        }
     }
 }
 
@@ -701,6 +705,8 @@ fn check_set(set: &SetFacts) -> Verdict {
             Verdict::deny("the session is read-only; transactions cannot be made READ WRITE")
         }
         SetFacts::TransactionModes { read_write: false } => Verdict::Allow,
+        // MySQL form; the Postgres front end never produces it.
+        SetFacts::Variables(_) => Verdict::deny("not a Postgres SET"),
         SetFacts::Value { name, values } => {
             let name = name.as_str();
             if name == "client_encoding" {

@@ -21,7 +21,8 @@ use crate::gateway::Services;
 use crate::identity::Principal;
 use crate::policy::readonly::{self, Verdict};
 use crate::policy::Grant;
-use crate::sql::ClassifyError;
+use crate::sql::pool::Grammar;
+use crate::sql::{ClassifyError, StatementFacts};
 
 /// Statements up to this size are also looked up by their literal-free shape.
 /// `normalize` runs on the caller's stack and recurses per tree level; 1 KiB bounds
@@ -164,6 +165,33 @@ impl VerdictCache {
     }
 }
 
+/// The SQL dialect a session speaks, with what its read-only profile needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dialect {
+    Postgres,
+    /// MySQL/MariaDB; `database` is the one database the connection may use.
+    Mysql {
+        database: String,
+    },
+}
+
+impl Dialect {
+    /// The protocol name recorded in the audit trail.
+    pub fn protocol(&self) -> &'static str {
+        match self {
+            Dialect::Postgres => "postgres",
+            Dialect::Mysql { .. } => "mysql",
+        }
+    }
+
+    fn grammar(&self) -> Grammar {
+        match self {
+            Dialect::Postgres => Grammar::Postgres,
+            Dialect::Mysql { .. } => Grammar::Mysql,
+        }
+    }
+}
+
 /// What the gate of one session knows: who, under which grant, from where.
 pub struct Gate {
     pub session_id: String,
@@ -171,6 +199,7 @@ pub struct Gate {
     pub services: Arc<Services>,
     pub principal: Principal,
     pub grant: Grant,
+    pub dialect: Dialect,
 }
 
 impl Gate {
@@ -186,7 +215,8 @@ impl Gate {
         if let Some(allowed) = cache.exact.get(text) {
             return TextDecision::Allow(allowed.clone());
         }
-        let shape = (text.len() <= SHAPE_CACHE_MAX_TEXT)
+        // Shapes come from Postgres's grammar; MySQL texts are cached exactly only.
+        let shape = (text.len() <= SHAPE_CACHE_MAX_TEXT && self.dialect == Dialect::Postgres)
             .then(|| pg_query::normalize(text).ok())
             .flatten();
         if let Some(shape) = &shape {
@@ -197,7 +227,12 @@ impl Gate {
             }
         }
         let max = self.services.config.limits.max_statement_bytes;
-        let facts = match self.services.parser.classify(text, max).await {
+        let facts = match self
+            .services
+            .parser
+            .classify(text, max, self.dialect.grammar())
+            .await
+        {
             Ok(facts) => facts,
             Err(e) => {
                 return TextDecision::Deny {
@@ -219,13 +254,7 @@ impl Gate {
             .map(|f| Classified {
                 text: f.text.clone(),
                 kind: f.kind.label(),
-                verdict: match readonly::decide(f, catalog) {
-                    Verdict::Allow => match caps.check(f) {
-                        Ok(()) => Verdict::Allow,
-                        Err(reason) => Verdict::Deny { reason },
-                    },
-                    deny => deny,
-                },
+                verdict: self.verdict(f, catalog),
             })
             .collect();
         let denied = parts.iter().position(|p| p.verdict != Verdict::Allow);
@@ -262,17 +291,33 @@ impl Gate {
                         }
                     }
                 }
+                let postgres = self.dialect == Dialect::Postgres;
                 TextDecision::Deny {
                     denied: Denied::Statement {
-                        setting_cap: caps.check(&facts[index]).err().as_ref() == Some(&reason),
+                        setting_cap: postgres
+                            && caps.check(&facts[index]).err().as_ref() == Some(&reason),
                         kind,
                         reason,
                         position,
                     },
                     parts,
-                    catalog_miss: readonly::unknown_to_catalog(&facts[index], catalog),
+                    catalog_miss: postgres && readonly::unknown_to_catalog(&facts[index], catalog),
                 }
             }
+        }
+    }
+
+    /// One statement's verdict under this session's dialect profile.
+    fn verdict(&self, facts: &StatementFacts, catalog: Option<&FunctionCatalog>) -> Verdict {
+        match &self.dialect {
+            Dialect::Postgres => match readonly::decide(facts, catalog) {
+                Verdict::Allow => match self.services.config.limits.setting_caps.check(facts) {
+                    Ok(()) => Verdict::Allow,
+                    Err(reason) => Verdict::Deny { reason },
+                },
+                deny => deny,
+            },
+            Dialect::Mysql { database } => crate::policy::mysql::decide(facts, database),
         }
     }
 
@@ -283,6 +328,7 @@ impl Gate {
             &self.grant.connection,
             &self.client_addr,
         );
+        rec.protocol = self.dialect.protocol();
         rec.grant_id = Some(self.grant.id.clone());
         rec.sub = Some(self.principal.subject.clone());
         rec.set_statement(text, self.services.config.audit_max_statement_bytes);

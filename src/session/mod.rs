@@ -6,6 +6,7 @@
 //! the audit trail before acting on it.
 //!
 //! * [`postgres`]: the Postgres front end — client handshake, login, relay.
+//! * [`mysql`]: the MySQL/MariaDB front end — handshake, login, command relay.
 //! * [`upstream`]: opening and logging in to a Postgres upstream.
 //! * [`cancel`]: the gateway's own cancel keys and their mapping to upstream ones.
 //! * [`tripwire`]: pinned settings watched in what the server reports.
@@ -18,6 +19,7 @@
 pub mod cancel;
 pub mod clock;
 pub mod gate;
+pub mod mysql;
 pub mod postgres;
 pub mod slots;
 pub mod tripwire;
@@ -121,6 +123,7 @@ pub async fn admit(
     context: &AuditRecord,
     connection: &str,
     token: &str,
+    protocol: crate::config::Protocol,
 ) -> Result<Admission, Refusal> {
     let record = |event: AuditEvent, decision: Decision| {
         let mut rec = context.clone();
@@ -159,6 +162,17 @@ pub async fn admit(
         queue(services, rec).await;
         return Err(Refusal::NoGrant(Denial { reason }));
     };
+    if conn.protocol != protocol {
+        let reason = format!(
+            "connection {connection:?} speaks {0}; connect to the gateway's {0} listener",
+            conn.protocol.as_str()
+        );
+        let mut rec = record(AuditEvent::GrantDenied, Decision::Deny);
+        rec.sub = Some(principal.subject.clone());
+        rec.reason = Some(reason.clone());
+        queue(services, rec).await;
+        return Err(Refusal::NoGrant(Denial { reason }));
+    }
     let key = slots::SessionKey {
         connection: connection.to_owned(),
         grant_entry: grant.rule_index,

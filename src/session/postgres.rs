@@ -374,6 +374,7 @@ impl Session {
             &self.record(AuditEvent::GrantIssued, connection),
             connection,
             token,
+            crate::config::Protocol::Postgres,
         )
         .await
         .map_err(|refusal| match refusal {
@@ -608,6 +609,7 @@ impl Session {
                 services: self.services.clone(),
                 principal,
                 grant: grant.clone(),
+                dialect: super::gate::Dialect::Postgres,
             },
             tripwire,
             upstream_cancel,

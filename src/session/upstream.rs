@@ -210,6 +210,16 @@ async fn start_tls(
             addr: conn.upstream.clone(),
         });
     }
+    tls_handshake(tcp, conn, verify).await
+}
+
+/// The TLS handshake with an upstream, once its protocol has agreed to TLS (any
+/// protocol: Postgres after 'S', MySQL after an SSLRequest).
+pub async fn tls_handshake(
+    tcp: TcpStream,
+    conn: &ConnectionConfig,
+    verify: bool,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, UpstreamError> {
     let config = crate::tls::upstream_config(verify, conn.upstream_ca.as_deref())
         .map_err(UpstreamError::Tls)?;
     let host = conn.upstream_tls_name.clone().unwrap_or_else(|| {
@@ -367,7 +377,7 @@ fn parse_backend(frame: &Frame) -> Result<Message, UpstreamError> {
     }
 }
 
-fn io_closed(e: std::io::Error) -> UpstreamError {
+pub fn io_closed(e: std::io::Error) -> UpstreamError {
     match e.kind() {
         std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
             UpstreamError::Closed

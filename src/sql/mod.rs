@@ -6,10 +6,12 @@
 //! CTE or selects INTO a table. Policy ([`crate::policy::readonly`]) runs on these
 //! facts only, so the read-only rules are written once for every protocol.
 //!
-//! Front ends: [`postgres`] (libpg_query via `pg_query`). MySQL/MariaDB will follow.
-//! A front end that cannot parse a statement returns [`ClassifyError`]; the caller
-//! denies — nothing unparsed is ever forwarded.
+//! Front ends: [`postgres`] (libpg_query via `pg_query`) and [`mysql`] (the gateway's
+//! own MySQL pre-lexer in front of `sqlparser`'s MySqlDialect). A front end that cannot
+//! parse a statement returns [`ClassifyError`]; the caller denies — nothing unparsed is
+//! ever forwarded.
 
+pub mod mysql;
 pub mod pool;
 pub mod postgres;
 pub mod walk;
@@ -76,8 +78,11 @@ pub struct TreeFacts {
     pub writes: Vec<String>,
     /// A locking clause (`FOR UPDATE`, `FOR SHARE`, ...).
     pub locking: bool,
-    /// `SELECT ... INTO` a new table.
+    /// `SELECT ... INTO` a new table (Postgres), or into variables or a server file
+    /// (MySQL `INTO @v`, `INTO OUTFILE`, `INTO DUMPFILE`).
     pub into: bool,
+    /// MySQL optimizer hints (`/*+ ... */`), their text without the comment markers.
+    pub optimizer_hints: Vec<String>,
 }
 
 /// One `set_config(name, value, is_local)` call; `None` where the argument is not a
@@ -128,6 +133,16 @@ pub enum StatementKind {
     },
     /// `UNLISTEN` (stops notifications to this session only).
     Unlisten,
+    /// MySQL `USE db`: changes the session's default database.
+    Use {
+        database: String,
+    },
+    /// MariaDB `SET STATEMENT var = value [, ...] FOR <statement>`: settings that hold
+    /// while one statement runs.
+    SetStatement {
+        settings: Vec<VariableAssignment>,
+        inner: Box<StatementKind>,
+    },
     /// Anything else, labelled as a person would say it ("INSERT", "DROP TABLE").
     Other {
         label: String,
@@ -151,6 +166,57 @@ pub enum SetFacts {
         name: String,
     },
     ResetAll,
+    /// MySQL/MariaDB `SET` of system or user variables, in the order written.
+    /// `SET NAMES cs [COLLATE c]` and `SET CHARACTER SET cs` appear as the assignments
+    /// they stand for (`character_set_client`, `character_set_connection`,
+    /// `character_set_results`, `collation_connection`).
+    Variables(Vec<VariableAssignment>),
+}
+
+/// One MySQL/MariaDB variable assignment (`SET [scope] name = value`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VariableAssignment {
+    pub scope: VariableScope,
+    /// Lowercased, without `@`/`@@` and scope prefix.
+    pub name: String,
+    pub value: VariableValue,
+}
+
+/// Where an assignment lands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VariableScope {
+    /// `SESSION`, `LOCAL`, `@@x`, `@@session.x`, `@@local.x`, or no modifier.
+    Session,
+    /// `GLOBAL`, `@@global.x`.
+    Global,
+    /// MySQL `PERSIST`, `@@persist.x`.
+    Persist,
+    /// MySQL `PERSIST_ONLY`, `@@persist_only.x`.
+    PersistOnly,
+    /// A user variable, `@x`.
+    User,
+}
+
+/// The value of a [`VariableAssignment`], as far as policy can judge it without running it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VariableValue {
+    /// `DEFAULT`: the global value.
+    Default,
+    Null,
+    /// A numeric literal, as written.
+    Number(String),
+    /// A string literal, decoded.
+    Text(String),
+    /// A bare word (`ON`, `utf8mb4`, `TRUE`), as written.
+    Word(String),
+    /// The variable's own current session value with literal text appended and/or
+    /// removed: `CONCAT(@@sql_mode, ',X')`, `REPLACE(@@sql_mode, 'X', '')`, nested.
+    Modified {
+        appended: Vec<String>,
+        removed: Vec<String>,
+    },
+    /// Any other expression (its functions and tables are in the tree facts).
+    Expression,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,6 +278,8 @@ impl StatementKind {
             StatementKind::Discard => "DISCARD".into(),
             StatementKind::Lock { .. } => "LOCK".into(),
             StatementKind::Unlisten => "UNLISTEN".into(),
+            StatementKind::Use { .. } => "USE".into(),
+            StatementKind::SetStatement { .. } => "SET STATEMENT".into(),
             StatementKind::Other { label } => label.clone(),
         }
     }

@@ -19,8 +19,17 @@ use super::{ClassifyError, StatementFacts};
 
 type Classified = Result<Vec<StatementFacts>, ClassifyError>;
 
+/// Which grammar classifies a text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grammar {
+    Postgres,
+    Mysql,
+}
+
 struct Job {
     sql: String,
+    grammar: Grammar,
+    max_bytes: usize,
     reply: oneshot::Sender<Classified>,
 }
 
@@ -49,7 +58,10 @@ impl ParsePool {
                         Err(_) => return,
                     };
                     let Ok(job) = job else { return };
-                    let result = postgres::classify_on_parser_thread(&job.sql);
+                    let result = match job.grammar {
+                        Grammar::Postgres => postgres::classify_on_parser_thread(&job.sql),
+                        Grammar::Mysql => super::mysql::classify(&job.sql, job.max_bytes),
+                    };
                     in_flight.fetch_sub(1, Ordering::Relaxed);
                     let _ = job.reply.send(result);
                 })?;
@@ -59,15 +71,29 @@ impl ParsePool {
 
     /// Classifies `sql`: small statements right here (release builds), larger ones on
     /// a pool thread, or [`ClassifyError::Busy`] when the queue is full.
-    pub async fn classify(&self, sql: &str, max_bytes: usize) -> Classified {
+    pub async fn classify(&self, sql: &str, max_bytes: usize, grammar: Grammar) -> Classified {
         if sql.len() <= INLINE_PARSE_MAX && !cfg!(debug_assertions) {
-            return postgres::classify(sql, max_bytes);
+            return match grammar {
+                Grammar::Postgres => postgres::classify(sql, max_bytes),
+                Grammar::Mysql => super::mysql::classify(sql, max_bytes),
+            };
         }
         // Checked here, so an oversized text is never copied into the queue.
-        postgres::check_limits(sql, max_bytes)?;
+        match grammar {
+            Grammar::Postgres => postgres::check_limits(sql, max_bytes)?,
+            Grammar::Mysql if sql.len() > max_bytes => {
+                return Err(ClassifyError::TooLarge {
+                    len: sql.len(),
+                    max: max_bytes,
+                })
+            }
+            Grammar::Mysql => {}
+        }
         let (reply, answer) = oneshot::channel();
         let job = Job {
             sql: sql.to_owned(),
+            grammar,
+            max_bytes,
             reply,
         };
         self.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -100,10 +126,14 @@ mod tests {
     #[tokio::test]
     async fn large_statements_parse_on_the_pool() {
         let pool = ParsePool::start(1, 4).unwrap();
-        let facts = pool.classify(&big_in_list(2000), 1 << 20).await.unwrap();
+        let facts = pool
+            .classify(&big_in_list(2000), 1 << 20, Grammar::Postgres)
+            .await
+            .unwrap();
         assert_eq!(facts.len(), 1);
         assert!(matches!(
-            pool.classify(&big_in_list(2000), 100).await,
+            pool.classify(&big_in_list(2000), 100, Grammar::Postgres)
+                .await,
             Err(ClassifyError::TooLarge { .. })
         ));
     }
@@ -116,7 +146,7 @@ mod tests {
             .map(|_| {
                 let pool = pool.clone();
                 let sql = sql.clone();
-                tokio::spawn(async move { pool.classify(&sql, 8 << 20).await })
+                tokio::spawn(async move { pool.classify(&sql, 8 << 20, Grammar::Postgres).await })
             })
             .collect();
         let mut busy = 0;

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod mysql;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,14 +1,15 @@
 //! The client side of a login: the gateway's HandshakeV10, the client's answer, the
 //! auth exchange that obtains the token in clear, and the packets the gateway sends.
 //!
-//! The gateway announces `mysql_native_password` (every client can answer it) and
-//! then gets the password — the token — in clear by one of two ways:
+//! The gateway announces `caching_sha2_password` when it offers TLS (and
+//! `mysql_native_password` when it does not), then gets the password — the token —
+//! in clear by one of two ways:
 //!
-//! * an auth switch to `mysql_clear_password` (the client must allow it; most need an
-//!   option, see the README), or
 //! * for a client that answered with `caching_sha2_password` over TLS, the "perform
 //!   full authentication" request, after which the client sends the password in clear
-//!   as MySQL 8 clients do over a secure transport.
+//!   as MySQL 8 clients do over a secure transport — no client option needed; or
+//! * an auth switch to `mysql_clear_password` (the client must allow it; most need an
+//!   option, see the README).
 //!
 //! A client that already answered with `mysql_clear_password` is taken at its word.
 
@@ -63,6 +64,11 @@ pub fn server_hello(
     scramble: &[u8; 20],
     tls: bool,
 ) -> Vec<u8> {
+    let plugin = if tls {
+        CACHING_SHA2_PASSWORD
+    } else {
+        NATIVE_PASSWORD
+    };
     let mut first = [0u8; 8];
     first.copy_from_slice(&scramble[..8]);
     let mut rest = scramble[8..].to_vec();
@@ -76,7 +82,7 @@ pub fn server_hello(
         offered_capabilities(tls),
         UTF8MB4_GENERAL_CI,
         StatusFlags::SERVER_STATUS_AUTOCOMMIT,
-        Some(Cow::Borrowed(NATIVE_PASSWORD.as_bytes())),
+        Some(Cow::Borrowed(plugin.as_bytes())),
     );
     let mut out = Vec::new();
     packet.serialize(&mut out);

@@ -201,6 +201,11 @@ impl Login {
         Ok((login, out))
     }
 
+    /// The authentication method in use (changes with auth switches).
+    pub fn plugin(&self) -> &str {
+        &self.plugin
+    }
+
     fn auth_data(&self) -> Result<Vec<u8>, LoginError> {
         if self.password.is_empty() {
             return Ok(Vec::new());

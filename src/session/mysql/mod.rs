@@ -1,0 +1,1138 @@
+//! The MySQL/MariaDB front end: handshake, token login, grant, upstream, command relay.
+//!
+//! ```text
+//! client ◀─HandshakeV10 (ours: TLS offered, mysql_native_password announced)
+//!        ──SSLRequest──▶ TLS            (required unless listen.allow_plaintext, loopback)
+//!        ──HandshakeResponse41──▶ database = connection name
+//!        ◀─AuthSwitch(mysql_clear_password) ──token──▶   (or caching_sha2 full auth over TLS)
+//!                                         identity, grant, audit ─▶ upstream login, pin
+//!        ◀─OK
+//! relay:  one command at a time: decided, forwarded or answered with an ERR;
+//!         the answer relayed packet by packet until the response tracker says it is complete
+//! ```
+//!
+//! The classic protocol is strictly request → response, so the relay is one loop: read
+//! a command, decide it, forward it and relay its answer (racing the grant's expiry,
+//! the statement timeout and shutdown), or answer it with the gateway's own ERR
+//! packet. A client that sends its next command early simply waits in the socket
+//! buffer: the gateway reads it only after the answer before it is complete, so a
+//! denial is never interleaved with an upstream answer.
+//!
+//! Prepared statements: `COM_STMT_PREPARE` is decided like `COM_QUERY`; the ids the
+//! server returns for allowed statements are the only ones `COM_STMT_EXECUTE`,
+//! `SEND_LONG_DATA`, `RESET` and `CLOSE` may name. Cursors (`COM_STMT_FETCH`) are not
+//! relayed.
+
+pub mod framed;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::BytesMut;
+use sqlgate_mysql::codes::{self, ErrorCode};
+use sqlgate_mysql::command::{self, ClientCommand};
+use sqlgate_mysql::frame::Packet;
+use sqlgate_mysql::handshake::{
+    self, ClientHello, ClientResponse, CACHING_SHA2_PASSWORD, CLEAR_PASSWORD,
+};
+use sqlgate_mysql::response::{Expect, ResponseTracker, Step, SERVER_STATUS_IN_TRANS};
+use sqlgate_mysql::CapabilityFlags;
+use tokio::net::TcpStream;
+use tokio::sync::broadcast;
+
+use self::framed::{Framed, ReadError};
+use self::upstream::{MysqlUpstream, MAX_UPSTREAM_PACKET};
+use super::clock::{TimeLimits, CANCEL_GRACE};
+use super::gate::{Denied, Dialect, Gate, TextDecision, VerdictCache};
+use super::{new_session_id, Admission, EndReason, Refusal};
+use crate::audit::{AuditEvent, AuditRecord};
+use crate::config::{ConnectionConfig, Protocol};
+use crate::gateway::Services;
+use crate::policy::readonly::Verdict;
+use crate::sql::ClassifyError;
+
+/// Largest packet in the login exchange (the token arrives in one).
+const MAX_LOGIN_PACKET: usize = 64 << 10;
+/// Largest command packet after login (parameters of a prepared statement can be
+/// large; statement texts are limited separately by `limits.max_statement_bytes`).
+const MAX_CLIENT_PACKET: usize = 64 << 20;
+/// How long a session's last words may take to write: the client may not read.
+const FINAL_WRITE_WAIT: Duration = Duration::from_secs(1);
+/// The version the gateway announces until it has seen an upstream's.
+const DEFAULT_SERVER_VERSION: &str = "8.0.0-sqlgate";
+
+/// Serves one client connection of the MySQL listener.
+pub async fn handle_connection(tcp: TcpStream, peer: SocketAddr, services: Arc<Services>) {
+    let _ = tcp.set_nodelay(true);
+    let _active = crate::gateway::ActiveGuard::new(&services);
+    let mut client = Framed::new(Box::new(tcp), BytesMut::with_capacity(4096));
+    let unauthenticated = match services.slots.unauthenticated() {
+        Ok(slot) => slot,
+        Err(cap) => {
+            let message = format!("sqlgate: {cap}; retry shortly");
+            let _ = tokio::time::timeout(
+                FINAL_WRITE_WAIT,
+                client.send(0, &handshake::err(codes::TOO_MANY_CONNECTIONS, &message)),
+            )
+            .await;
+            if let Some(refused) = services.refusals.tick() {
+                tracing::warn!(%peer, refused, %cap, "connections refused");
+            }
+            return;
+        }
+    };
+    let shutdown = services.shutdown.subscribe();
+    let id = new_session_id();
+    let login_deadline = tokio::time::Instant::now() + services.config.limits.login_timeout;
+    let mut login = Login {
+        id: id.clone(),
+        peer,
+        services: services.clone(),
+        client,
+        seq: 0,
+    };
+    let result = tokio::time::timeout_at(login_deadline, login.run()).await;
+    drop(unauthenticated);
+    let ready = match result {
+        Ok(Ok(Some(ready))) => ready,
+        Ok(Ok(None)) => return,
+        Ok(Err(LoginFailure { code, message })) => {
+            login.fail(code, &message).await;
+            return;
+        }
+        Err(_) => {
+            let message = format!(
+                "sqlgate: login did not complete within {}s",
+                services.config.limits.login_timeout.as_secs()
+            );
+            login.fail(codes::HANDSHAKE_ERROR, &message).await;
+            return;
+        }
+    };
+    let Login { client, .. } = login;
+    let mut session = Session::new(id, peer, services, client, ready);
+    let reason = session.relay(shutdown).await;
+    tracing::info!(session = %session.gate.session_id, %reason, "session ended");
+}
+
+/// A login refused with this error.
+struct LoginFailure {
+    code: ErrorCode,
+    message: String,
+}
+
+fn failure(code: ErrorCode, message: impl Into<String>) -> LoginFailure {
+    LoginFailure {
+        code,
+        message: message.into(),
+    }
+}
+
+/// What a finished login hands to the relay.
+struct Ready {
+    admission: Admission,
+    upstream: MysqlUpstream,
+    conn: ConnectionConfig,
+    client_caps: CapabilityFlags,
+}
+
+/// The login exchange with one client.
+struct Login {
+    id: String,
+    peer: SocketAddr,
+    services: Arc<Services>,
+    client: Framed,
+    /// The next sequence id to the client.
+    seq: u8,
+}
+
+impl Login {
+    async fn fail(&mut self, code: ErrorCode, message: &str) {
+        let payload = handshake::err(code, message);
+        let _ = tokio::time::timeout(FINAL_WRITE_WAIT, self.client.send(self.seq, &payload)).await;
+    }
+
+    async fn read(&mut self) -> Result<Option<Packet>, LoginFailure> {
+        match self.client.read(MAX_LOGIN_PACKET).await {
+            Ok(Some(packet)) => {
+                if packet.seq != self.seq {
+                    return Err(failure(
+                        codes::HANDSHAKE_ERROR,
+                        "sqlgate: packets out of order",
+                    ));
+                }
+                self.seq = packet.next_seq();
+                Ok(Some(packet))
+            }
+            Ok(None) | Err(ReadError::Io(_)) => Ok(None),
+            Err(ReadError::Protocol(e)) => {
+                Err(failure(codes::HANDSHAKE_ERROR, format!("sqlgate: {e}")))
+            }
+        }
+    }
+
+    async fn send(&mut self, payload: &[u8]) -> Result<(), LoginFailure> {
+        self.seq = self
+            .client
+            .send(self.seq, payload)
+            .await
+            .map_err(|_| failure(codes::HANDSHAKE_ERROR, "client closed the connection"))?;
+        Ok(())
+    }
+
+    fn record(&self, event: AuditEvent, connection: &str) -> AuditRecord {
+        let mut rec = AuditRecord::new(event, &self.id, connection, &self.peer.to_string());
+        rec.protocol = "mysql";
+        rec
+    }
+
+    /// Handshake, TLS, token, grant, upstream. `Ok(None)`: the client left.
+    async fn run(&mut self) -> Result<Option<Ready>, LoginFailure> {
+        let services = self.services.clone();
+        let config = &services.config;
+        let tls_available = services.tls.is_some();
+        let scramble: [u8; 20] = std::array::from_fn(|_| {
+            // Printable, non-NUL bytes, as servers send.
+            33 + rand::random::<u8>() % 94
+        });
+        let version = services
+            .mysql_version
+            .lock()
+            .ok()
+            .and_then(|v| v.clone())
+            .unwrap_or_else(|| DEFAULT_SERVER_VERSION.to_owned());
+        let hello = handshake::server_hello(
+            &version,
+            rand::random::<u32>() >> 1,
+            &scramble,
+            tls_available,
+        );
+        self.send(&hello).await?;
+        let offered = handshake::offered_capabilities(tls_available);
+
+        let Some(packet) = self.read().await? else {
+            return Ok(None);
+        };
+        let mut tls = false;
+        let response = match handshake::decode_client_hello(&packet.payload, offered)
+            .map_err(|e| failure(codes::HANDSHAKE_ERROR, format!("sqlgate: {e}")))?
+        {
+            ClientHello::SslRequest { .. } => {
+                let Some(acceptor) = services.tls.clone() else {
+                    return Err(failure(
+                        codes::HANDSHAKE_ERROR,
+                        "sqlgate: TLS is not available",
+                    ));
+                };
+                // Bytes read past the SSLRequest are the client's first TLS records
+                // (it does not wait for an answer): they go to the TLS layer.
+                let early = self.client.buf.split().freeze();
+                let placeholder: super::BoxStream = Box::new(tokio::io::duplex(1).0);
+                let plain = std::mem::replace(&mut self.client.stream, placeholder);
+                let plain = framed::Prefixed::new(early, plain);
+                let stream = acceptor.accept(plain).await.map_err(|e| {
+                    failure(
+                        codes::HANDSHAKE_ERROR,
+                        format!("sqlgate: TLS handshake failed: {e}"),
+                    )
+                })?;
+                self.client.stream = Box::new(stream);
+                tls = true;
+                let Some(packet) = self.read().await? else {
+                    return Ok(None);
+                };
+                match handshake::decode_client_hello(&packet.payload, offered)
+                    .map_err(|e| failure(codes::HANDSHAKE_ERROR, format!("sqlgate: {e}")))?
+                {
+                    ClientHello::Response(response) => response,
+                    ClientHello::SslRequest { .. } => {
+                        return Err(failure(
+                            codes::HANDSHAKE_ERROR,
+                            "sqlgate: TLS requested twice",
+                        ))
+                    }
+                }
+            }
+            ClientHello::Response(response) => response,
+        };
+        let plaintext_ok = config.listen.allow_plaintext && self.peer.ip().is_loopback();
+        if !(tls || plaintext_ok) {
+            return Err(failure(
+                codes::TLS_REQUIRED,
+                "sqlgate requires TLS: the password is a bearer token (mysql/mariadb: --ssl; drivers: ssl-mode=REQUIRED)",
+            ));
+        }
+        let Some(connection) = response.database.clone() else {
+            return Err(failure(
+                codes::ACCESS_DENIED,
+                "sqlgate: no database in the login; set the database to the name of the sqlgate connection",
+            ));
+        };
+        let token = self.token(&response, tls).await?;
+        let Some(token) = token else { return Ok(None) };
+        let token = String::from_utf8(token).map_err(|_| {
+            failure(
+                codes::ACCESS_DENIED,
+                "sqlgate: token rejected: the password is not UTF-8",
+            )
+        })?;
+
+        let admission = super::admit(
+            &services,
+            &self.record(AuditEvent::GrantIssued, &connection),
+            &connection,
+            token.trim(),
+            Protocol::Mysql,
+        )
+        .await
+        .map_err(|refusal| match refusal {
+            Refusal::Token(e) => failure(codes::ACCESS_DENIED, format!("sqlgate: token rejected: {e}")),
+            Refusal::NoGrant(denial) => failure(codes::ACCESS_DENIED, format!("sqlgate: {}", denial.reason)),
+            Refusal::AuditUnavailable => failure(
+                codes::UNAVAILABLE,
+                "sqlgate: the audit trail is unavailable, so no connection can be granted",
+            ),
+            Refusal::Cap(cap) => failure(
+                codes::TOO_MANY_CONNECTIONS,
+                format!("sqlgate: {cap}; close sessions you no longer use, or ask the operator to raise the cap"),
+            ),
+        })?;
+        let conn = config
+            .connection(&connection)
+            .ok_or_else(|| {
+                failure(
+                    codes::ACCESS_DENIED,
+                    format!("sqlgate: no connection named {connection:?}"),
+                )
+            })?
+            .clone();
+        let limits = admission.grant.time_limits;
+        let opened = async {
+            let mut up =
+                upstream::open(&conn, response.capabilities, config.limits.connect_timeout).await?;
+            upstream::pin(&mut up, limits.statement_timeout).await?;
+            Ok::<_, super::upstream::UpstreamError>(up)
+        }
+        .await;
+        let up = match opened {
+            Ok(up) => up,
+            Err(e) => {
+                tracing::warn!(session = %self.id, connection = %conn.name, error = %e, "upstream login failed");
+                let mut rec = self.record(AuditEvent::SessionEnded, &connection);
+                rec.grant_id = Some(admission.grant.id.clone());
+                rec.sub = Some(admission.principal.subject.clone());
+                rec.reason = Some(format!("upstream login failed: {e}"));
+                let _ = services.audit.record(rec).await;
+                return Err(failure(
+                    codes::UNAVAILABLE,
+                    format!(
+                        "sqlgate: cannot open connection {:?}: {}",
+                        conn.name,
+                        e.for_client()
+                    ),
+                ));
+            }
+        };
+        if let Ok(mut version) = services.mysql_version.lock() {
+            *version = Some(format!("{}-sqlgate", up.hello.version));
+        }
+        self.send(&handshake::ok(
+            sqlgate_mysql::response::SERVER_STATUS_AUTOCOMMIT,
+        ))
+        .await?;
+        tracing::info!(
+            session = %self.id, sub = %admission.principal.subject, connection = %conn.name,
+            grant = %admission.grant.id, upstream_auth = %up.auth_method, "session started"
+        );
+        Ok(Some(Ready {
+            admission,
+            upstream: up,
+            conn,
+            client_caps: response.capabilities,
+        }))
+    }
+
+    /// Obtains the password (the token) in clear. `Ok(None)`: the client left.
+    async fn token(
+        &mut self,
+        response: &ClientResponse,
+        tls: bool,
+    ) -> Result<Option<Vec<u8>>, LoginFailure> {
+        let plugin = response.auth_plugin.as_deref().unwrap_or_default();
+        if plugin == CLEAR_PASSWORD {
+            return Ok(Some(
+                handshake::clear_password(&response.auth_data).to_vec(),
+            ));
+        }
+        if plugin == CACHING_SHA2_PASSWORD && tls {
+            // "Perform full authentication": over TLS the client sends the password.
+            self.send(&handshake::auth_more_data(&[4])).await?;
+        } else {
+            self.send(&handshake::auth_switch(CLEAR_PASSWORD, &[]))
+                .await?;
+        }
+        let Some(packet) = self.read().await? else {
+            return Ok(None);
+        };
+        if packet.payload.is_empty() {
+            return Err(failure(
+                codes::AUTH_MODE,
+                "sqlgate: the client did not send the token in clear; enable the mysql_clear_password \
+                 plugin (mysql/mariadb: --enable-cleartext-plugin; see the README for drivers)",
+            ));
+        }
+        Ok(Some(handshake::clear_password(&packet.payload).to_vec()))
+    }
+}
+
+/// What interrupted waiting on a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Interrupt {
+    GrantExpired,
+    Shutdown,
+    StatementTimeout,
+    IdleInTransaction,
+}
+
+/// The deadlines a session races its IO against.
+struct Timers {
+    grant: tokio::time::Instant,
+    statement: Option<tokio::time::Instant>,
+    idle: Option<tokio::time::Instant>,
+}
+
+async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs `fut` unless a timer or shutdown comes first.
+async fn timed<T>(
+    fut: impl Future<Output = T>,
+    timers: &Timers,
+    shutdown: &mut broadcast::Receiver<()>,
+) -> Result<T, Interrupt> {
+    tokio::select! {
+        out = fut => Ok(out),
+        _ = tokio::time::sleep_until(timers.grant) => Err(Interrupt::GrantExpired),
+        _ = until(timers.statement) => Err(Interrupt::StatementTimeout),
+        _ = until(timers.idle) => Err(Interrupt::IdleInTransaction),
+        _ = shutdown.recv() => Err(Interrupt::Shutdown),
+    }
+}
+
+/// A prepared statement the gateway allowed.
+struct Prepared {
+    text: String,
+    kind: String,
+}
+
+/// One logged-in session.
+struct Session {
+    gate: Gate,
+    client: Framed,
+    up: Framed,
+    conn: ConnectionConfig,
+    thread_id: u32,
+    mariadb: bool,
+    client_track: bool,
+    up_track: bool,
+    limits: TimeLimits,
+    cache: VerdictCache,
+    prepared: HashMap<u32, Prepared>,
+    /// A transaction is open (from the last status flags), and since when idle.
+    in_transaction: bool,
+    idle_since: tokio::time::Instant,
+    slot: Option<super::slots::SessionSlot>,
+    grant_deadline: tokio::time::Instant,
+}
+
+impl Session {
+    fn new(
+        id: String,
+        peer: SocketAddr,
+        services: Arc<Services>,
+        client: Framed,
+        ready: Ready,
+    ) -> Session {
+        let Ready {
+            admission,
+            upstream,
+            conn,
+            client_caps,
+        } = ready;
+        let Admission {
+            principal,
+            grant,
+            slot,
+        } = admission;
+        let remaining = grant
+            .expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        let budget = services.config.limits.verdict_cache_bytes;
+        let up_track = upstream.session_track();
+        Session {
+            limits: grant.time_limits,
+            grant_deadline: tokio::time::Instant::now() + remaining,
+            gate: Gate {
+                session_id: id,
+                client_addr: peer.to_string(),
+                services,
+                principal,
+                grant,
+                dialect: Dialect::Mysql {
+                    database: conn.database.clone(),
+                },
+            },
+            client,
+            thread_id: upstream.hello.connection_id,
+            mariadb: upstream.hello.is_mariadb(),
+            up: upstream.conn,
+            conn,
+            client_track: client_caps.contains(CapabilityFlags::CLIENT_SESSION_TRACK),
+            up_track,
+            cache: VerdictCache::new(budget),
+            prepared: HashMap::new(),
+            in_transaction: false,
+            idle_since: tokio::time::Instant::now(),
+            slot: Some(slot),
+        }
+    }
+
+    fn timers(&self, statement: Option<tokio::time::Instant>) -> Timers {
+        let idle = (self.in_transaction && !self.limits.idle_in_transaction_timeout.is_zero())
+            .then(|| self.idle_since + self.limits.idle_in_transaction_timeout);
+        Timers {
+            grant: self.grant_deadline,
+            statement,
+            idle: if statement.is_some() { None } else { idle },
+        }
+    }
+
+    /// Runs the relay until the session ends, then closes the upstream; returns why
+    /// it ended.
+    async fn relay(&mut self, mut shutdown: broadcast::Receiver<()>) -> EndReason {
+        let (reason, busy) = self.serve(&mut shutdown).await;
+        self.close_upstream(busy).await;
+        let mut rec = AuditRecord::new(
+            AuditEvent::SessionEnded,
+            &self.gate.session_id,
+            &self.conn.name,
+            &self.gate.client_addr,
+        );
+        rec.protocol = "mysql";
+        rec.grant_id = Some(self.gate.grant.id.clone());
+        rec.sub = Some(self.gate.principal.subject.clone());
+        rec.reason = Some(reason.to_string());
+        let _ = self.gate.services.audit.record(rec).await;
+        reason
+    }
+
+    /// Sends the client a last error and returns why the session ends.
+    async fn end(
+        &mut self,
+        seq: u8,
+        code: ErrorCode,
+        message: &str,
+        reason: EndReason,
+    ) -> EndReason {
+        let payload = handshake::err(code, message);
+        let _ = tokio::time::timeout(FINAL_WRITE_WAIT, self.client.send(seq, &payload)).await;
+        reason
+    }
+
+    async fn interrupted(&mut self, seq: u8, interrupt: Interrupt) -> EndReason {
+        match interrupt {
+            Interrupt::GrantExpired => {
+                self.end(
+                    seq,
+                    codes::CONNECTION_KILLED,
+                    "sqlgate: the grant for this session has expired; reconnect with a fresh token",
+                    EndReason::GrantExpired,
+                )
+                .await
+            }
+            Interrupt::Shutdown => {
+                self.end(
+                    seq,
+                    codes::SHUTDOWN,
+                    "sqlgate: the gateway is shutting down",
+                    EndReason::Shutdown,
+                )
+                .await
+            }
+            Interrupt::IdleInTransaction => {
+                let limit = super::clock::human(self.limits.idle_in_transaction_timeout);
+                self.end(
+                    seq,
+                    codes::CONNECTION_KILLED,
+                    &format!(
+                        "sqlgate: idle in transaction past idle_in_transaction_timeout ({limit})"
+                    ),
+                    EndReason::IdleInTransaction(limit),
+                )
+                .await
+            }
+            Interrupt::StatementTimeout => {
+                let limit = super::clock::human(self.limits.statement_timeout);
+                self.end(
+                    seq,
+                    codes::STATEMENT_TIMEOUT,
+                    &format!("sqlgate: a statement ran past statement_timeout ({limit}) and did not stop"),
+                    EndReason::StatementTimeout(limit),
+                )
+                .await
+            }
+        }
+    }
+
+    /// The command loop. Returns why it ended and whether an answer was in flight.
+    async fn serve(&mut self, shutdown: &mut broadcast::Receiver<()>) -> (EndReason, bool) {
+        loop {
+            let timers = self.timers(None);
+            let read = timed(self.client.read(MAX_CLIENT_PACKET), &timers, shutdown).await;
+            let packet = match read {
+                Err(interrupt) => return (self.interrupted(0, interrupt).await, false),
+                Ok(Ok(Some(packet))) => packet,
+                Ok(Ok(None)) | Ok(Err(ReadError::Io(_))) => {
+                    return (EndReason::ClientClosed, false)
+                }
+                Ok(Err(ReadError::Protocol(e))) => {
+                    let message = format!("sqlgate: {e}");
+                    let code = match e {
+                        sqlgate_mysql::ProtocolError::TooLarge { .. } => codes::PACKET_TOO_LARGE,
+                        _ => codes::HANDSHAKE_ERROR,
+                    };
+                    return (
+                        self.end(
+                            1,
+                            code,
+                            &message,
+                            EndReason::ProtocolViolation(e.to_string()),
+                        )
+                        .await,
+                        false,
+                    );
+                }
+            };
+            if packet.seq != 0 {
+                let reason =
+                    EndReason::ProtocolViolation("a command did not start a new sequence".into());
+                return (
+                    self.end(
+                        1,
+                        codes::HANDSHAKE_ERROR,
+                        "sqlgate: packets out of order",
+                        reason,
+                    )
+                    .await,
+                    false,
+                );
+            }
+            match self.command(&packet, shutdown).await {
+                Ok(()) => {}
+                Err((reason, busy)) => return (reason, busy),
+            }
+        }
+    }
+
+    /// Decides and runs one command.
+    async fn command(
+        &mut self,
+        packet: &Packet,
+        shutdown: &mut broadcast::Receiver<()>,
+    ) -> Result<(), (EndReason, bool)> {
+        let cmd = match command::decode(&packet.payload) {
+            Ok(cmd) => cmd,
+            Err(e) => {
+                return self
+                    .deny(codes::STATEMENT_DENIED, &format!("sqlgate: {e}"))
+                    .await;
+            }
+        };
+        match cmd {
+            ClientCommand::Quit => Err((EndReason::ClientQuit, false)),
+            ClientCommand::Query(text) => {
+                let text = text.to_owned();
+                if self.allow_text(&text, None).await? {
+                    self.forward(packet, Expect::Results, shutdown).await?;
+                }
+                Ok(())
+            }
+            ClientCommand::Prepare(text) => {
+                let text = text.to_owned();
+                if self.allow_text(&text, Some("PREPARE")).await? {
+                    let tracker = self.forward(packet, Expect::Prepare, shutdown).await?;
+                    if let (Some(id), None) = (tracker.stmt_id, &tracker.error) {
+                        let kind = self.kind_of(&text);
+                        self.prepared.insert(id, Prepared { text, kind });
+                    }
+                }
+                Ok(())
+            }
+            ClientCommand::Execute { stmt_id, flags } => {
+                let Some(prepared) = self.prepared.get(&stmt_id) else {
+                    return self.unknown_statement(stmt_id, "COM_STMT_EXECUTE").await;
+                };
+                if flags != 0 {
+                    return self
+                        .deny(
+                            codes::STATEMENT_DENIED,
+                            "sqlgate: server-side cursors (COM_STMT_EXECUTE with a cursor type) are not relayed; \
+                             execute without a cursor",
+                        )
+                        .await;
+                }
+                let rec = self.gate.statement_record(
+                    &prepared.text,
+                    &format!("EXECUTE {}", prepared.kind),
+                    &Verdict::Allow,
+                );
+                self.gate.audit(rec).await;
+                self.forward(packet, Expect::Results, shutdown).await?;
+                Ok(())
+            }
+            ClientCommand::SendLongData { stmt_id } => {
+                if self.prepared.contains_key(&stmt_id) {
+                    self.send_upstream(packet).await?;
+                }
+                // No answer is ever sent to SEND_LONG_DATA; an unknown id's data is dropped
+                // and its EXECUTE refused.
+                Ok(())
+            }
+            ClientCommand::Close { stmt_id } => {
+                if self.prepared.remove(&stmt_id).is_some() {
+                    self.send_upstream(packet).await?;
+                }
+                Ok(())
+            }
+            ClientCommand::Reset { stmt_id } => {
+                if !self.prepared.contains_key(&stmt_id) {
+                    return self.unknown_statement(stmt_id, "COM_STMT_RESET").await;
+                }
+                self.forward(packet, Expect::One, shutdown).await?;
+                Ok(())
+            }
+            ClientCommand::Fetch { .. } => {
+                self.deny(
+                    codes::STATEMENT_DENIED,
+                    "sqlgate: server-side cursors (COM_STMT_FETCH) are not relayed",
+                )
+                .await
+            }
+            ClientCommand::InitDb(db) => {
+                if db != self.conn.database && db != self.conn.name {
+                    let message = format!(
+                        "sqlgate: this session may use only database {:?}, not {db:?}",
+                        self.conn.database
+                    );
+                    let rec = self.gate.statement_record(
+                        &format!("COM_INIT_DB {db}"),
+                        "USE",
+                        &Verdict::Deny {
+                            reason: message.clone(),
+                        },
+                    );
+                    self.gate.audit(rec).await;
+                    return self.deny(codes::DATABASE_DENIED, &message).await;
+                }
+                let mut payload = vec![command::COM_INIT_DB];
+                payload.extend_from_slice(self.conn.database.as_bytes());
+                let rewritten = Packet {
+                    seq: 0,
+                    chunks: 1,
+                    payload: payload.into(),
+                };
+                self.forward(&rewritten, Expect::One, shutdown).await?;
+                Ok(())
+            }
+            ClientCommand::Ping | ClientCommand::SetOption(_) => {
+                self.forward(packet, Expect::One, shutdown).await?;
+                Ok(())
+            }
+            ClientCommand::Statistics => {
+                self.forward(packet, Expect::Text, shutdown).await?;
+                Ok(())
+            }
+            ClientCommand::FieldList { table } => {
+                if table.is_empty() || table.contains(['.', '`', '/', '\\']) {
+                    return self
+                        .deny(
+                            codes::STATEMENT_DENIED,
+                            "sqlgate: COM_FIELD_LIST takes one plain table name",
+                        )
+                        .await;
+                }
+                self.forward(packet, Expect::FieldList, shutdown).await?;
+                Ok(())
+            }
+            ClientCommand::ResetConnection => {
+                let tracker = self.forward_quiet(packet, Expect::One, shutdown).await?;
+                self.prepared.clear();
+                let pinned = upstream::pin_framed(
+                    &mut self.up,
+                    self.mariadb,
+                    self.up_track,
+                    self.limits.statement_timeout,
+                )
+                .await;
+                let answer = match (&tracker.error, pinned) {
+                    (None, Ok(())) => {
+                        handshake::ok(sqlgate_mysql::response::SERVER_STATUS_AUTOCOMMIT)
+                    }
+                    (Some(e), _) => handshake::err(
+                        ErrorCode {
+                            code: e.code,
+                            sqlstate: "HY000",
+                        },
+                        &e.message,
+                    ),
+                    (None, Err(e)) => {
+                        let reason = EndReason::Io(format!(
+                            "re-pinning after COM_RESET_CONNECTION failed: {e}"
+                        ));
+                        return Err((
+                            self.end(
+                                1,
+                                codes::CONNECTION_KILLED,
+                                "sqlgate: the session could not be reset",
+                                reason,
+                            )
+                            .await,
+                            false,
+                        ));
+                    }
+                };
+                self.in_transaction = false;
+                self.client
+                    .send(1, &answer)
+                    .await
+                    .map_err(|e| (EndReason::Io(e.to_string()), false))?;
+                Ok(())
+            }
+            ClientCommand::Other { name, .. } => {
+                let message = format!("sqlgate: {name} is not relayed (read-only gateway)");
+                let rec = self.gate.statement_record(
+                    name,
+                    name,
+                    &Verdict::Deny {
+                        reason: message.clone(),
+                    },
+                );
+                self.gate.audit(rec).await;
+                self.deny(codes::UNKNOWN_COMMAND, &message).await
+            }
+        }
+    }
+
+    fn kind_of(&self, text: &str) -> String {
+        crate::sql::mysql::classify(text, usize::MAX)
+            .ok()
+            .and_then(|facts| facts.first().map(|f| f.kind.label()))
+            .unwrap_or_else(|| "statement".into())
+    }
+
+    /// Answers the current command with an ERR (sequence id 1); the session goes on.
+    async fn deny(&mut self, code: ErrorCode, message: &str) -> Result<(), (EndReason, bool)> {
+        let payload = handshake::err(code, message);
+        let timers = self.timers(None);
+        let mut shutdown = self.gate.services.shutdown.subscribe();
+        match timed(self.client.send(1, &payload), &timers, &mut shutdown).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err((EndReason::Io(e.to_string()), false)),
+            Err(interrupt) => Err((self.interrupted(1, interrupt).await, false)),
+        }
+    }
+
+    async fn unknown_statement(
+        &mut self,
+        stmt_id: u32,
+        command: &str,
+    ) -> Result<(), (EndReason, bool)> {
+        self.deny(
+            codes::UNKNOWN_STATEMENT,
+            &format!(
+                "sqlgate: {command} names statement {stmt_id}, which this session did not prepare"
+            ),
+        )
+        .await
+    }
+
+    /// Decides a statement text and audits it; answers denials. Returns whether
+    /// the text may be forwarded.
+    async fn allow_text(
+        &mut self,
+        text: &str,
+        prepare: Option<&str>,
+    ) -> Result<bool, (EndReason, bool)> {
+        if !self.gate.services.audit.healthy() {
+            return self
+                .deny(
+                    codes::UNAVAILABLE,
+                    "sqlgate: statement denied: the audit trail cannot be written",
+                )
+                .await
+                .map(|()| false);
+        }
+        match self.gate.decide(text, &mut self.cache, None).await {
+            TextDecision::Allow(allowed) => {
+                for (part, kind) in &allowed.parts {
+                    let kind = match prepare {
+                        Some(p) => format!("{p} {kind}"),
+                        None => kind.clone(),
+                    };
+                    let rec = self.gate.statement_record(part, &kind, &Verdict::Allow);
+                    self.gate.audit(rec).await;
+                }
+                Ok(true)
+            }
+            TextDecision::Deny { denied, parts, .. } => {
+                for part in &parts {
+                    let rec = self
+                        .gate
+                        .statement_record(&part.text, &part.kind, &part.verdict);
+                    self.gate.audit(rec).await;
+                }
+                let (code, message) = denial_error(&denied);
+                tracing::info!(session = %self.gate.session_id, reason = %denied.summary(), "statement denied");
+                self.deny(code, &message).await.map(|()| false)
+            }
+        }
+    }
+
+    async fn send_upstream(&mut self, packet: &Packet) -> Result<(), (EndReason, bool)> {
+        self.up
+            .send(0, &packet.payload)
+            .await
+            .map(|_| ())
+            .map_err(|_| (EndReason::UpstreamClosed, false))
+    }
+
+    /// Forwards a command and relays its answer to the client.
+    async fn forward(
+        &mut self,
+        packet: &Packet,
+        expect: Expect,
+        shutdown: &mut broadcast::Receiver<()>,
+    ) -> Result<ResponseTracker, (EndReason, bool)> {
+        self.send_upstream(packet).await?;
+        self.relay_answer(expect, shutdown, true).await
+    }
+
+    /// Forwards a command and reads its answer without relaying it.
+    async fn forward_quiet(
+        &mut self,
+        packet: &Packet,
+        expect: Expect,
+        shutdown: &mut broadcast::Receiver<()>,
+    ) -> Result<ResponseTracker, (EndReason, bool)> {
+        self.send_upstream(packet).await?;
+        self.relay_answer(expect, shutdown, false).await
+    }
+
+    /// Relays one answer, packet by packet, until it is complete. A statement past
+    /// the grant's statement timeout is killed upstream (`KILL QUERY` on a second
+    /// connection); one that does not stop within the grace period ends the session.
+    async fn relay_answer(
+        &mut self,
+        expect: Expect,
+        shutdown: &mut broadcast::Receiver<()>,
+        to_client: bool,
+    ) -> Result<ResponseTracker, (EndReason, bool)> {
+        let mut tracker = ResponseTracker::new(expect, self.up_track);
+        let started = tokio::time::Instant::now();
+        let mut statement = (!self.limits.statement_timeout.is_zero())
+            .then(|| started + self.limits.statement_timeout + CANCEL_GRACE / 5);
+        let mut killed = false;
+        let mut next_seq = 1u8;
+        loop {
+            loop {
+                let packet = match self.up.buffered(MAX_UPSTREAM_PACKET) {
+                    Ok(Some(packet)) => packet,
+                    Ok(None) => break,
+                    Err(e) => {
+                        let reason = EndReason::ProtocolViolation(format!("upstream: {e}"));
+                        return Err((
+                            self.end(
+                                next_seq,
+                                codes::UNAVAILABLE,
+                                "sqlgate: the upstream answer was malformed",
+                                reason,
+                            )
+                            .await,
+                            true,
+                        ));
+                    }
+                };
+                let (step, ok) = match tracker.feed(&packet.payload) {
+                    Ok(fed) => fed,
+                    Err(e) => {
+                        let reason = EndReason::ProtocolViolation(format!("upstream: {e}"));
+                        return Err((
+                            self.end(
+                                packet.seq,
+                                codes::STATEMENT_DENIED,
+                                &format!("sqlgate: {e}"),
+                                reason,
+                            )
+                            .await,
+                            true,
+                        ));
+                    }
+                };
+                if let Some(ok) = &ok {
+                    for (name, value) in &ok.variables {
+                        if let Err(why) = crate::policy::mysql::check_reported_setting(name, value)
+                        {
+                            let what = format!("{name} changed to {value:?}: {why}");
+                            tracing::error!(session = %self.gate.session_id, %what, "tripwire: pinned setting changed");
+                            let message = format!(
+                                "sqlgate: session ended: a pinned setting changed ({what})"
+                            );
+                            return Err((
+                                self.end(
+                                    packet.seq,
+                                    codes::CONNECTION_KILLED,
+                                    &message,
+                                    EndReason::Tamper(what),
+                                )
+                                .await,
+                                false,
+                            ));
+                        }
+                    }
+                }
+                if to_client {
+                    match ok {
+                        Some(ok) if self.up_track && !self.client_track && ok.state_changed => {
+                            next_seq = self.client.queue(packet.seq, &ok.encode_untracked());
+                        }
+                        _ => next_seq = self.client.queue(packet.seq, &packet.payload),
+                    }
+                }
+                if step == Step::Done {
+                    if let Some(status) = tracker.status {
+                        self.in_transaction = status & SERVER_STATUS_IN_TRANS != 0;
+                    }
+                    self.idle_since = tokio::time::Instant::now();
+                    let timers = self.timers(None);
+                    return match timed(self.client.flush(), &timers, shutdown).await {
+                        Ok(Ok(())) => Ok(tracker),
+                        Ok(Err(e)) => Err((EndReason::Io(e.to_string()), false)),
+                        Err(interrupt) => Err((self.interrupted(next_seq, interrupt).await, false)),
+                    };
+                }
+            }
+            let timers = self.timers(statement);
+            let waited = if self.client.pending() {
+                timed(self.client.flush(), &timers, shutdown)
+                    .await
+                    .map(|r| r.map(|()| true))
+            } else {
+                timed(self.up.fill(), &timers, shutdown).await
+            };
+            match waited {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => {
+                    let reason = EndReason::UpstreamClosed;
+                    return Err((
+                        self.end(
+                            next_seq,
+                            codes::UNAVAILABLE,
+                            "sqlgate: the upstream closed the connection",
+                            reason,
+                        )
+                        .await,
+                        false,
+                    ));
+                }
+                Ok(Err(e)) => return Err((EndReason::Io(e.to_string()), true)),
+                Err(Interrupt::StatementTimeout) if !killed => {
+                    killed = true;
+                    statement = Some(tokio::time::Instant::now() + CANCEL_GRACE);
+                    tracing::info!(session = %self.gate.session_id, "statement timeout: killing the statement upstream");
+                    self.spawn_kill(None);
+                }
+                Err(interrupt) => return Err((self.interrupted(next_seq, interrupt).await, true)),
+            }
+        }
+    }
+
+    /// `KILL QUERY` for this session's upstream thread, on a connection of its own.
+    /// `slot`: held until the kill is done, so caps count a statement still running.
+    fn spawn_kill(&self, slot: Option<super::slots::SessionSlot>) {
+        let conn = self.conn.clone();
+        let thread = self.thread_id;
+        let timeout = self.gate.services.config.limits.connect_timeout;
+        let session = self.gate.session_id.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            if let Err(e) = upstream::kill_query(&conn, thread, timeout).await {
+                tracing::error!(%session, thread, error = %e, "cannot stop the upstream statement");
+            }
+        });
+    }
+
+    /// Ends the upstream side: a statement still running is killed, then the
+    /// connection is closed with COM_QUIT.
+    async fn close_upstream(&mut self, busy: bool) {
+        let slot = self.slot.take();
+        if busy {
+            self.spawn_kill(slot);
+        }
+        let _ = tokio::time::timeout(FINAL_WRITE_WAIT, self.up.send(0, &[command::COM_QUIT])).await;
+        let _ = tokio::time::timeout(
+            FINAL_WRITE_WAIT,
+            tokio::io::AsyncWriteExt::shutdown(&mut self.up.stream),
+        )
+        .await;
+        let _ = tokio::time::timeout(
+            FINAL_WRITE_WAIT,
+            tokio::io::AsyncWriteExt::shutdown(&mut self.client.stream),
+        )
+        .await;
+    }
+}
+
+/// The ERR a denial becomes.
+fn denial_error(denied: &Denied) -> (ErrorCode, String) {
+    match denied {
+        Denied::Unclassified(ClassifyError::Syntax(e)) => (
+            codes::PARSE_ERROR,
+            format!("sqlgate: statement denied: it does not parse as MySQL ({e}); nothing unparsed is forwarded"),
+        ),
+        Denied::Unclassified(ClassifyError::TooLarge { len, max }) => (
+            codes::STATEMENT_DENIED,
+            format!("sqlgate: statement denied: it is {len} bytes, over limits.max_statement_bytes ({max})"),
+        ),
+        Denied::Unclassified(e @ ClassifyError::Busy { .. }) => (codes::UNAVAILABLE, format!("sqlgate: {e}")),
+        Denied::Unclassified(e) => (codes::STATEMENT_DENIED, format!("sqlgate: statement denied: {e}")),
+        Denied::Statement {
+            kind,
+            reason,
+            position,
+            ..
+        } => {
+            let at = position
+                .as_ref()
+                .map(|p| format!(" (statement {} of {}: {})", p.index, p.of, p.excerpt))
+                .unwrap_or_default();
+            (
+                codes::STATEMENT_DENIED,
+                format!("sqlgate: {kind} denied{at}: {reason}; this session is read-only"),
+            )
+        }
+        Denied::AuditUnavailable => (
+            codes::UNAVAILABLE,
+            "sqlgate: statement denied: the audit trail cannot be written".into(),
+        ),
+        Denied::Front { reason, hint } => (codes::STATEMENT_DENIED, format!("sqlgate: {reason} ({hint})")),
+    }
+}

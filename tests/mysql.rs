@@ -1,0 +1,367 @@
+//! The MySQL/MariaDB front end through a real driver (mysql_async) and the mariadb
+//! CLI, against the local MariaDB, with an upstream user that could write: reads of
+//! many shapes pass, writes and escapes are denied (each paired with an allowed
+//! neighbour), tokens are checked, grants expire, statements time out.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::mysql::{assert_denied, server_error, MyGateway, MySetup};
+use mysql_async::prelude::*;
+use mysql_async::{Row, Value};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_of_many_shapes_pass_through() {
+    let gw = MyGateway::start().await;
+    let mut conn = gw.agent().await;
+    // NULLs, unicode, decimals, dates, JSON, BLOBs, in the text protocol.
+    let rows: Vec<Row> = conn
+        .query("SELECT id, name, price, made, doc, data FROM items ORDER BY id")
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    let name: String = rows[2].get(1).unwrap();
+    assert_eq!(name, "fíg ☃");
+    let price: String = rows[0].get(2).unwrap();
+    assert_eq!(price, "1.25");
+    assert_eq!(rows[1].as_ref(3), Some(&Value::NULL));
+    let blob: Vec<u8> = rows[0].get(5).unwrap();
+    assert_eq!(blob, vec![0x00, 0xff, 0x10]);
+    let doc: String = rows[0].get(4).unwrap();
+    assert!(doc.contains("\"a\""), "{doc}");
+
+    // Prepared statements with parameters of several types, executed twice.
+    let stmt = conn
+        .prep(
+            "SELECT id, name FROM items WHERE id >= ? AND name <> ? AND price < ? AND (? IS NULL)",
+        )
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let rows: Vec<(i32, String)> = conn
+            .exec(&stmt, (2, "x", 3.5_f64, Value::NULL))
+            .await
+            .unwrap();
+        assert_eq!(rows, vec![(2, "pear".to_owned())]);
+    }
+    conn.close(stmt).await.unwrap();
+
+    // A large result streams through.
+    let n: Vec<u64> = conn
+        .query(
+            "WITH RECURSIVE d(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM d WHERE n < 199)
+             SELECT a.n * 200 + b.n FROM d a JOIN d b WHERE a.n < 100",
+        )
+        .await
+        .unwrap();
+    assert_eq!(n.len(), 20000);
+    let big: Option<String> = conn
+        .query_first("SELECT REPEAT('x', 3000000)")
+        .await
+        .unwrap();
+    assert_eq!(big.map(|s| s.len()), Some(3_000_000));
+
+    // Session settings drivers send, transactions, SHOW, USE of the granted database.
+    conn.query_drop("SET NAMES utf8mb4").await.unwrap();
+    conn.query_drop("SET autocommit = 1, sql_mode = CONCAT(@@sql_mode, ',STRICT_TRANS_TABLES')")
+        .await
+        .unwrap();
+    conn.query_drop("START TRANSACTION READ ONLY")
+        .await
+        .unwrap();
+    let count: Option<i64> = conn
+        .query_first("SELECT COUNT(*) FROM items")
+        .await
+        .unwrap();
+    assert_eq!(count, Some(3));
+    conn.query_drop("COMMIT").await.unwrap();
+    let tables: Vec<String> = conn.query("SHOW TABLES").await.unwrap();
+    assert!(tables.contains(&"items".to_owned()));
+    conn.query_drop(format!("USE {}", gw.db.name))
+        .await
+        .unwrap();
+    conn.ping().await.unwrap();
+    conn.disconnect().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_and_escapes_are_denied_and_their_neighbours_allowed() {
+    let gw = MyGateway::start().await;
+    let mut conn = gw.agent().await;
+    let db = gw.db.name.clone();
+    let denied: Vec<(String, &str)> = vec![
+        (
+            "INSERT INTO items (id, name) VALUES (9, 'x')".into(),
+            "INSERT",
+        ),
+        ("UPDATE items SET price = 0".into(), "UPDATE"),
+        ("DELETE FROM items".into(), "DELETE"),
+        (
+            "REPLACE INTO items (id, name) VALUES (1, 'x')".into(),
+            "REPLACE",
+        ),
+        ("CREATE TABLE t2 (x INT)".into(), "denied"),
+        ("DROP TABLE items".into(), "denied"),
+        ("TRUNCATE TABLE items".into(), "denied"),
+        (
+            "SELECT * FROM items INTO OUTFILE '/tmp/sg_out.txt'".into(),
+            "denied",
+        ),
+        (
+            "SELECT name FROM items LIMIT 1 INTO DUMPFILE '/tmp/sg_dump.txt'".into(),
+            "denied",
+        ),
+        (
+            "LOAD DATA INFILE '/etc/passwd' INTO TABLE items".into(),
+            "denied",
+        ),
+        ("SELECT LOAD_FILE('/etc/passwd')".into(), "load_file"),
+        ("SELECT * FROM items FOR UPDATE".into(), "denied"),
+        ("SELECT * FROM items LOCK IN SHARE MODE".into(), "denied"),
+        ("SET GLOBAL max_connections = 1".into(), "denied"),
+        ("SET SESSION TRANSACTION READ WRITE".into(), "denied"),
+        ("START TRANSACTION READ WRITE".into(), "denied"),
+        ("SET sql_mode = 'ANSI_QUOTES'".into(), "denied"),
+        ("SET NAMES gbk".into(), "denied"),
+        ("LOCK TABLES items READ".into(), "denied"),
+        ("HANDLER items OPEN".into(), "denied"),
+        ("XA START 'x'".into(), "denied"),
+        ("CALL wipe_proc()".into(), "denied"),
+        ("SELECT wipe()".into(), "wipe"),
+        (format!("SELECT {db}.wipe()"), "wipe"),
+        ("DO 1".into(), "denied"),
+        ("PREPARE s FROM 'DELETE FROM items'".into(), "denied"),
+        ("SELECT user, password FROM mysql.user".into(), "mysql.user"),
+        ("SELECT * FROM `mysql`.`global_priv`".into(), "global_priv"),
+        ("USE mysql".into(), "denied"),
+        ("FLUSH PRIVILEGES".into(), "denied"),
+        (
+            "SET STATEMENT sort_buffer_size = 100000 FOR DELETE FROM items".into(),
+            "denied",
+        ),
+        // Hidden in a multi-statement, an executable comment, or behind `--x`
+        // (not a comment in MySQL).
+        ("SELECT 1; DELETE FROM items".into(), "DELETE"),
+        (
+            "SELECT 1 /*!50000 ; DELETE FROM items */".into(),
+            "executable comment",
+        ),
+        (
+            "SELECT 1 /*M! ; DELETE FROM items */".into(),
+            "executable comment",
+        ),
+        ("SELECT 1 /*!50000 FOR UPDATE */".into(), "denied"),
+        (
+            "SELECT 1 /*M!, LOAD_FILE('/etc/passwd') */".into(),
+            "load_file",
+        ),
+        ("SELECT 1 --x; DELETE FROM items".into(), "DELETE"),
+    ];
+    for (sql, why) in &denied {
+        assert_denied(&mut conn, sql, why).await;
+    }
+    // The session is still usable after every denial.
+    assert_eq!(gw.db.item_count().await, 3);
+
+    // Neighbours that are allowed.
+    let allowed = [
+        "SELECT * FROM items",
+        "SELECT name FROM items WHERE id = 1",
+        "SELECT * FROM user",
+        "SELECT 1--1",
+        "SELECT 1 /*!50000 + 1 */",
+        "SELECT /*+ MAX_EXECUTION_TIME(1000) */ id FROM items",
+        "SELECT 'a\\';DELETE FROM items;--'",
+        "SELECT \"a;DELETE\"",
+        "SELECT 1 -- ; DELETE FROM items",
+        "SELECT 1 # ; DELETE FROM items",
+        "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+        "SET STATEMENT sort_buffer_size = 100000 FOR SELECT * FROM items",
+        "EXPLAIN SELECT * FROM items",
+        "SHOW VARIABLES LIKE 'sql_mode'",
+        "SELECT SLEEP(0)",
+    ];
+    for sql in allowed {
+        conn.query_drop(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql:?} should be allowed: {e}"));
+    }
+    let hidden: Option<String> = conn
+        .query_first("SELECT 'a\\';DELETE FROM items;--'")
+        .await
+        .unwrap();
+    assert_eq!(hidden.as_deref(), Some("a';DELETE FROM items;--"));
+
+    // Prepared statements: a write cannot be prepared, an unknown id cannot run.
+    let err = conn
+        .prep("DELETE FROM items WHERE id = ?")
+        .await
+        .unwrap_err();
+    assert_eq!(server_error(&err).0, 1227);
+    assert_eq!(gw.db.item_count().await, 3);
+
+    // Denials are in the audit trail with the protocol.
+    let audit = gw.audit().await;
+    assert!(audit.iter().any(|r| r["event"] == "statement"
+        && r["decision"] == "deny"
+        && r["protocol"] == "mysql"
+        && r["statement"] == "DELETE FROM items"));
+    conn.disconnect().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_grants_are_checked_at_login() {
+    let gw = MyGateway::start().await;
+    let good = gw.token(&["analytics-agents"]);
+    // The neighbour: the good token logs in.
+    gw.connect("shop", &good)
+        .await
+        .unwrap()
+        .disconnect()
+        .await
+        .unwrap();
+
+    let cases = [
+        ("shop", "not-a-token".to_owned(), "token rejected"),
+        ("shop", gw.token(&["sales"]), "no grant"),
+        ("nowhere", good.clone(), "nowhere"),
+    ];
+    for (db, token, why) in cases {
+        let err = gw.connect(db, &token).await.expect_err("login must fail");
+        let (code, message) = server_error(&err);
+        assert_eq!(code, 1045, "{message}");
+        assert!(
+            message.contains(why),
+            "{message:?} does not mention {why:?}"
+        );
+    }
+    // A token signed by another key.
+    let other = sqlgate::identity::dev_issuer::DevKey::generate().unwrap();
+    let forged = gw.request(&["analytics-agents"]).mint(&other).unwrap();
+    let err = gw.connect("shop", &forged).await.unwrap_err();
+    assert_eq!(server_error(&err).0, 1045);
+
+    // Without TLS the token is never asked for.
+    let plain = gw
+        .opts("shop", &good)
+        .ssl_opts(None::<mysql_async::SslOpts>);
+    let err = mysql_async::Conn::new(plain).await.unwrap_err();
+    assert_eq!(server_error(&err).0, 3159, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_statement_ends_when_its_grant_expires() {
+    let gw = MyGateway::start_with(MySetup {
+        grant_ttl: "3s",
+        ..MySetup::default()
+    })
+    .await;
+    let mut conn = gw.agent().await;
+    let started = Instant::now();
+    let err = conn.query_drop("SELECT SLEEP(30)").await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let (code, message) = server_error(&err);
+    assert!(
+        code == 1927 || message.contains("expired"),
+        "{code} {message}"
+    );
+    // The statement was killed upstream: no thread of the held user still sleeps.
+    let mut root = common::mysql::root().await;
+    let mut still = 1i64;
+    for _ in 0..50 {
+        still = root
+            .exec_first::<i64, _, _>(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = ? AND INFO LIKE 'SELECT SLEEP%'",
+                (gw.db.user.clone(),),
+            )
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        if still == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(still, 0, "the upstream statement outlived its grant");
+    let audit = gw.audit().await;
+    assert!(audit
+        .iter()
+        .any(|r| r["event"] == "session.ended" && r["reason"] == "grant expired"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_stop_at_the_grant_statement_timeout() {
+    let gw = MyGateway::start_with(MySetup {
+        grant_extra: "statement_timeout = \"1s\"".into(),
+        ..MySetup::default()
+    })
+    .await;
+    let mut conn = gw.agent().await;
+    let started = Instant::now();
+    let result = conn.query_first::<i64, _>("SELECT SLEEP(20)").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    match result {
+        Err(e) => assert!(matches!(server_error(&e).0, 1969 | 1317 | 3024), "{e}"),
+        Ok(v) => assert_eq!(v, Some(1), "SLEEP returns 1 when interrupted"),
+    }
+    // The neighbour: the session goes on, and the agent cannot lift the limit.
+    let one: Option<i64> = conn.query_first("SELECT 1").await.unwrap();
+    assert_eq!(one, Some(1));
+    assert_denied(&mut conn, "SET max_statement_time = 0", "statement").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mariadb_cli_connects_over_tls() {
+    let gw = MyGateway::start().await;
+    let token = gw.token(&["analytics-agents"]);
+    let run = |sql: &'static str| {
+        let port = gw.port().to_string();
+        let token = token.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new("mariadb")
+                .args([
+                    "--host=127.0.0.1",
+                    &format!("--port={port}"),
+                    "--user=agent-7",
+                    "--ssl",
+                    "--batch",
+                    "--skip-column-names",
+                    "-e",
+                    sql,
+                    "shop",
+                ])
+                .env("MYSQL_PWD", &token)
+                .output()
+        })
+    };
+    let out = match run("SELECT name FROM items ORDER BY id").await.unwrap() {
+        Ok(out) => out,
+        Err(e) => {
+            eprintln!("mariadb CLI not installed ({e}); skipping");
+            return;
+        }
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "apple\npear\nfíg ☃\n");
+    let out = run("DELETE FROM items").await.unwrap().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("1227"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(gw.db.item_count().await, 3);
+}
