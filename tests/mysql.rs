@@ -365,3 +365,179 @@ async fn the_mariadb_cli_connects_over_tls() {
     );
     assert_eq!(gw.db.item_count().await, 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_the_gateway_does_not_relay_are_refused_and_the_session_goes_on() {
+    use common::mysql::{err_code, RawMy};
+    use sqlgate_mysql::command::*;
+    use sqlgate_mysql::response::Expect;
+    let gw = MyGateway::start_with(MySetup {
+        allow_plaintext: true,
+        ..MySetup::default()
+    })
+    .await;
+    let token = gw.token(&["analytics-agents"]);
+    let mut raw = RawMy::login(gw.port(), "shop", &token).await;
+    // Commands that change identity, read the binlog, kill, shut down: refused (1047).
+    for code in [COM_CHANGE_USER, 0x12, 0x0c, 0x08, 0x1e, 0xfa, 0x05, 0x06] {
+        let answer = raw
+            .command(&[code, b'x', 0, 0, 0, 0, 0, 0], Expect::One)
+            .await;
+        assert_eq!(err_code(&answer[0].payload), 1047, "command {code:#x}");
+        ping(&mut raw).await;
+    }
+    // Prepared statements the gateway did not see prepared cannot run, nor cursors.
+    let exec = [COM_STMT_EXECUTE, 1, 0, 0, 0, 0, 1, 0, 0, 0];
+    assert_eq!(
+        err_code(&raw.command(&exec, Expect::Results).await[0].payload),
+        1243
+    );
+    let fetch = [COM_STMT_FETCH, 1, 0, 0, 0, 10, 0, 0, 0];
+    assert_eq!(
+        err_code(&raw.command(&fetch, Expect::One).await[0].payload),
+        1227
+    );
+    // SEND_LONG_DATA and CLOSE of unknown ids have no answer: the next command is answered.
+    raw.send(0, &[COM_STMT_SEND_LONG_DATA, 1, 0, 0, 0, 0, 0, b'x'])
+        .await;
+    raw.send(0, &[COM_STMT_CLOSE, 1, 0, 0, 0]).await;
+    ping(&mut raw).await;
+    // A statement prepared through the gateway runs; a denied one gets no id.
+    let mut prepare = vec![COM_STMT_PREPARE];
+    prepare.extend_from_slice(b"SELECT name FROM items WHERE id = 1");
+    let answer = raw.command(&prepare, Expect::Prepare).await;
+    let id = u32::from_le_bytes([
+        answer[0].payload[1],
+        answer[0].payload[2],
+        answer[0].payload[3],
+        answer[0].payload[4],
+    ]);
+    let mut exec = vec![COM_STMT_EXECUTE];
+    exec.extend_from_slice(&id.to_le_bytes());
+    exec.extend_from_slice(&[0, 1, 0, 0, 0]);
+    let rows = raw.command(&exec, Expect::Results).await;
+    assert_eq!(err_code(&rows[0].payload), 0);
+    // The same execute with a cursor type is refused.
+    exec[5] = 1;
+    assert_eq!(
+        err_code(&raw.command(&exec, Expect::Results).await[0].payload),
+        1227
+    );
+    let mut prepare = vec![COM_STMT_PREPARE];
+    prepare.extend_from_slice(b"DELETE FROM items");
+    assert_eq!(
+        err_code(&raw.command(&prepare, Expect::Prepare).await[0].payload),
+        1227
+    );
+
+    // COM_INIT_DB: only the connection's database (or its sqlgate name).
+    let mut init = vec![COM_INIT_DB];
+    init.extend_from_slice(b"mysql");
+    assert_eq!(
+        err_code(&raw.command(&init, Expect::One).await[0].payload),
+        1044
+    );
+    let mut init = vec![COM_INIT_DB];
+    init.extend_from_slice(b"shop");
+    assert_eq!(
+        err_code(&raw.command(&init, Expect::One).await[0].payload),
+        0
+    );
+
+    // Text that is not UTF-8 is refused, not converted.
+    let answer = raw.command(b"\x03SELECT '\xff'", Expect::Results).await;
+    assert_eq!(err_code(&answer[0].payload), 1227);
+
+    // Pipelined: a write sent before the answer to the read before it is still decided.
+    let mut two = Vec::new();
+    two.extend_from_slice(b"\x03SELECT SLEEP(0.2)");
+    raw.send(0, &two).await;
+    raw.send(0, b"\x03DELETE FROM items").await;
+    let first = raw.answer(Expect::Results).await;
+    assert_eq!(err_code(&first[0].payload), 0);
+    let second = raw.answer(Expect::Results).await;
+    assert_eq!(err_code(&second[0].payload), 1227);
+    assert_eq!(gw.db.item_count().await, 3);
+
+    // COM_RESET_CONNECTION forgets prepared ids and pins the session again.
+    assert_eq!(
+        raw.command(&[COM_RESET_CONNECTION], Expect::One).await[0].payload[0],
+        0
+    );
+    assert_eq!(
+        err_code(&raw.command(&exec, Expect::Results).await[0].payload),
+        1243
+    );
+    let ro = raw
+        .command(b"\x03SELECT @@tx_read_only", Expect::Results)
+        .await;
+    assert!(
+        ro.iter().any(|p| p.payload.as_ref() == b"\x011"),
+        "read-only is pinned again"
+    );
+    ping(&mut raw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_transaction_ends_at_its_limit() {
+    let gw = MyGateway::start_with(MySetup {
+        grant_extra: "idle_in_transaction_timeout = \"1s\"".into(),
+        ..MySetup::default()
+    })
+    .await;
+    // The neighbour: idle outside a transaction is fine.
+    let mut conn = gw.agent().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    conn.query_drop("START TRANSACTION READ ONLY")
+        .await
+        .unwrap();
+    conn.query_drop("SELECT 1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let err = conn.query_drop("SELECT 1").await.unwrap_err();
+    assert!(
+        err.to_string().contains("idle in transaction") || matches!(server_error(&err).0, 1927 | 0),
+        "{err}"
+    );
+    let audit = gw.audit().await;
+    assert!(audit.iter().any(|r| r["event"] == "session.ended"
+        && r["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("idle in transaction"))));
+}
+
+async fn ping(raw: &mut common::mysql::RawMy) {
+    use sqlgate_mysql::response::Expect;
+    let answer = raw
+        .command(&[sqlgate_mysql::command::COM_PING], Expect::One)
+        .await;
+    assert_eq!(answer[0].payload[0], 0, "the session is still usable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packets_over_16_mib_cross_the_gateway_both_ways() {
+    // The server must allow a 17 MB row; raising the global limit is harmless to other tests.
+    let mut root = common::mysql::root().await;
+    root.query_drop("SET GLOBAL max_allowed_packet = 67108864")
+        .await
+        .unwrap();
+    let _ = root.disconnect().await;
+    let gw = MyGateway::start().await;
+    let mut conn = gw.agent().await;
+    // A 17 MB value arrives in continuation packets and is relayed intact.
+    let big: Option<Vec<u8>> = conn
+        .query_first("SELECT REPEAT('ab', 8500000)")
+        .await
+        .unwrap();
+    let big = big.unwrap();
+    assert_eq!(big.len(), 17_000_000);
+    assert!(big.chunks(2).all(|c| c == b"ab"));
+    // A 17 MB statement arrives in continuation packets and is refused by size, not
+    // by a broken stream; the session goes on.
+    let text = format!("SELECT '{}'", "x".repeat(17_000_000));
+    let err = conn.query_drop(text).await.unwrap_err();
+    let (code, message) = server_error(&err);
+    assert_eq!(code, 1227, "{message}");
+    assert!(message.contains("max_statement_bytes"), "{message}");
+    let one: Option<i64> = conn.query_first("SELECT 1").await.unwrap();
+    assert_eq!(one, Some(1));
+}

@@ -287,3 +287,114 @@ pub async fn assert_denied(conn: &mut Conn, sql: &str, why: &str) {
         "{sql:?}: {message:?} does not mention {why:?}"
     );
 }
+
+/// A hand-driven MySQL client (plaintext, loopback; the gateway must allow it), for
+/// packets no driver sends.
+pub struct RawMy {
+    stream: tokio::net::TcpStream,
+    buf: bytes::BytesMut,
+}
+
+impl RawMy {
+    /// Logs in with `mysql_clear_password` in the first response.
+    pub async fn login(port: u16, database: &str, token: &str) -> RawMy {
+        use sqlgate_mysql::CapabilityFlags as C;
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let mut raw = RawMy {
+            stream,
+            buf: bytes::BytesMut::new(),
+        };
+        let hello = raw.read().await;
+        assert_eq!(hello.payload[0], 10, "HandshakeV10");
+        let caps = C::CLIENT_PROTOCOL_41
+            | C::CLIENT_SECURE_CONNECTION
+            | C::CLIENT_PLUGIN_AUTH
+            | C::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA
+            | C::CLIENT_CONNECT_WITH_DB
+            | C::CLIENT_MULTI_STATEMENTS
+            | C::CLIENT_MULTI_RESULTS
+            | C::CLIENT_TRANSACTIONS;
+        let mut out = Vec::new();
+        out.extend_from_slice(&caps.bits().to_le_bytes());
+        out.extend_from_slice(&(16u32 << 20).to_le_bytes());
+        out.push(45);
+        out.extend_from_slice(&[0; 23]);
+        out.extend_from_slice(b"agent-7\0");
+        let mut auth = token.as_bytes().to_vec();
+        auth.push(0);
+        sqlgate_mysql::put_lenenc_int(&mut out, auth.len() as u64);
+        out.extend_from_slice(&auth);
+        out.extend_from_slice(database.as_bytes());
+        out.push(0);
+        out.extend_from_slice(b"mysql_clear_password\0");
+        raw.send(1, &out).await;
+        let answer = raw.read().await;
+        assert_eq!(
+            answer.payload[0],
+            0,
+            "login failed: {:?}",
+            String::from_utf8_lossy(&answer.payload)
+        );
+        raw
+    }
+
+    pub async fn send(&mut self, seq: u8, payload: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let mut out = bytes::BytesMut::new();
+        sqlgate_mysql::frame::encode(seq, payload, &mut out);
+        self.stream.write_all(&out).await.unwrap();
+    }
+
+    pub async fn read(&mut self) -> sqlgate_mysql::frame::Packet {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some(p) = sqlgate_mysql::frame::decode(&mut self.buf, 64 << 20).unwrap() {
+                return p;
+            }
+            let n =
+                tokio::time::timeout(Duration::from_secs(10), self.stream.read_buf(&mut self.buf))
+                    .await
+                    .expect("an answer within 10 s")
+                    .unwrap();
+            assert!(n > 0, "the gateway closed the connection");
+        }
+    }
+
+    /// Reads one complete answer of the `expect` kind; returns its packets.
+    pub async fn answer(
+        &mut self,
+        expect: sqlgate_mysql::response::Expect,
+    ) -> Vec<sqlgate_mysql::frame::Packet> {
+        let mut tracker = sqlgate_mysql::response::ResponseTracker::new(expect, false);
+        let mut packets = Vec::new();
+        loop {
+            let p = self.read().await;
+            let (step, _) = tracker.feed(&p.payload).unwrap();
+            packets.push(p);
+            if step == sqlgate_mysql::response::Step::Done {
+                return packets;
+            }
+        }
+    }
+
+    /// Sends a command (sequence id 0) and reads its answer.
+    pub async fn command(
+        &mut self,
+        payload: &[u8],
+        expect: sqlgate_mysql::response::Expect,
+    ) -> Vec<sqlgate_mysql::frame::Packet> {
+        self.send(0, payload).await;
+        self.answer(expect).await
+    }
+}
+
+/// The error code of an ERR packet payload, or 0 for any other packet.
+pub fn err_code(payload: &[u8]) -> u16 {
+    if payload.first() == Some(&0xff) {
+        u16::from_le_bytes([payload[1], payload[2]])
+    } else {
+        0
+    }
+}

@@ -451,6 +451,9 @@ struct Session {
     idle_since: tokio::time::Instant,
     slot: Option<super::slots::SessionSlot>,
     grant_deadline: tokio::time::Instant,
+    /// The sequence id of the gateway's own answer to the current command: the one
+    /// after the command's last packet (a command over 16 MiB takes several).
+    reply_seq: u8,
 }
 
 impl Session {
@@ -503,6 +506,7 @@ impl Session {
             in_transaction: false,
             idle_since: tokio::time::Instant::now(),
             slot: Some(slot),
+            reply_seq: 1,
         }
     }
 
@@ -636,6 +640,7 @@ impl Session {
                     false,
                 );
             }
+            self.reply_seq = packet.next_seq();
             match self.command(&packet, shutdown).await {
                 Ok(()) => {}
                 Err((reason, busy)) => return (reason, busy),
@@ -800,7 +805,7 @@ impl Session {
                         ));
                         return Err((
                             self.end(
-                                1,
+                                self.reply_seq,
                                 codes::CONNECTION_KILLED,
                                 "sqlgate: the session could not be reset",
                                 reason,
@@ -812,7 +817,7 @@ impl Session {
                 };
                 self.in_transaction = false;
                 self.client
-                    .send(1, &answer)
+                    .send(self.reply_seq, &answer)
                     .await
                     .map_err(|e| (EndReason::Io(e.to_string()), false))?;
                 Ok(())
@@ -844,10 +849,11 @@ impl Session {
         let payload = handshake::err(code, message);
         let timers = self.timers(None);
         let mut shutdown = self.gate.services.shutdown.subscribe();
-        match timed(self.client.send(1, &payload), &timers, &mut shutdown).await {
+        let seq = self.reply_seq;
+        match timed(self.client.send(seq, &payload), &timers, &mut shutdown).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err((EndReason::Io(e.to_string()), false)),
-            Err(interrupt) => Err((self.interrupted(1, interrupt).await, false)),
+            Err(interrupt) => Err((self.interrupted(seq, interrupt).await, false)),
         }
     }
 
@@ -951,7 +957,7 @@ impl Session {
         let mut statement = (!self.limits.statement_timeout.is_zero())
             .then(|| started + self.limits.statement_timeout + CANCEL_GRACE / 5);
         let mut killed = false;
-        let mut next_seq = 1u8;
+        let mut next_seq = self.reply_seq;
         loop {
             loop {
                 let packet = match self.up.buffered(MAX_UPSTREAM_PACKET) {
