@@ -200,10 +200,63 @@ async fn check(path: PathBuf, connect: bool) -> Result<(), String> {
     if connect {
         println!("upstream roles:");
         for c in &config.connections {
-            println!("  {:<20} {}", c.name, probe_held_role(c).await);
+            let report = match c.protocol {
+                crate::config::Protocol::Postgres => probe_held_role(c).await,
+                crate::config::Protocol::Mysql => probe_held_mysql_user(c).await,
+            };
+            println!("  {:<20} {}", c.name, report);
         }
     }
     Ok(())
+}
+
+/// Logs in to a MySQL/MariaDB `conn` as the gateway would and reports privileges
+/// beyond what a read-only gateway needs (from `SHOW GRANTS`).
+async fn probe_held_mysql_user(conn: &crate::config::ConnectionConfig) -> String {
+    use crate::session::mysql::upstream;
+    let timeout = std::time::Duration::from_secs(5);
+    let mut up = match upstream::open(conn, sqlgate_mysql::CapabilityFlags::empty(), timeout).await
+    {
+        Ok(up) => up,
+        Err(e) => return format!("warning: cannot log in: {e}"),
+    };
+    let rows = match upstream::query(&mut up.conn, "SHOW GRANTS").await {
+        Ok(Ok(rows)) => rows,
+        Ok(Err(e)) => return format!("warning: cannot read the user's grants: {}", e.message),
+        Err(e) => return format!("warning: cannot read the user's grants: {e}"),
+    };
+    let risky = risky_mysql_privileges(rows.iter().filter_map(|r| r.first().cloned().flatten()));
+    if risky.is_empty() {
+        format!("user {}: OK (no risky privileges)", conn.user)
+    } else {
+        format!(
+            "warning: user {} has {}; a read-only gateway needs SELECT only (README: least privilege)",
+            conn.user,
+            risky.join(", ")
+        )
+    }
+}
+
+/// Privileges in `GRANT ... ON` lines beyond SELECT, SHOW VIEW and USAGE.
+pub fn risky_mysql_privileges(grants: impl Iterator<Item = String>) -> Vec<String> {
+    let mut risky: Vec<String> = Vec::new();
+    for line in grants {
+        let upper = line.to_ascii_uppercase();
+        let Some(rest) = upper.strip_prefix("GRANT ") else {
+            continue;
+        };
+        let privileges = rest.split(" ON ").next().unwrap_or_default();
+        for p in privileges.split(',').map(str::trim) {
+            if !matches!(p, "SELECT" | "SHOW VIEW" | "USAGE" | "") && !risky.iter().any(|r| r == p)
+            {
+                risky.push(p.to_owned());
+            }
+        }
+        if upper.contains("WITH GRANT OPTION") && !risky.iter().any(|r| r == "GRANT OPTION") {
+            risky.push("GRANT OPTION".into());
+        }
+    }
+    risky
 }
 
 /// Logs in to `conn` as the gateway would and reports the held role's risky privileges.
@@ -241,6 +294,13 @@ pub fn describe(config: &Config) -> String {
             ""
         };
         let _ = writeln!(out, "listen   postgres {addr} ({tls}{plain})");
+    }
+    if let Some(addr) = config.listen.mysql {
+        let tls = match &config.listen.tls {
+            Some(files) => format!("TLS with {}", files.cert.display()),
+            None => "no certificate".into(),
+        };
+        let _ = writeln!(out, "listen   mysql    {addr} ({tls})");
     }
     let id = &config.identity;
     let algs: Vec<String> = id.algorithms.iter().map(|a| format!("{a:?}")).collect();
@@ -425,5 +485,27 @@ pub async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::risky_mysql_privileges;
+
+    #[test]
+    fn mysql_grants_beyond_select_are_reported() {
+        let grants = [
+            "GRANT USAGE ON *.* TO `ro`@`%` IDENTIFIED BY PASSWORD '*ABC'".to_owned(),
+            "GRANT SELECT, SHOW VIEW ON `shop`.* TO `ro`@`%`".to_owned(),
+        ];
+        assert!(risky_mysql_privileges(grants.into_iter()).is_empty());
+        let grants = [
+            "GRANT ALL PRIVILEGES ON `shop`.* TO `rw`@`%`".to_owned(),
+            "GRANT SELECT, INSERT, FILE ON *.* TO `rw`@`%` WITH GRANT OPTION".to_owned(),
+        ];
+        assert_eq!(
+            risky_mysql_privileges(grants.into_iter()),
+            vec!["ALL PRIVILEGES", "INSERT", "FILE", "GRANT OPTION"]
+        );
     }
 }
