@@ -666,17 +666,16 @@ impl Session {
             ClientCommand::Quit => Err((EndReason::ClientQuit, false)),
             ClientCommand::Query(text) => {
                 let text = text.to_owned();
-                if self.allow_text(&text, None).await? {
+                if self.allow_text(&text, None).await?.is_some() {
                     self.forward(packet, Expect::Results, shutdown).await?;
                 }
                 Ok(())
             }
             ClientCommand::Prepare(text) => {
                 let text = text.to_owned();
-                if self.allow_text(&text, Some("PREPARE")).await? {
+                if let Some(kind) = self.allow_text(&text, Some("PREPARE")).await? {
                     let tracker = self.forward(packet, Expect::Prepare, shutdown).await?;
                     if let (Some(id), None) = (tracker.stmt_id, &tracker.error) {
-                        let kind = self.kind_of(&text);
                         self.prepared.insert(id, Prepared { text, kind });
                     }
                 }
@@ -837,13 +836,6 @@ impl Session {
         }
     }
 
-    fn kind_of(&self, text: &str) -> String {
-        crate::sql::mysql::classify(text, usize::MAX)
-            .ok()
-            .and_then(|facts| facts.first().map(|f| f.kind.label()))
-            .unwrap_or_else(|| "statement".into())
-    }
-
     /// Answers the current command with an ERR (sequence id 1); the session goes on.
     async fn deny(&mut self, code: ErrorCode, message: &str) -> Result<(), (EndReason, bool)> {
         let payload = handshake::err(code, message);
@@ -871,13 +863,13 @@ impl Session {
         .await
     }
 
-    /// Decides a statement text and audits it; answers denials. Returns whether
-    /// the text may be forwarded.
+    /// Decides a statement text and audits it; answers denials. Returns the kind of
+    /// its first statement when the text may be forwarded.
     async fn allow_text(
         &mut self,
         text: &str,
         prepare: Option<&str>,
-    ) -> Result<bool, (EndReason, bool)> {
+    ) -> Result<Option<String>, (EndReason, bool)> {
         if !self.gate.services.audit.healthy() {
             return self
                 .deny(
@@ -885,7 +877,7 @@ impl Session {
                     "sqlgate: statement denied: the audit trail cannot be written",
                 )
                 .await
-                .map(|()| false);
+                .map(|()| None);
         }
         match self.gate.decide(text, &mut self.cache, None).await {
             TextDecision::Allow(allowed) => {
@@ -897,7 +889,8 @@ impl Session {
                     let rec = self.gate.statement_record(part, &kind, &Verdict::Allow);
                     self.gate.audit(rec).await;
                 }
-                Ok(true)
+                let first = allowed.parts.first().map(|(_, kind)| kind.clone());
+                Ok(Some(first.unwrap_or_else(|| "statement".into())))
             }
             TextDecision::Deny { denied, parts, .. } => {
                 for part in &parts {
@@ -908,7 +901,7 @@ impl Session {
                 }
                 let (code, message) = denial_error(&denied);
                 tracing::info!(session = %self.gate.session_id, reason = %denied.summary(), "statement denied");
-                self.deny(code, &message).await.map(|()| false)
+                self.deny(code, &message).await.map(|()| None)
             }
         }
     }
