@@ -136,8 +136,11 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
         ttl: Duration::from_secs(3600),
     }
     .mint(&key)?;
+    let Some(postgres_addr) = gateway.postgres_addr else {
+        return Err("the demo config has no Postgres listener".into());
+    };
     print_welcome(
-        &gateway.postgres_addr,
+        &postgres_addr,
         &issuer.url,
         &token,
         &config_path,

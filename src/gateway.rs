@@ -88,9 +88,8 @@ pub struct Gateway;
 
 /// A started gateway.
 pub struct RunningGateway {
-    /// Where the Postgres listener is bound (an ephemeral loopback port if
-    /// `listen.postgres` is not set: tests and tools may still use it).
-    pub postgres_addr: SocketAddr,
+    /// Where the Postgres listener is bound, if one is configured.
+    pub postgres_addr: Option<SocketAddr>,
     /// Where the MySQL listener is bound, if one is configured.
     pub mysql_addr: Option<SocketAddr>,
     pub services: Arc<Services>,
@@ -130,11 +129,11 @@ impl Gateway {
             ),
             (None, None) => None,
         };
-        let addr = config
-            .listen
-            .postgres
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-        let (listener, postgres_addr) = bind(addr).await?;
+        let postgres = match config.listen.postgres {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let postgres_addr = postgres.as_ref().map(|(_, addr)| *addr);
         let mysql = match config.listen.mysql {
             Some(addr) => Some(bind(addr).await?),
             None => None,
@@ -168,12 +167,15 @@ impl Gateway {
             active: AtomicUsize::new(0),
             config,
         });
-        tracing::info!(%postgres_addr, tls = services.tls.is_some(), "postgres listener ready");
-        let mut accept_tasks = vec![tokio::spawn(accept_loop(
-            listener,
-            services.clone(),
-            FrontEnd::Postgres,
-        ))];
+        let mut accept_tasks = Vec::new();
+        if let Some((listener, postgres_addr)) = postgres {
+            tracing::info!(%postgres_addr, tls = services.tls.is_some(), "postgres listener ready");
+            accept_tasks.push(tokio::spawn(accept_loop(
+                listener,
+                services.clone(),
+                FrontEnd::Postgres,
+            )));
+        }
         if let Some((listener, mysql_addr)) = mysql {
             tracing::info!(%mysql_addr, tls = services.tls.is_some(), "mysql listener ready");
             accept_tasks.push(tokio::spawn(accept_loop(

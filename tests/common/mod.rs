@@ -261,7 +261,10 @@ dir = "audit"
     }
 
     pub fn port(&self) -> u16 {
-        self.gateway.postgres_addr.port()
+        self.gateway
+            .postgres_addr
+            .expect("postgres listener")
+            .port()
     }
 
     /// A token request for `agent-7` in `groups`.
