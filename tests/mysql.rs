@@ -541,3 +541,139 @@ async fn packets_over_16_mib_cross_the_gateway_both_ways() {
     let one: Option<i64> = conn.query_first("SELECT 1").await.unwrap();
     assert_eq!(one, Some(1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn red_team_findings_stay_closed() {
+    let gw = MyGateway::start().await;
+    let mut conn = gw.agent().await;
+    let other = format!("{}_other", gw.db.name);
+    // 1. A setting that changes lexing must end its message, and REPLACE cannot turn a
+    //    harmless-looking addition into a lexer mode.
+    let hidden = "SELECT 'a\\'; SET SESSION TRANSACTION READ WRITE; INSERT INTO items (id, name) VALUES (666, 666); -- '";
+    assert_denied(
+        &mut conn,
+        &format!("SET sql_mode = REPLACE(CONCAT(@@sql_mode, ',XNO_BACKSLASH_ESCAPES'), 'X', ''); {hidden}"),
+        "sql_mode",
+    )
+    .await;
+    assert_denied(&mut conn, "SET NAMES utf8mb4; SELECT 1", "last statement").await;
+    assert_denied(
+        &mut conn,
+        "SET sql_mode = DEFAULT; SELECT 1",
+        "last statement",
+    )
+    .await;
+    conn.query_drop("SELECT 1; SET NAMES utf8mb4")
+        .await
+        .unwrap();
+    conn.query_drop("SET sql_mode = REPLACE(@@sql_mode, 'STRICT_TRANS_TABLES', '')")
+        .await
+        .unwrap();
+    assert_eq!(gw.db.item_count().await, 3);
+    // 3. One database: other databases are out of reach however they are named.
+    for sql in [
+        format!("SELECT * FROM {other}.secret"),
+        format!("SHOW TABLES FROM {other}"),
+        format!("SHOW COLUMNS FROM secret FROM {other}"),
+        format!("SHOW CREATE TABLE {other}.secret"),
+        format!("DESCRIBE {other}.secret"),
+        "SELECT * FROM performance_schema.threads".into(),
+    ] {
+        assert_denied(&mut conn, &sql, "database").await;
+    }
+    for sql in [
+        "SHOW TABLES",
+        "SHOW COLUMNS FROM items",
+        "SHOW FULL COLUMNS FROM items",
+        "SHOW CREATE TABLE items",
+        "SELECT COUNT(*) FROM information_schema.TABLES",
+    ] {
+        conn.query_drop(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql:?} should be allowed: {e}"));
+    }
+    conn.query_drop(format!("SHOW TABLES FROM {}", gw.db.name))
+        .await
+        .unwrap();
+    // 4. The held account's password hash is not shown.
+    assert_denied(&mut conn, "SHOW GRANTS", "denied").await;
+    assert_denied(&mut conn, "SHOW CREATE USER CURRENT_USER()", "denied").await;
+    // 5. A name that is a built-in elsewhere but a stored function here is denied.
+    assert_denied(&mut conn, "SELECT format_bytes(1)", "stored function").await;
+    let f: Option<String> = conn.query_first("SELECT FORMAT(1234.5, 1)").await.unwrap();
+    assert_eq!(f.as_deref(), Some("1,234.5"));
+    // 6. A view whose function turns the session read-write ends the session: the
+    //    result set's EOF says the state changed, the gateway reads it back.
+    let err = async {
+        conn.query_drop("SELECT * FROM v_flip").await?;
+        conn.query_drop("SELECT 1").await
+    }
+    .await
+    .expect_err("the tripwire must end the session");
+    let _ = err;
+    let audit = gw.audit().await;
+    assert!(
+        audit.iter().any(|r| r["event"] == "session.ended"
+            && r["reason"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("tamper: tx_read_only"))),
+        "{audit:?}"
+    );
+    // 2. ... and its upstream connection is killed, not just closed.
+    let mut root = common::mysql::root().await;
+    let mut left = 1;
+    for _ in 0..50 {
+        left = root
+            .exec_first::<i64, _, _>(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = ?",
+                (gw.db.user.clone(),),
+            )
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0, "upstream sessions outlived the ended session");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statements_per_session_are_capped() {
+    use common::mysql::{err_code, RawMy};
+    use sqlgate_mysql::command::*;
+    use sqlgate_mysql::response::Expect;
+    let gw = MyGateway::start_with(MySetup {
+        allow_plaintext: true,
+        ..MySetup::default()
+    })
+    .await;
+    let mut raw = RawMy::login(gw.port(), "shop", &gw.token(&["analytics-agents"])).await;
+    let prepare = |i: usize| {
+        let mut p = vec![COM_STMT_PREPARE];
+        p.extend_from_slice(format!("SELECT {i}").as_bytes());
+        p
+    };
+    let mut first = 0u32;
+    for i in 0..256 {
+        let answer = raw.command(&prepare(i), Expect::Prepare).await;
+        assert_eq!(err_code(&answer[0].payload), 0, "prepare {i}");
+        if i == 0 {
+            first = u32::from_le_bytes([
+                answer[0].payload[1],
+                answer[0].payload[2],
+                answer[0].payload[3],
+                answer[0].payload[4],
+            ]);
+        }
+    }
+    let answer = raw.command(&prepare(256), Expect::Prepare).await;
+    assert_eq!(err_code(&answer[0].payload), 1227);
+    // The neighbour: closing one makes room.
+    let mut close = vec![COM_STMT_CLOSE];
+    close.extend_from_slice(&first.to_le_bytes());
+    raw.send(0, &close).await;
+    let answer = raw.command(&prepare(256), Expect::Prepare).await;
+    assert_eq!(err_code(&answer[0].payload), 0);
+}

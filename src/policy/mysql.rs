@@ -49,6 +49,7 @@ pub const LEXER_SQL_MODES: &[&str] = &[
     "MSSQL",
     "DB2",
     "MAXDB",
+    "IGNORE_SPACE",
 ];
 
 /// Session variables that take memory per query, and the cap the floor allows.
@@ -406,6 +407,14 @@ fn check_sql_mode_value(value: &VariableValue) -> Result<(), String> {
         VariableValue::Default => Ok(()),
         VariableValue::Text(modes) | VariableValue::Word(modes) => check_sql_mode(modes),
         VariableValue::Modified { appended, removed } => {
+            // REPLACE(CONCAT(@@sql_mode, ',XANSI_QUOTES'), 'X', '') checks a harmless
+            // addition and runs a lexer mode: an addition and a removal never combine.
+            if !appended.is_empty() && !removed.is_empty() {
+                return Err(
+                    "sql_mode may add modes (CONCAT) or remove one (REPLACE), not both in one value"
+                        .into(),
+                );
+            }
             for text in appended {
                 // Each addition must start a new mode, not extend the current last one.
                 if !text.is_empty() && !text.starts_with(',') {
@@ -427,6 +436,19 @@ fn check_sql_mode_value(value: &VariableValue) -> Result<(), String> {
         _ => Err(
             "sql_mode may be set to a literal, DEFAULT, or CONCAT(@@sql_mode, ',MODE') only".into(),
         ),
+    }
+}
+
+/// Whether a statement may change how the server lexes the statements after it:
+/// `sql_mode` or the client character set (also by `SET NAMES` / `SET CHARACTER SET`).
+/// The gate allows such a statement only as the last of its message, so the server's
+/// session-state report reaches the tripwire before any later text is forwarded.
+pub fn changes_lexing(facts: &StatementFacts) -> bool {
+    match &facts.kind {
+        StatementKind::Set(SetFacts::Variables(assignments)) => assignments
+            .iter()
+            .any(|a| matches!(a.name.as_str(), "sql_mode" | "character_set_client")),
+        _ => false,
     }
 }
 
@@ -512,9 +534,12 @@ fn check_memory(name: &str, value: &VariableValue) -> Result<(), String> {
 /// tables. Schema and table names compare case-insensitively; an unqualified name is in
 /// the session's database (pinned to `database`).
 ///
-/// `information_schema`, `performance_schema` and `sys` stay readable here, including
-/// the views that show other sessions' statement text: their visibility is a separate
-/// decision.
+/// A session reaches one database: the connection's. Relations of other databases
+/// (`otherdb.t`, `SHOW TABLES FROM otherdb`) are denied, whatever the held credential
+/// could read, as are `performance_schema` and `sys` (they show other sessions'
+/// statement text). `information_schema` stays readable: drivers, ORMs and BI tools
+/// read their metadata there, and the server limits it to what the credential may see.
+/// Database names compare exactly (as on a server with `lower_case_table_names = 0`).
 pub fn check_relation(table: &QualifiedName, database: &str) -> Result<(), String> {
     let schema = table.schema.as_deref().unwrap_or(database);
     if schema.contains('.') {
@@ -522,8 +547,14 @@ pub fn check_relation(table: &QualifiedName, database: &str) -> Result<(), Strin
             "{table}: names of more than two parts are not allowed"
         ));
     }
-    if !schema.eq_ignore_ascii_case("mysql") {
+    let mysql = schema.eq_ignore_ascii_case("mysql");
+    if !mysql && (schema == database || schema.eq_ignore_ascii_case("information_schema")) {
         return Ok(());
+    }
+    if !mysql {
+        return Err(format!(
+            "{schema} is outside this connection's database ({database}); a session reaches one database"
+        ));
     }
     let name = table.name.to_ascii_lowercase();
     if name.starts_with("time_zone") || name.starts_with("help_") {
@@ -1261,9 +1292,16 @@ mod corpus {
 
     /// Harmless reads still denied because the parser lacks them (fail closed).
     const KNOWN_DENIED: &[&str] = &[
+        // Denied on purpose: SHOW GRANTS prints the held account's password hash; other
+        // databases' definitions and performance_schema (other sessions' statements)
+        // are outside the one-database rule.
+        "SHOW GRANTS",
+        "SHOW GRANTS FOR CURRENT_USER()",
+        "SHOW CREATE DATABASE IF NOT EXISTS `app`",
         // MariaDB system-versioned tables: the period's expressions would need their own
         // parse to be checked.
         "SELECT * FROM t FOR SYSTEM_TIME AS OF TIMESTAMP '2024-01-01 00:00:00'",
+        "SELECT st.* FROM performance_schema.events_statements_current st JOIN performance_schema.threads thr ON thr.thread_id = st.thread_id WHERE thr.processlist_id = 1",
         // INTERVAL(N, N1, ...) as a function: sqlparser reads an interval literal.
         "SELECT INTERVAL(5, 1, 3, 7)",
     ];

@@ -169,9 +169,13 @@ impl VerdictCache {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Dialect {
     Postgres,
-    /// MySQL/MariaDB; `database` is the one database the connection may use.
+    /// MySQL/MariaDB; `database` is the one database the connection may use, and
+    /// `stored_functions` the (lowercase) names of the stored functions in it when the
+    /// session began: a call by such a name may run the stored function where the
+    /// server lacks the built-in of that name (MySQL and MariaDB differ).
     Mysql {
         database: String,
+        stored_functions: Arc<std::collections::HashSet<String>>,
     },
 }
 
@@ -257,6 +261,22 @@ impl Gate {
                 verdict: self.verdict(f, catalog),
             })
             .collect();
+        if matches!(self.dialect, Dialect::Mysql { .. }) {
+            // The server lexes the rest of a message under the settings its first
+            // statements set, before the tripwire sees them: a statement that changes
+            // lexing must come last.
+            let last = parts.len().saturating_sub(1);
+            for (part, f) in parts.iter_mut().zip(&facts).take(last) {
+                if part.verdict == Verdict::Allow && crate::policy::mysql::changes_lexing(f) {
+                    part.verdict = Verdict::Deny {
+                        reason:
+                            "a statement that sets sql_mode or the client character set must be \
+                                 the last statement of its message; send what follows separately"
+                                .into(),
+                    };
+                }
+            }
+        }
         let denied = parts.iter().position(|p| p.verdict != Verdict::Allow);
         match denied {
             None => {
@@ -317,7 +337,24 @@ impl Gate {
                 },
                 deny => deny,
             },
-            Dialect::Mysql { database } => crate::policy::mysql::decide(facts, database),
+            Dialect::Mysql {
+                database,
+                stored_functions,
+            } => match crate::policy::mysql::decide(facts, database) {
+                Verdict::Allow => match facts.tree.functions.iter().find(|f| {
+                    f.schema.is_none() && stored_functions.contains(&f.name.to_ascii_lowercase())
+                }) {
+                    Some(f) => Verdict::Deny {
+                        reason: format!(
+                            "{}() is also a stored function in {database}, which the server may call \
+                             instead of a built-in; stored functions can write",
+                            f.name
+                        ),
+                    },
+                    None => Verdict::Allow,
+                },
+                deny => deny,
+            },
         }
     }
 

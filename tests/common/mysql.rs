@@ -74,6 +74,30 @@ impl MyDb {
         conn.query_drop("CREATE PROCEDURE wipe_proc() MODIFIES SQL DATA DELETE FROM items")
             .await
             .unwrap();
+        // A stored function named like a MySQL 8 built-in MariaDB lacks, and a view
+        // whose function turns the session read-write (what a DBA's view could do).
+        conn.query_drop("CREATE FUNCTION format_bytes(x INT) RETURNS INT RETURN x * 2")
+            .await
+            .unwrap();
+        conn.query_drop(
+            "CREATE FUNCTION flip() RETURNS INT BEGIN SET @@session.tx_read_only = 0; RETURN 1; END",
+        )
+        .await
+        .unwrap();
+        conn.query_drop("CREATE VIEW v_flip AS SELECT flip() AS x")
+            .await
+            .unwrap();
+        let other = format!("{}_other", db.name);
+        let mut root = self::root().await;
+        root.query_drop(format!(
+            "CREATE DATABASE {other}; CREATE TABLE {other}.secret (s VARCHAR(10));
+             INSERT INTO {other}.secret VALUES ('hidden');
+             GRANT SELECT ON {other}.* TO '{user}'@'%';",
+            user = db.user
+        ))
+        .await
+        .unwrap();
+        let _ = root.disconnect().await;
         let _ = conn.disconnect().await;
         db
     }

@@ -183,6 +183,17 @@ fn eof_status(payload: &[u8]) -> u16 {
         .map_or(0, |s| u16::from_le_bytes([s[0], s[1]]))
 }
 
+impl ResponseTracker {
+    fn take_eof(&mut self, payload: &[u8]) -> u16 {
+        let status = eof_status(payload);
+        if status & SERVER_SESSION_STATE_CHANGED != 0 {
+            self.eof_state_changed = true;
+        }
+        self.status = Some(status);
+        status
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     First,
@@ -217,6 +228,9 @@ pub struct ResponseTracker {
     pub variables: Vec<(String, String)>,
     /// Packets of this answer so far.
     pub packets: u64,
+    /// An EOF packet said the session state changed. EOF packets carry no details
+    /// (only OK packets do), so the session layer must read the state itself.
+    pub eof_state_changed: bool,
 }
 
 impl ResponseTracker {
@@ -233,6 +247,7 @@ impl ResponseTracker {
             stmt_id: None,
             variables: Vec::new(),
             packets: 0,
+            eof_state_changed: false,
         }
     }
 
@@ -274,7 +289,7 @@ impl ResponseTracker {
                     self.take_ok(&ok);
                     ok_packet = Some(ok);
                 } else if is_eof(payload) {
-                    self.status = Some(eof_status(payload));
+                    self.take_eof(payload);
                 } else {
                     return Err(ProtocolError::Unexpected {
                         what: "answer to a simple command",
@@ -326,8 +341,7 @@ impl ResponseTracker {
                         what: "packet after column definitions",
                     });
                 }
-                let status = eof_status(payload);
-                self.status = Some(status);
+                let status = self.take_eof(payload);
                 if status & SERVER_STATUS_CURSOR_EXISTS != 0 {
                     State::Done
                 } else {
@@ -336,8 +350,7 @@ impl ResponseTracker {
             }
             (State::Rows, _) => {
                 if is_eof(payload) {
-                    let status = eof_status(payload);
-                    self.status = Some(status);
+                    let status = self.take_eof(payload);
                     if status & SERVER_MORE_RESULTS_EXISTS != 0 {
                         State::First
                     } else {
@@ -409,7 +422,7 @@ impl ResponseTracker {
             }
             (State::First | State::FieldList, Expect::FieldList) => {
                 if is_eof(payload) {
-                    self.status = Some(eof_status(payload));
+                    self.take_eof(payload);
                     State::Done
                 } else {
                     State::FieldList

@@ -4,10 +4,12 @@
 //! an SSLRequest and starts TLS if the connection asks for it, sends the response
 //! [`Login::start`] builds, then feeds every packet the server sends to
 //! [`Login::on_packet`] until it says [`LoginStep::Done`]. Supported:
-//! `mysql_native_password`; `caching_sha2_password` with its fast path, full
-//! authentication over TLS, and full authentication without TLS through the
-//! server's RSA public key; `mysql_clear_password` over TLS only; auth switches
-//! between them. The held password never appears in an error.
+//! `mysql_native_password`; `caching_sha2_password` with its fast path and full
+//! authentication over verified TLS; `mysql_clear_password` over verified TLS only;
+//! auth switches between them. The password is sent in clear only over TLS whose
+//! certificate was verified (`secure`): over unverified TLS, or to a server whose RSA
+//! key the gateway would have to take on trust, a man in the middle could read it.
+//! The held password never appears in an error.
 
 use mysql_common::constants::CapabilityFlags;
 use mysql_common::io::ParseBuf;
@@ -48,7 +50,7 @@ pub enum LoginError {
     #[error("upstream asks for authentication method {0:?}, which sqlgate does not support")]
     Unsupported(String),
     #[error(
-        "upstream asks for {0} without TLS; set upstream_tls = \"require\" or \"verify-full\""
+        "upstream asks for {0}, which sends the password in clear: only over verified TLS (upstream_tls = \"verify-full\")"
     )]
     NeedsTls(&'static str),
     #[error("upstream does not support TLS, and the connection requires it")]
@@ -141,7 +143,6 @@ pub enum LoginStep {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Authenticating,
-    AwaitingPublicKey,
     Done,
 }
 
@@ -150,7 +151,8 @@ pub struct Login {
     password: Vec<u8>,
     plugin: String,
     nonce: Vec<u8>,
-    tls: bool,
+    /// TLS with a verified certificate: the password may be sent in clear.
+    secure: bool,
     state: State,
 }
 
@@ -158,7 +160,7 @@ impl std::fmt::Debug for Login {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Login")
             .field("plugin", &self.plugin)
-            .field("tls", &self.tls)
+            .field("secure", &self.secure)
             .finish_non_exhaustive()
     }
 }
@@ -171,13 +173,13 @@ impl Login {
         password: Option<&str>,
         database: &str,
         caps: CapabilityFlags,
-        tls: bool,
+        secure: bool,
     ) -> Result<(Login, Vec<u8>), LoginError> {
         let mut login = Login {
             password: password.unwrap_or_default().as_bytes().to_vec(),
             plugin: hello.plugin.clone(),
             nonce: hello.nonce.clone(),
-            tls,
+            secure,
             state: State::Authenticating,
         };
         // An unknown first plugin is answered with the native scramble: the server
@@ -217,7 +219,7 @@ impl Login {
             CACHING_SHA2_PASSWORD => scramble_sha256(&self.nonce, &self.password)
                 .map(|s| s.to_vec())
                 .unwrap_or_default(),
-            CLEAR_PASSWORD if self.tls => {
+            CLEAR_PASSWORD if self.secure => {
                 let mut out = self.password.clone();
                 out.push(0);
                 out
@@ -254,35 +256,16 @@ impl Login {
                 match payload.get(1) {
                     // Fast authentication succeeded; an OK follows.
                     Some(3) => Ok(LoginStep::Wait),
-                    Some(4) if self.tls => {
+                    Some(4) if self.secure => {
                         let mut out = self.password.clone();
                         out.push(0);
                         Ok(LoginStep::Send(out))
                     }
-                    Some(4) => {
-                        self.state = State::AwaitingPublicKey;
-                        Ok(LoginStep::Send(vec![2]))
-                    }
+                    Some(4) => Err(LoginError::NeedsTls(
+                        "caching_sha2_password full authentication",
+                    )),
                     _ => Err(unexpected("caching_sha2_password message")),
                 }
-            }
-            (State::AwaitingPublicKey, Some(0x01)) => {
-                let pem = payload[1..].to_vec();
-                let mut secret = self.password.clone();
-                secret.push(0);
-                for (i, b) in secret.iter_mut().enumerate() {
-                    *b ^= self
-                        .nonce
-                        .get(i % self.nonce.len().max(1))
-                        .copied()
-                        .unwrap_or(0);
-                }
-                // The RSA helper panics on a key it cannot read; a bad key is an error.
-                let encrypted =
-                    std::panic::catch_unwind(|| mysql_common::crypto::encrypt(&secret, &pem))
-                        .map_err(|_| unexpected("RSA public key"))?;
-                self.state = State::Authenticating;
-                Ok(LoginStep::Send(encrypted))
             }
             _ => Err(unexpected("authentication packet")),
         }

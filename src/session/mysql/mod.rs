@@ -62,6 +62,10 @@ const MAX_LOGIN_PACKET: usize = 64 << 10;
 const MAX_CLIENT_PACKET: usize = 64 << 20;
 /// How long a session's last words may take to write: the client may not read.
 const FINAL_WRITE_WAIT: Duration = Duration::from_secs(1);
+/// Prepared statements one session may hold, and their text in all: the map is the
+/// gateway's memory, and the server's `max_prepared_stmt_count` is shared by everyone.
+const MAX_PREPARED: usize = 256;
+const MAX_PREPARED_BYTES: usize = 8 << 20;
 /// The version the gateway announces until it has seen an upstream's.
 const DEFAULT_SERVER_VERSION: &str = "8.0.0-sqlgate";
 
@@ -138,6 +142,8 @@ struct Ready {
     upstream: MysqlUpstream,
     conn: ConnectionConfig,
     client_caps: CapabilityFlags,
+    /// Stored functions in the connection's database at login.
+    stored_functions: std::collections::HashSet<String>,
 }
 
 /// The login exchange with one client.
@@ -315,11 +321,12 @@ impl Login {
             let mut up =
                 upstream::open(&conn, response.capabilities, config.limits.connect_timeout).await?;
             upstream::pin(&mut up, limits.statement_timeout).await?;
-            Ok::<_, super::upstream::UpstreamError>(up)
+            let functions = upstream::stored_functions(&mut up.conn).await?;
+            Ok::<_, super::upstream::UpstreamError>((up, functions))
         }
         .await;
-        let up = match opened {
-            Ok(up) => up,
+        let (up, stored_functions) = match opened {
+            Ok(opened) => opened,
             Err(e) => {
                 tracing::warn!(session = %self.id, connection = %conn.name, error = %e, "upstream login failed");
                 let mut rec = self.record(AuditEvent::SessionEnded, &connection);
@@ -353,6 +360,7 @@ impl Login {
             upstream: up,
             conn,
             client_caps: response.capabilities,
+            stored_functions,
         }))
     }
 
@@ -469,6 +477,7 @@ impl Session {
             upstream,
             conn,
             client_caps,
+            stored_functions,
         } = ready;
         let Admission {
             principal,
@@ -492,6 +501,7 @@ impl Session {
                 grant,
                 dialect: Dialect::Mysql {
                     database: conn.database.clone(),
+                    stored_functions: Arc::new(stored_functions),
                 },
             },
             client,
@@ -672,6 +682,20 @@ impl Session {
                 Ok(())
             }
             ClientCommand::Prepare(text) => {
+                let bytes: usize = self.prepared.values().map(|p| p.text.len()).sum();
+                if self.prepared.len() >= MAX_PREPARED || bytes + text.len() > MAX_PREPARED_BYTES {
+                    return self
+                        .deny(
+                            codes::STATEMENT_DENIED,
+                            &format!(
+                                "sqlgate: this session holds {} prepared statements ({bytes} bytes of text); \
+                                 close some (COM_STMT_CLOSE) before preparing more (limits: {MAX_PREPARED} \
+                                 statements, {MAX_PREPARED_BYTES} bytes)",
+                                self.prepared.len()
+                            ),
+                        )
+                        .await;
+                }
                 let text = text.to_owned();
                 if let Some(kind) = self.allow_text(&text, Some("PREPARE")).await? {
                     let tracker = self.forward(packet, Expect::Prepare, shutdown).await?;
@@ -699,6 +723,14 @@ impl Session {
                     &format!("EXECUTE {}", prepared.kind),
                     &Verdict::Allow,
                 );
+                if !self.gate.services.audit.healthy() {
+                    return self
+                        .deny(
+                            codes::UNAVAILABLE,
+                            "sqlgate: statement denied: the audit trail cannot be written",
+                        )
+                        .await;
+                }
                 self.gate.audit(rec).await;
                 self.forward(packet, Expect::Results, shutdown).await?;
                 Ok(())
@@ -747,6 +779,7 @@ impl Session {
                     self.gate.audit(rec).await;
                     return self.deny(codes::DATABASE_DENIED, &message).await;
                 }
+                self.audit_command(&format!("COM_INIT_DB {db}")).await;
                 let mut payload = vec![command::COM_INIT_DB];
                 payload.extend_from_slice(self.conn.database.as_bytes());
                 let rewritten = Packet {
@@ -762,6 +795,7 @@ impl Session {
                 Ok(())
             }
             ClientCommand::Statistics => {
+                self.audit_command("COM_STATISTICS").await;
                 self.forward(packet, Expect::Text, shutdown).await?;
                 Ok(())
             }
@@ -774,6 +808,7 @@ impl Session {
                         )
                         .await;
                 }
+                self.audit_command(&format!("COM_FIELD_LIST {table}")).await;
                 self.forward(packet, Expect::FieldList, shutdown).await?;
                 Ok(())
             }
@@ -815,11 +850,7 @@ impl Session {
                     }
                 };
                 self.in_transaction = false;
-                self.client
-                    .send(self.reply_seq, &answer)
-                    .await
-                    .map_err(|e| (EndReason::Io(e.to_string()), false))?;
-                Ok(())
+                self.answer(&answer).await
             }
             ClientCommand::Other { name, .. } => {
                 let message = format!("sqlgate: {name} is not relayed (read-only gateway)");
@@ -836,13 +867,24 @@ impl Session {
         }
     }
 
-    /// Answers the current command with an ERR (sequence id 1); the session goes on.
+    /// Audits a command that carries no statement but is forwarded.
+    async fn audit_command(&self, what: &str) {
+        let rec = self.gate.statement_record(what, what, &Verdict::Allow);
+        self.gate.audit(rec).await;
+    }
+
+    /// Answers the current command with an ERR; the session goes on.
     async fn deny(&mut self, code: ErrorCode, message: &str) -> Result<(), (EndReason, bool)> {
-        let payload = handshake::err(code, message);
+        self.answer(&handshake::err(code, message)).await
+    }
+
+    /// Sends the gateway's own answer to the current command, racing the timers (a
+    /// client that does not read cannot hold its session past the grant).
+    async fn answer(&mut self, payload: &[u8]) -> Result<(), (EndReason, bool)> {
         let timers = self.timers(None);
         let mut shutdown = self.gate.services.shutdown.subscribe();
         let seq = self.reply_seq;
-        match timed(self.client.send(seq, &payload), &timers, &mut shutdown).await {
+        match timed(self.client.send(seq, payload), &timers, &mut shutdown).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err((EndReason::Io(e.to_string()), false)),
             Err(interrupt) => Err((self.interrupted(seq, interrupt).await, false)),
@@ -1003,7 +1045,7 @@ impl Session {
                                     EndReason::Tamper(what),
                                 )
                                 .await,
-                                false,
+                                true,
                             ));
                         }
                     }
@@ -1017,6 +1059,26 @@ impl Session {
                     }
                 }
                 if step == Step::Done {
+                    if tracker.eof_state_changed && self.up_track {
+                        // A result set's EOF said the session state changed (a function a
+                        // view calls can set variables) without saying what: read it.
+                        if let Err(what) = self.recheck_pins().await {
+                            tracing::error!(session = %self.gate.session_id, %what, "tripwire: pinned setting changed");
+                            let message = format!(
+                                "sqlgate: session ended: a pinned setting changed ({what})"
+                            );
+                            return Err((
+                                self.end(
+                                    0,
+                                    codes::CONNECTION_KILLED,
+                                    &message,
+                                    EndReason::Tamper(what),
+                                )
+                                .await,
+                                true,
+                            ));
+                        }
+                    }
                     if let Some(status) = tracker.status {
                         self.in_transaction = status & SERVER_STATUS_IN_TRANS != 0;
                     }
@@ -1057,34 +1119,83 @@ impl Session {
                     killed = true;
                     statement = Some(tokio::time::Instant::now() + CANCEL_GRACE);
                     tracing::info!(session = %self.gate.session_id, "statement timeout: killing the statement upstream");
-                    self.spawn_kill(None);
+                    self.spawn_kill(None, false);
                 }
                 Err(interrupt) => return Err((self.interrupted(next_seq, interrupt).await, true)),
             }
         }
     }
 
-    /// `KILL QUERY` for this session's upstream thread, on a connection of its own.
-    /// `slot`: held until the kill is done, so caps count a statement still running.
-    fn spawn_kill(&self, slot: Option<super::slots::SessionSlot>) {
+    /// Reads the pinned settings back from the upstream and checks them as the
+    /// tripwire checks reported ones. `Err`: what changed.
+    async fn recheck_pins(&mut self) -> Result<(), String> {
+        let read_only = if self.mariadb {
+            "tx_read_only"
+        } else {
+            "transaction_read_only"
+        };
+        let names = [
+            "sql_mode",
+            "character_set_client",
+            "character_set_connection",
+            "character_set_results",
+            read_only,
+        ];
+        let sql = format!(
+            "SELECT {}",
+            names
+                .iter()
+                .map(|n| format!("@@SESSION.{n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let rows = match upstream::query(&mut self.up, &sql).await {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(e)) => {
+                return Err(format!(
+                    "the pinned settings could not be read: {}",
+                    e.message
+                ))
+            }
+            Err(e) => return Err(format!("the pinned settings could not be read: {e}")),
+        };
+        let row = rows.into_iter().next().unwrap_or_default();
+        for (name, value) in names.iter().zip(row) {
+            let value = value.unwrap_or_default();
+            let value = match (*name == read_only, value.as_str()) {
+                (true, "1") => "ON".to_owned(),
+                (true, "0") => "OFF".to_owned(),
+                _ => value,
+            };
+            crate::policy::mysql::check_reported_setting(name, &value)
+                .map_err(|why| format!("{name} is {value:?}: {why}"))?;
+        }
+        Ok(())
+    }
+
+    /// `KILL QUERY` (or, with `connection`, `KILL CONNECTION`: what follows in a
+    /// multi-statement message stops too) for this session's upstream thread, on a
+    /// connection of its own. `slot`: held until the kill is done, so caps count a
+    /// statement still running.
+    fn spawn_kill(&self, slot: Option<super::slots::SessionSlot>, connection: bool) {
         let conn = self.conn.clone();
         let thread = self.thread_id;
         let timeout = self.gate.services.config.limits.connect_timeout;
         let session = self.gate.session_id.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            if let Err(e) = upstream::kill_query(&conn, thread, timeout).await {
+            if let Err(e) = upstream::kill(&conn, thread, connection, timeout).await {
                 tracing::error!(%session, thread, error = %e, "cannot stop the upstream statement");
             }
         });
     }
 
-    /// Ends the upstream side: a statement still running is killed, then the
-    /// connection is closed with COM_QUIT.
+    /// Ends the upstream side: a connection still running statements is killed
+    /// (`KILL CONNECTION` from a second connection), then it is closed with COM_QUIT.
     async fn close_upstream(&mut self, busy: bool) {
         let slot = self.slot.take();
         if busy {
-            self.spawn_kill(slot);
+            self.spawn_kill(slot, true);
         }
         let _ = tokio::time::timeout(FINAL_WRITE_WAIT, self.up.send(0, &[command::COM_QUIT])).await;
         let _ = tokio::time::timeout(

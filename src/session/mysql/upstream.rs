@@ -30,20 +30,6 @@ use crate::session::upstream::{io_closed, tls_handshake, UpstreamError};
 /// bounds them on the server too).
 pub const MAX_UPSTREAM_PACKET: usize = sqlgate_mysql::upstream::MAX_PACKET as usize;
 
-/// `sql_mode` flags removed from the server's mode when pinning: each changes where
-/// the server thinks a string, identifier or function call begins and ends.
-pub const LEXER_MODES: &[&str] = &[
-    "ANSI_QUOTES",
-    "NO_BACKSLASH_ESCAPES",
-    "IGNORE_SPACE",
-    "ANSI",
-    "ORACLE",
-    "POSTGRESQL",
-    "MSSQL",
-    "DB2",
-    "MAXDB",
-];
-
 /// A logged-in upstream session.
 pub struct MysqlUpstream {
     pub conn: Framed,
@@ -139,13 +125,15 @@ async fn open_inner(
     } else {
         Framed::new(Box::new(tcp), buf)
     };
+    // The password goes in clear (full authentication) only over verified TLS.
+    let secure = conn.upstream_tls == UpstreamTls::VerifyFull;
     let (mut login, response) = Login::start(
         &hello,
         &conn.user,
         password.as_deref(),
         &conn.database,
         caps,
-        tls,
+        secure,
     )
     .map_err(login_error)?;
     check_method(conn, login.plugin())?;
@@ -238,12 +226,18 @@ fn text_row(mut payload: &[u8]) -> Vec<Option<String>> {
     row
 }
 
-/// The session's pinned `sql_mode`: the server's, without [`LEXER_MODES`].
+/// The session's pinned `sql_mode`: the server's, without
+/// [`crate::policy::mysql::LEXER_SQL_MODES`].
 pub fn pinned_sql_mode(server_mode: &str) -> String {
     server_mode
         .split(',')
         .map(str::trim)
-        .filter(|m| !m.is_empty() && !LEXER_MODES.iter().any(|l| l.eq_ignore_ascii_case(m)))
+        .filter(|m| {
+            !m.is_empty()
+                && !crate::policy::mysql::LEXER_SQL_MODES
+                    .iter()
+                    .any(|l| l.eq_ignore_ascii_case(m))
+        })
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -313,20 +307,45 @@ fn refused(e: ServerError) -> UpstreamError {
     }
 }
 
-/// Stops the statement running on upstream thread `thread_id`, over a connection of
-/// its own (`KILL QUERY`: the session stays, its statement ends).
-pub async fn kill_query(
+/// Stops the statement running on upstream thread `thread_id` (`KILL QUERY`: the
+/// session stays), or with `connection` the whole upstream session (`KILL
+/// CONNECTION`), over a connection of its own.
+pub async fn kill(
     conn: &ConnectionConfig,
     thread_id: u32,
+    connection: bool,
     timeout: Duration,
 ) -> Result<(), UpstreamError> {
     let mut up = open(conn, CapabilityFlags::empty(), timeout).await?;
+    let what = if connection { "CONNECTION" } else { "QUERY" };
     let result = tokio::time::timeout(
         timeout,
-        query(&mut up.conn, &format!("KILL QUERY {thread_id}")),
+        query(&mut up.conn, &format!("KILL {what} {thread_id}")),
     )
     .await
     .map_err(|_| UpstreamError::Timeout(timeout))??;
     let _ = up.conn.send(0, &[sqlgate_mysql::command::COM_QUIT]).await;
-    result.map(|_| ()).map_err(refused)
+    match result {
+        Ok(_) => Ok(()),
+        // 1094 "Unknown thread id": it had ended already.
+        Err(e) if e.code == 1094 => Ok(()),
+        Err(e) => Err(refused(e)),
+    }
+}
+
+/// The lowercase names of the stored functions in the session's database.
+pub async fn stored_functions(
+    conn: &mut Framed,
+) -> Result<std::collections::HashSet<String>, UpstreamError> {
+    let rows = query(
+        conn,
+        "SELECT LOWER(ROUTINE_NAME) FROM information_schema.ROUTINES \
+         WHERE ROUTINE_TYPE = 'FUNCTION' AND ROUTINE_SCHEMA = DATABASE()",
+    )
+    .await?
+    .map_err(refused)?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .collect())
 }

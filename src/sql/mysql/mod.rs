@@ -380,15 +380,110 @@ fn classify_text(
         }
         _ => {}
     }
+    if lead == "SHOW" {
+        if let Some(label) = denied_show(tokens) {
+            return Ok((StatementKind::Other { label }, TreeFacts::default()));
+        }
+    }
     let mut text = text.to_owned();
     rewrite(&mut text, tokens);
     let read = READ_LEADERS.contains(&lead.as_str());
-    match parse_and_describe(&text, tokens, read) {
+    let mut result = match parse_and_describe(&text, tokens, read) {
         Err(ClassifyError::Syntax(message)) if lead == "SHOW" => {
-            show_fallback(&text, tokens).ok_or(ClassifyError::Syntax(message))?
+            show_fallback(&text, tokens).ok_or(ClassifyError::Syntax(message))??
         }
-        Err(ClassifyError::Syntax(_)) if !read => other(),
-        result => result,
+        Err(ClassifyError::Syntax(_)) if !read => return other(),
+        result => result?,
+    };
+    if lead == "SHOW" {
+        show_targets(tokens, &mut result.1);
+    }
+    Ok(result)
+}
+
+/// SHOW forms that disclose credentials or routine bodies: `SHOW GRANTS` and `SHOW
+/// CREATE USER` print the held account's password hash; routine, event and trigger
+/// bodies and other databases' definitions are not metadata an agent needs. Returns
+/// the label of a denied form.
+fn denied_show(tokens: &[Token]) -> Option<String> {
+    let words: Vec<String> = tokens
+        .iter()
+        .skip(1)
+        .take(3)
+        .map_while(|t| match &t.tok {
+            Tok::Word(w) => Some(w.to_ascii_uppercase()),
+            _ => None,
+        })
+        .collect();
+    let first = words.first().map(String::as_str).unwrap_or_default();
+    let second = words.get(1).map(String::as_str).unwrap_or_default();
+    let denied = match first {
+        "GRANTS" => true,
+        "CREATE" => !matches!(second, "TABLE" | "VIEW"),
+        "PROCEDURE" | "FUNCTION" | "PACKAGE" => second == "CODE",
+        _ => false,
+    };
+    denied.then(|| format!("SHOW {}", words.join(" ")))
+}
+
+/// Records the relations and databases a SHOW names as tables of the fact sheet, so
+/// the one-database rule applies to them: `SHOW TABLES FROM db` names database `db`
+/// (recorded as `db.*`), `SHOW COLUMNS FROM t FROM db` table `t` and database `db`,
+/// `SHOW CREATE TABLE db.t` table `db.t`.
+fn show_targets(tokens: &[Token], tree: &mut TreeFacts) {
+    let end = tokens
+        .iter()
+        .position(|t| t.is_word("WHERE") || t.is_word("LIKE"))
+        .unwrap_or(tokens.len());
+    let prefix = &tokens[..end];
+    let table_first = prefix.iter().skip(1).take(3).any(|t| {
+        ["COLUMNS", "FIELDS", "INDEX", "INDEXES", "KEYS"]
+            .iter()
+            .any(|w| t.is_word(w))
+    });
+    // A name, possibly `a.b`, starting at `i`: (schema, name).
+    let name_at = |i: usize| -> Option<(Option<String>, String)> {
+        let first = prefix.get(i)?.name()?.to_owned();
+        if prefix.get(i + 1).is_some_and(|t| t.is_punct('.')) {
+            let second = prefix.get(i + 2)?.name()?.to_owned();
+            Some((Some(first), second))
+        } else {
+            Some((None, first))
+        }
+    };
+    let mut seen_from = false;
+    for (i, t) in prefix.iter().enumerate() {
+        let creates = t.is_word("CREATE")
+            && prefix
+                .get(i + 1)
+                .is_some_and(|n| n.is_word("TABLE") || n.is_word("VIEW"));
+        if creates {
+            if let Some((schema, name)) = name_at(i + 2) {
+                tree.tables.push(QualifiedName { schema, name });
+            }
+            continue;
+        }
+        if !(t.is_word("FROM") || t.is_word("IN")) {
+            continue;
+        }
+        let Some((schema, name)) = name_at(i + 1) else {
+            continue;
+        };
+        if table_first && !seen_from {
+            tree.tables.push(QualifiedName { schema, name });
+        } else {
+            match schema {
+                Some(schema) => tree.tables.push(QualifiedName {
+                    schema: Some(schema),
+                    name,
+                }),
+                None => tree.tables.push(QualifiedName {
+                    schema: Some(name),
+                    name: "*".into(),
+                }),
+            }
+        }
+        seen_from = true;
     }
 }
 
