@@ -51,6 +51,17 @@ impl Framed {
         }
     }
 
+    /// Gives back a read buffer that a large packet grew, once it is empty, so an
+    /// idle session holds kilobytes, not the largest packet it ever saw.
+    pub fn shrink(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 1 << 20 {
+            self.buf = BytesMut::with_capacity(8 * 1024);
+        }
+        if self.out.is_empty() && self.out.capacity() > 1 << 20 {
+            self.out = BytesMut::new();
+        }
+    }
+
     /// Reads more bytes into the buffer; `Ok(false)` at end of stream.
     pub async fn fill(&mut self) -> std::io::Result<bool> {
         Ok(self.stream.read_buf(&mut self.buf).await? > 0)

@@ -651,9 +651,12 @@ impl Session {
                 );
             }
             self.reply_seq = packet.next_seq();
-            match self.command(&packet, shutdown).await {
-                Ok(()) => {}
-                Err((reason, busy)) => return (reason, busy),
+            let done = self.command(&packet, shutdown).await;
+            drop(packet);
+            self.client.shrink();
+            self.up.shrink();
+            if let Err((reason, busy)) = done {
+                return (reason, busy);
             }
         }
     }
