@@ -677,3 +677,32 @@ async fn prepared_statements_per_session_are_capped() {
     let answer = raw.command(&prepare(256), Expect::Prepare).await;
     assert_eq!(err_code(&answer[0].payload), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_tls_the_token_comes_by_the_clear_text_switch_on_loopback_only_when_allowed() {
+    let gw = MyGateway::start_with(MySetup {
+        allow_plaintext: true,
+        ..MySetup::default()
+    })
+    .await;
+    let token = gw.token(&["analytics-agents"]);
+    // The handshake announces mysql_native_password without TLS; the gateway switches
+    // the driver to mysql_clear_password, which it must allow.
+    let plain = gw
+        .opts("shop", &token)
+        .ssl_opts(None::<mysql_async::SslOpts>);
+    let mut conn = mysql_async::Conn::new(plain.clone()).await.unwrap();
+    let n: Option<i64> = conn
+        .query_first("SELECT COUNT(*) FROM items")
+        .await
+        .unwrap();
+    assert_eq!(n, Some(3));
+    conn.disconnect().await.unwrap();
+    let refused = mysql_async::Conn::new(plain.enable_cleartext_plugin(false))
+        .await
+        .expect_err("a driver that refuses clear text cannot log in");
+    assert!(
+        refused.to_string().to_lowercase().contains("clear"),
+        "{refused}"
+    );
+}
