@@ -706,3 +706,58 @@ async fn without_tls_the_token_comes_by_the_clear_text_switch_on_loopback_only_w
         "{refused}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_red_team_findings_stay_closed() {
+    let gw = MyGateway::start().await;
+    let mut conn = gw.agent().await;
+    // SET STATEMENT ... FOR SET hides a lexer change from the last-statement rule.
+    assert_denied(
+        &mut conn,
+        "SET STATEMENT sort_buffer_size = 100000 FOR SET NAMES utf8mb4; SELECT 1",
+        "denied",
+    )
+    .await;
+    assert_denied(
+        &mut conn,
+        "SET STATEMENT sort_buffer_size = 100000 FOR SET sql_mode = DEFAULT",
+        "SET STATEMENT",
+    )
+    .await;
+    // Fragments removed from a mode name can assemble ANSI.
+    conn.query_drop("SET sql_mode = 'SIMULTANEOUS_ASSIGNMENT'")
+        .await
+        .unwrap();
+    assert_denied(
+        &mut conn,
+        "SET sql_mode = REPLACE(REPLACE(REPLACE(@@sql_mode,'SIMULT',''),'EOUS_AS',''),'GNMENT','')",
+        "sql_mode",
+    )
+    .await;
+    assert_denied(
+        &mut conn,
+        "SET sql_mode = REPLACE(@@sql_mode, 'SIMULT', '')",
+        "sql_mode",
+    )
+    .await;
+    // The neighbour: removing one whole mode is fine.
+    conn.query_drop("SET sql_mode = REPLACE(@@sql_mode, 'SIMULTANEOUS_ASSIGNMENT', '')")
+        .await
+        .unwrap();
+    // Other agents' statements: every agent shares the held account.
+    for sql in [
+        "SHOW PROCESSLIST",
+        "SHOW FULL PROCESSLIST",
+        "SELECT ID, INFO FROM information_schema.PROCESSLIST",
+        "SHOW ENGINE INNODB STATUS",
+        "SHOW EXPLAIN FOR 1",
+    ] {
+        assert_denied(&mut conn, sql, "").await;
+    }
+    conn.query_drop("SELECT COUNT(*) FROM information_schema.COLUMNS")
+        .await
+        .unwrap();
+    let one: Option<i64> = conn.query_first("SELECT 1").await.unwrap();
+    assert_eq!(one, Some(1));
+    assert_eq!(gw.db.item_count().await, 3);
+}

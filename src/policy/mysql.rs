@@ -52,6 +52,46 @@ pub const LEXER_SQL_MODES: &[&str] = &[
     "IGNORE_SPACE",
 ];
 
+/// Every sql_mode name of MySQL 8 and MariaDB 10.11 (what a REPLACE may remove).
+pub const SQL_MODE_NAMES: &[&str] = &[
+    "REAL_AS_FLOAT",
+    "PIPES_AS_CONCAT",
+    "ANSI_QUOTES",
+    "IGNORE_SPACE",
+    "IGNORE_BAD_TABLE_OPTIONS",
+    "ONLY_FULL_GROUP_BY",
+    "NO_UNSIGNED_SUBTRACTION",
+    "NO_DIR_IN_CREATE",
+    "POSTGRESQL",
+    "ORACLE",
+    "MSSQL",
+    "DB2",
+    "MAXDB",
+    "NO_KEY_OPTIONS",
+    "NO_TABLE_OPTIONS",
+    "NO_FIELD_OPTIONS",
+    "MYSQL323",
+    "MYSQL40",
+    "ANSI",
+    "NO_AUTO_VALUE_ON_ZERO",
+    "NO_BACKSLASH_ESCAPES",
+    "STRICT_TRANS_TABLES",
+    "STRICT_ALL_TABLES",
+    "NO_ZERO_IN_DATE",
+    "NO_ZERO_DATE",
+    "ALLOW_INVALID_DATES",
+    "ERROR_FOR_DIVISION_BY_ZERO",
+    "TRADITIONAL",
+    "NO_AUTO_CREATE_USER",
+    "HIGH_NOT_PRECEDENCE",
+    "NO_ENGINE_SUBSTITUTION",
+    "PAD_CHAR_TO_FULL_LENGTH",
+    "EMPTY_STRING_IS_NULL",
+    "SIMULTANEOUS_ASSIGNMENT",
+    "TIME_ROUND_FRACTIONAL",
+    "TIME_TRUNCATE_FRACTIONAL",
+];
+
 /// Session variables that take memory per query, and the cap the floor allows.
 pub const MEMORY_VARIABLES: &[&str] = &[
     "sort_buffer_size",
@@ -294,6 +334,11 @@ fn decide_kind(kind: &StatementKind, database: &str) -> Verdict {
             }
             match inner.as_ref() {
                 StatementKind::SetStatement { .. } => deny("SET STATEMENT cannot be nested"),
+                // MariaDB keeps what a SET inside SET STATEMENT sets: it is a plain SET
+                // with extra steps, and would hide a lexer change from the gate.
+                StatementKind::Set(_) => {
+                    deny("SET STATEMENT ... FOR SET is not allowed; send the SET alone")
+                }
                 inner => decide_kind(inner, database),
             }
         }
@@ -425,10 +470,16 @@ fn check_sql_mode_value(value: &VariableValue) -> Result<(), String> {
                 }
                 check_sql_mode(text)?;
             }
+            // One REPLACE of one whole mode name: removing fragments can assemble a
+            // lexer mode (SIMULTANEOUS_ASSIGNMENT minus three fragments is ANSI).
+            if removed.len() > 1 {
+                return Err("sql_mode may remove one mode per statement".into());
+            }
             for text in removed {
-                if text.is_empty() || !text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                {
-                    return Err("sql_mode removals must name one mode".into());
+                if !SQL_MODE_NAMES.iter().any(|m| m.eq_ignore_ascii_case(text)) {
+                    return Err(format!(
+                        "sql_mode removals must name one mode; {text:?} is not one"
+                    ));
                 }
             }
             Ok(())
@@ -444,12 +495,20 @@ fn check_sql_mode_value(value: &VariableValue) -> Result<(), String> {
 /// The gate allows such a statement only as the last of its message, so the server's
 /// session-state report reaches the tripwire before any later text is forwarded.
 pub fn changes_lexing(facts: &StatementFacts) -> bool {
-    match &facts.kind {
-        StatementKind::Set(SetFacts::Variables(assignments)) => assignments
-            .iter()
-            .any(|a| matches!(a.name.as_str(), "sql_mode" | "character_set_client")),
-        _ => false,
+    fn kind_changes(kind: &StatementKind) -> bool {
+        let lexing = |list: &[VariableAssignment]| {
+            list.iter()
+                .any(|a| matches!(a.name.as_str(), "sql_mode" | "character_set_client"))
+        };
+        match kind {
+            StatementKind::Set(SetFacts::Variables(list)) => lexing(list),
+            StatementKind::SetStatement { settings, inner } => {
+                lexing(settings) || kind_changes(inner)
+            }
+            _ => false,
+        }
     }
+    kind_changes(&facts.kind)
 }
 
 /// Whether a sql_mode list leaves the lexer alone.
@@ -545,6 +604,21 @@ pub fn check_relation(table: &QualifiedName, database: &str) -> Result<(), Strin
     if schema.contains('.') {
         return Err(format!(
             "{table}: names of more than two parts are not allowed"
+        ));
+    }
+    if schema.eq_ignore_ascii_case("information_schema")
+        && [
+            "processlist",
+            "innodb_trx",
+            "innodb_lock_waits",
+            "innodb_locks",
+        ]
+        .iter()
+        .any(|t| table.name.eq_ignore_ascii_case(t))
+    {
+        return Err(format!(
+            "information_schema.{} shows other sessions' statements (every agent shares the held account)",
+            table.name
         ));
     }
     let mysql = schema.eq_ignore_ascii_case("mysql");
@@ -1294,9 +1368,12 @@ mod corpus {
     const KNOWN_DENIED: &[&str] = &[
         // Denied on purpose: SHOW GRANTS prints the held account's password hash; other
         // databases' definitions and performance_schema (other sessions' statements)
-        // are outside the one-database rule.
+        // are outside the one-database rule; the process list and engine status show
+        // other agents' statements (they share the held account).
+        "SHOW FULL PROCESSLIST",
         "SHOW GRANTS",
         "SHOW GRANTS FOR CURRENT_USER()",
+        "SHOW ENGINE INNODB STATUS",
         "SHOW CREATE DATABASE IF NOT EXISTS `app`",
         // MariaDB system-versioned tables: the period's expressions would need their own
         // parse to be checked.

@@ -1062,9 +1062,10 @@ impl Session {
                     }
                 }
                 if step == Step::Done {
-                    if tracker.eof_state_changed && self.up_track {
+                    if (tracker.eof_state_changed || tracker.error.is_some()) && self.up_track {
                         // A result set's EOF said the session state changed (a function a
-                        // view calls can set variables) without saying what: read it.
+                        // view calls can set variables) without saying what, or the answer
+                        // ended in an error, which reports no state at all: read it.
                         if let Err(what) = self.recheck_pins().await {
                             tracing::error!(session = %self.gate.session_id, %what, "tripwire: pinned setting changed");
                             let message = format!(

@@ -415,10 +415,14 @@ fn denied_show(tokens: &[Token]) -> Option<String> {
             _ => None,
         })
         .collect();
-    let first = words.first().map(String::as_str).unwrap_or_default();
-    let second = words.get(1).map(String::as_str).unwrap_or_default();
+    let skip = usize::from(words.first().is_some_and(|w| w == "FULL"));
+    let first = words.get(skip).map(String::as_str).unwrap_or_default();
+    let second = words.get(skip + 1).map(String::as_str).unwrap_or_default();
     let denied = match first {
         "GRANTS" => true,
+        // Other sessions' statements and the server's internals: every agent of a
+        // connection shares the held account, so these show other agents' SQL.
+        "PROCESSLIST" | "ENGINE" | "EXPLAIN" | "ANALYZE" | "BINLOG" | "RELAYLOG" => true,
         "CREATE" => !matches!(second, "TABLE" | "VIEW"),
         "PROCEDURE" | "FUNCTION" | "PACKAGE" => second == "CODE",
         _ => false,
