@@ -46,6 +46,11 @@ pub enum Command {
         #[arg(long)]
         connect: bool,
     },
+    /// Compliance tools for the audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Start a self-contained demo: dev issuer, TLS gateway, one connection to local Postgres.
     Demo {
         /// Gateway listen address.
@@ -129,6 +134,9 @@ pub async fn run(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Serve { config } => serve(config).await,
         Command::Check { config, connect } => check(config, connect).await,
+        Command::Audit {
+            command: AuditCommand::Verify { dir, config },
+        } => audit_verify(dir, config),
         Command::Demo {
             listen,
             upstream,
@@ -192,6 +200,62 @@ async fn serve(path: PathBuf) -> Result<(), String> {
     gateway.shutdown();
     gateway.stopped(std::time::Duration::from_secs(5)).await;
     Ok(())
+}
+
+/// `sqlgate audit ...`.
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Check the trail's hash chain: names the file, line and record of every edited,
+    /// deleted, inserted, reordered or cut record; exits 1 if there is one.
+    Verify {
+        /// The audit directory (default: audit.dir of --config).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, short, default_value = "gateway.toml")]
+        config: PathBuf,
+    },
+}
+
+fn audit_dir(dir: Option<PathBuf>, config: PathBuf) -> Result<PathBuf, String> {
+    match dir {
+        Some(dir) => Ok(dir),
+        None => Ok(Config::load(&config).map_err(|e| e.to_string())?.audit_dir),
+    }
+}
+
+fn audit_verify(dir: Option<PathBuf>, config: PathBuf) -> Result<(), String> {
+    let dir = audit_dir(dir, config)?;
+    let report = crate::audit::verify::verify(&dir)
+        .map_err(|e| format!("cannot read the trail in {}: {e}", dir.display()))?;
+    for w in &report.warnings {
+        println!("warning: {w}");
+    }
+    for p in &report.problems {
+        println!("FAIL: {p}");
+    }
+    let head = report
+        .head
+        .as_ref()
+        .map(|(seq, hash)| format!("head seq {seq} sha256 {hash}"))
+        .unwrap_or_else(|| "no chained records".into());
+    let unchained = if report.unchained > 0 {
+        format!(
+            ", {} unchained (written before the chain)",
+            report.unchained
+        )
+    } else {
+        String::new()
+    };
+    if report.ok() {
+        println!("OK: {} records{unchained}; {head}", report.records);
+        Ok(())
+    } else {
+        Err(format!(
+            "the audit trail in {} failed verification: {} problem(s); {head}",
+            dir.display(),
+            report.problems.len()
+        ))
+    }
 }
 
 async fn check(path: PathBuf, connect: bool) -> Result<(), String> {

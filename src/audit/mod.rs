@@ -8,6 +8,8 @@
 //! to this file. (Hash chaining, export and replay are a later issue; the record shape
 //! already carries what they need: time, session, grant, subject, decision.)
 
+pub mod verify;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,6 +21,11 @@ use tokio::sync::{mpsc, oneshot};
 /// One line of the trail.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditRecord {
+    /// Position in the trail, from 1, set by the writer.
+    pub seq: u64,
+    /// SHA-256 (hex) of the previous line's bytes, set by the writer: the hash chain.
+    /// The first record of a trail has 64 zeros.
+    pub prev: String,
     /// RFC 3339 time, UTC.
     pub time: String,
     pub event: AuditEvent,
@@ -49,6 +56,12 @@ pub struct AuditRecord {
     pub expires_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub groups: Option<Vec<String>>,
+    /// `trail.torn`: the length and SHA-256 of the incomplete last line found when the
+    /// trail was opened (a crash mid-write); the line stays in the file, unchained.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub torn_length: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub torn_sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -62,6 +75,9 @@ pub enum AuditEvent {
     Statement,
     #[serde(rename = "session.ended")]
     SessionEnded,
+    /// Written when a trail is opened whose last line was incomplete.
+    #[serde(rename = "trail.torn")]
+    TrailTorn,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -75,6 +91,8 @@ impl AuditRecord {
     /// A record with the session context filled in and everything else empty.
     pub fn new(event: AuditEvent, session_id: &str, connection: &str, client_addr: &str) -> Self {
         AuditRecord {
+            seq: 0,
+            prev: String::new(),
             time: rfc3339(SystemTime::now()),
             event,
             session_id: session_id.to_owned(),
@@ -91,6 +109,8 @@ impl AuditRecord {
             kind: None,
             expires_at: None,
             groups: None,
+            torn_length: None,
+            torn_sha256: None,
         }
     }
 }
@@ -162,7 +182,9 @@ pub struct AuditLog {
 }
 
 impl AuditLog {
-    /// Opens (creating if needed) `dir/audit.jsonl` and starts the writer task.
+    /// Opens (creating if needed) `dir/audit.jsonl` and starts the writer task. The
+    /// hash chain continues from the trail's last complete record; an incomplete last
+    /// line (a crash mid-write) is terminated and reported by a `trail.torn` record.
     pub async fn open(dir: &Path) -> Result<AuditLog, AuditError> {
         let path = dir.join("audit.jsonl");
         let io_err = |source| AuditError::Io {
@@ -173,8 +195,13 @@ impl AuditLog {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .read(true)
             .open(&path)
             .map_err(io_err)?;
+        let (chain, torn) = recover(&file).map_err(io_err)?;
+        if let Some(torn) = &torn {
+            tracing::warn!(path = %path.display(), bytes = torn.length, "the audit trail ends in an incomplete record (a crash mid-write); it is kept, and reported by a trail.torn record");
+        }
         let (tx, rx) = mpsc::channel(4096);
         // A plain thread: file writes from async tasks would each hop through tokio's
         // blocking pool, which costs more than the write itself.
@@ -183,7 +210,7 @@ impl AuditLog {
         let thread_healthy = healthy.clone();
         std::thread::Builder::new()
             .name("sqlgate-audit".into())
-            .spawn(move || writer(file, rx, thread_path, thread_healthy))
+            .spawn(move || writer(file, rx, thread_path, thread_healthy, chain, torn))
             .map_err(io_err)?;
         Ok(AuditLog { tx, path, healthy })
     }
@@ -238,46 +265,187 @@ impl AuditLog {
     }
 }
 
+/// Where the hash chain stands: the last record's sequence number and the SHA-256 of
+/// its line, and how many bytes of the file are whole records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Chain {
+    seq: u64,
+    prev: String,
+    good_len: u64,
+}
+
+/// The prev of a trail's first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// An incomplete last line found when a trail is opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Torn {
+    length: usize,
+    sha256: String,
+}
+
+/// Reads the end of an existing trail: where the chain stands, and a torn last line.
+fn recover(file: &std::fs::File) -> std::io::Result<(Chain, Option<Torn>)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = file.metadata()?.len();
+    let fresh = Chain {
+        seq: 0,
+        prev: GENESIS.into(),
+        good_len: len,
+    };
+    if len == 0 {
+        return Ok((fresh, None));
+    }
+    // Lines are bounded by audit.max_statement_bytes; read a window that holds the
+    // last two, or the whole file.
+    let mut window = (4u64 << 20).min(len);
+    let tail = loop {
+        let mut f = file;
+        f.seek(SeekFrom::Start(len - window))?;
+        let mut tail = Vec::with_capacity(window as usize);
+        f.take(window).read_to_end(&mut tail)?;
+        let body = tail.strip_suffix(b"\n").unwrap_or(&tail);
+        if window == len || body.contains(&b'\n') {
+            break tail;
+        }
+        window = (window * 4).min(len);
+    };
+    let (complete, torn) = match tail.iter().rposition(|b| *b == b'\n') {
+        Some(end) if end + 1 == tail.len() => (&tail[..end], None),
+        Some(end) => (&tail[..end], Some(&tail[end + 1..])),
+        None => (&tail[..0], Some(&tail[..])),
+    };
+    // A "torn" tail that is a whole record only lacks its newline.
+    if let Some(bytes) = torn {
+        if serde_json::from_slice::<serde_json::Value>(bytes).is_ok_and(|v| v.is_object()) {
+            let seq = serde_json::from_slice::<serde_json::Value>(bytes)
+                .ok()
+                .and_then(|v| v["seq"].as_u64())
+                .unwrap_or(0);
+            return Ok((
+                Chain {
+                    seq,
+                    prev: sha256_hex(bytes),
+                    good_len: len,
+                },
+                Some(Torn {
+                    length: 0,
+                    sha256: String::new(),
+                }),
+            ));
+        }
+    }
+    let last = complete
+        .rsplit(|b| *b == b'\n')
+        .next()
+        .filter(|l| !l.is_empty());
+    let chain = match last {
+        Some(line) => Chain {
+            seq: serde_json::from_slice::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v["seq"].as_u64())
+                .unwrap_or(0),
+            prev: sha256_hex(line),
+            good_len: len,
+        },
+        None => fresh,
+    };
+    let torn = torn.map(|bytes| Torn {
+        length: bytes.len(),
+        sha256: sha256_hex(bytes),
+    });
+    Ok((chain, torn))
+}
+
+/// Appends `record` to `buf` as the chain's next line.
+fn chain_line(chain: &mut Chain, record: &mut AuditRecord, buf: &mut Vec<u8>) {
+    record.seq = chain.seq + 1;
+    record.prev = chain.prev.clone();
+    let start = buf.len();
+    if serde_json::to_writer(&mut *buf, &*record).is_err() {
+        buf.truncate(start);
+        return;
+    }
+    chain.prev = sha256_hex(&buf[start..]);
+    chain.seq += 1;
+    buf.push(b'\n');
+}
+
 fn writer(
-    file: std::fs::File,
+    mut file: std::fs::File,
     mut rx: mpsc::Receiver<Command>,
     path: PathBuf,
     healthy: Arc<AtomicBool>,
+    mut chain: Chain,
+    torn: Option<Torn>,
 ) {
     use std::io::Write;
-    let mut file = std::io::BufWriter::with_capacity(256 * 1024, file);
     let mut buf = Vec::with_capacity(64 * 1024);
+    // Bytes past `chain.good_len` that a failed write may have left.
+    let mut dirty = false;
+    if let Some(torn) = torn {
+        // Terminate the incomplete line; unless it was a whole record without its
+        // newline, say so in the chain.
+        buf.push(b'\n');
+        if torn.length > 0 {
+            let mut rec = AuditRecord::new(AuditEvent::TrailTorn, "-", "", "");
+            rec.reason = Some(
+                "the trail ended in an incomplete record when it was opened (the gateway stopped mid-write); \
+                 that line is kept unchained"
+                    .into(),
+            );
+            rec.torn_length = Some(torn.length);
+            rec.torn_sha256 = Some(torn.sha256);
+            chain_line(&mut chain, &mut rec, &mut buf);
+        }
+        match file.write_all(&buf).and_then(|_| file.sync_data()) {
+            Ok(()) => chain.good_len += buf.len() as u64,
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot mark the torn audit record");
+                healthy.store(false, Ordering::Relaxed);
+                dirty = true;
+            }
+        }
+        buf.clear();
+    }
     while let Some(first) = rx.blocking_recv() {
         // Batch whatever is queued into one write.
+        let before = chain.clone();
         let mut acks = Vec::new();
         let mut next = Some(first);
         while let Some(command) = next {
             match command {
-                Command::Write(record, ack) => {
-                    if serde_json::to_writer(&mut buf, &record).is_ok() {
-                        buf.push(b'\n');
-                    }
+                Command::Write(mut record, ack) => {
+                    chain_line(&mut chain, &mut record, &mut buf);
                     acks.extend(ack);
                 }
                 Command::Sync(ack) => acks.push(ack),
             }
             next = rx.try_recv().ok();
         }
-        let result = file
-            .write_all(&buf)
-            .and_then(|_| file.flush())
-            .and_then(|_| {
-                if acks.is_empty() {
-                    Ok(())
-                } else {
-                    file.get_ref().sync_data()
-                }
-            });
+        let result = (|| {
+            if dirty {
+                // Remove what a failed write left, so the next record starts a line.
+                file.set_len(chain.good_len.min(before.good_len))?;
+                dirty = false;
+            }
+            file.write_all(&buf)?;
+            if !acks.is_empty() {
+                file.sync_data()?;
+            }
+            Ok::<(), std::io::Error>(())
+        })();
+        match &result {
+            Ok(()) => chain.good_len = before.good_len + buf.len() as u64,
+            Err(e) => {
+                // The batch is lost: the chain goes on from the last record on disk.
+                chain = before;
+                dirty = true;
+                tracing::error!(path = %path.display(), error = %e, "audit write failed; statements are refused until it recovers");
+            }
+        }
         buf.clear();
         healthy.store(result.is_ok(), Ordering::Relaxed);
-        if let Err(e) = &result {
-            tracing::error!(path = %path.display(), error = %e, "audit write failed; statements are refused until it recovers");
-        }
         for ack in acks {
             let _ = ack.send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
         }
