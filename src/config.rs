@@ -149,6 +149,12 @@ pub struct RawAudit {
     pub dir: Option<PathBuf>,
     /// Statement text kept per record; longer text is cut, with its length and hash.
     pub max_statement_bytes: Option<usize>,
+    /// The active segment is closed and a new one started past this size (bytes).
+    pub segment_bytes: Option<usize>,
+    /// ... or past this age ("1h").
+    pub segment_age: Option<String>,
+    /// Closed segments older than this are deleted ("90d"); default: kept forever.
+    pub retention: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -244,6 +250,8 @@ pub struct Config {
     pub audit_dir: PathBuf,
     /// Statement text kept per audit record (longer text: cut, with length and hash).
     pub audit_max_statement_bytes: usize,
+    /// Segment rotation and retention of the trail.
+    pub audit_segments: crate::audit::Segments,
     pub limits: Limits,
 }
 
@@ -696,6 +704,36 @@ impl Config {
             raw.audit.max_statement_bytes,
             DEFAULT_AUDIT_STATEMENT_BYTES,
         )?;
+        let mut audit_segments = crate::audit::Segments::default();
+        audit_segments.max_bytes = positive(
+            "audit.segment_bytes",
+            raw.audit.segment_bytes,
+            audit_segments.max_bytes as usize,
+        )? as u64;
+        if let Some(age) = &raw.audit.segment_age {
+            audit_segments.max_age = parse_duration(age)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    invalid(
+                        "audit.segment_age",
+                        format!("{age:?} is not a positive duration (\"1h\")"),
+                    )
+                })?;
+        }
+        if let Some(keep) = &raw.audit.retention {
+            audit_segments.retention = Some(
+                parse_duration(keep)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| {
+                        invalid(
+                            "audit.retention",
+                            format!("{keep:?} is not a positive duration (\"90d\")"),
+                        )
+                    })?,
+            );
+        }
 
         // [[connection]]
         let mut connections: Vec<ConnectionConfig> = Vec::new();
@@ -899,6 +937,7 @@ impl Config {
             grants,
             audit_dir,
             audit_max_statement_bytes,
+            audit_segments,
             limits,
         })
     }

@@ -182,10 +182,16 @@ pub struct AuditLog {
 }
 
 impl AuditLog {
-    /// Opens (creating if needed) `dir/audit.jsonl` and starts the writer task. The
-    /// hash chain continues from the trail's last complete record; an incomplete last
-    /// line (a crash mid-write) is terminated and reported by a `trail.torn` record.
+    /// [`AuditLog::open_with`] with the default segments.
     pub async fn open(dir: &Path) -> Result<AuditLog, AuditError> {
+        AuditLog::open_with(dir, Segments::default()).await
+    }
+
+    /// Opens (creating if needed) `dir/audit.jsonl`, the active segment, and starts the
+    /// writer task. The hash chain continues from the trail's last complete record; an
+    /// incomplete last line (a crash mid-write) is terminated and reported by a
+    /// `trail.torn` record.
+    pub async fn open_with(dir: &Path, segments: Segments) -> Result<AuditLog, AuditError> {
         let path = dir.join("audit.jsonl");
         let io_err = |source| AuditError::Io {
             path: path.clone(),
@@ -205,12 +211,18 @@ impl AuditLog {
         let (tx, rx) = mpsc::channel(4096);
         // A plain thread: file writes from async tasks would each hop through tokio's
         // blocking pool, which costs more than the write itself.
-        let thread_path = path.clone();
         let healthy = Arc::new(AtomicBool::new(true));
-        let thread_healthy = healthy.clone();
+        let trail = Trail {
+            file,
+            path: path.clone(),
+            dir: dir.to_owned(),
+            segments,
+            opened: std::time::Instant::now(),
+            healthy: healthy.clone(),
+        };
         std::thread::Builder::new()
             .name("sqlgate-audit".into())
-            .spawn(move || writer(file, rx, thread_path, thread_healthy, chain, torn))
+            .spawn(move || writer(trail, rx, chain, torn))
             .map_err(io_err)?;
         Ok(AuditLog { tx, path, healthy })
     }
@@ -262,6 +274,99 @@ impl AuditLog {
             .send(Command::Write(Box::new(record), None))
             .await
             .map_err(|_| AuditError::Stopped)
+    }
+}
+
+/// When the active segment is closed and a new one begun, and how long closed
+/// segments are kept. Closed segments are `audit-<last seq, 20 digits>.jsonl`, so
+/// their names sort in chain order; the chain runs on from one into the next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segments {
+    pub max_bytes: u64,
+    /// Counted from when the gateway opened the segment.
+    pub max_age: std::time::Duration,
+    /// Closed segments whose last write is older are deleted. `None`: kept forever.
+    pub retention: Option<std::time::Duration>,
+}
+
+impl Default for Segments {
+    fn default() -> Self {
+        Segments {
+            max_bytes: 64 << 20,
+            max_age: std::time::Duration::from_secs(24 * 3600),
+            retention: None,
+        }
+    }
+}
+
+/// The closed segments in `dir`, in chain order.
+pub fn closed_segments(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("audit-") && n.ends_with(".jsonl"))
+        })
+        .collect();
+    segments.sort();
+    Ok(segments)
+}
+
+/// The writer's files.
+struct Trail {
+    file: std::fs::File,
+    path: PathBuf,
+    dir: PathBuf,
+    segments: Segments,
+    opened: std::time::Instant,
+    healthy: Arc<AtomicBool>,
+}
+
+impl Trail {
+    fn due(&self, chain: &Chain) -> bool {
+        chain.good_len >= self.segments.max_bytes
+            || (chain.good_len > 0 && self.opened.elapsed() >= self.segments.max_age)
+    }
+
+    /// Closes the active segment under its final name and opens a new one; then
+    /// applies retention.
+    fn rotate(&mut self, chain: &mut Chain) -> std::io::Result<()> {
+        self.file.sync_data()?;
+        let closed = self.dir.join(format!("audit-{:020}.jsonl", chain.seq));
+        std::fs::rename(&self.path, &closed)?;
+        self.file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&self.path)?;
+        if let Ok(dir) = std::fs::File::open(&self.dir) {
+            let _ = dir.sync_all();
+        }
+        chain.good_len = 0;
+        self.opened = std::time::Instant::now();
+        tracing::info!(segment = %closed.display(), "audit segment closed");
+        if let Some(keep) = self.segments.retention {
+            for segment in closed_segments(&self.dir)? {
+                let old = std::fs::metadata(&segment)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > keep);
+                if old && segment != closed {
+                    match std::fs::remove_file(&segment) {
+                        Ok(()) => {
+                            tracing::info!(segment = %segment.display(), "audit segment removed (retention)")
+                        }
+                        Err(e) => {
+                            tracing::warn!(segment = %segment.display(), error = %e, "cannot remove an old audit segment")
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -371,15 +476,10 @@ fn chain_line(chain: &mut Chain, record: &mut AuditRecord, buf: &mut Vec<u8>) {
     buf.push(b'\n');
 }
 
-fn writer(
-    mut file: std::fs::File,
-    mut rx: mpsc::Receiver<Command>,
-    path: PathBuf,
-    healthy: Arc<AtomicBool>,
-    mut chain: Chain,
-    torn: Option<Torn>,
-) {
+fn writer(mut trail: Trail, mut rx: mpsc::Receiver<Command>, mut chain: Chain, torn: Option<Torn>) {
     use std::io::Write;
+    let path = trail.path.clone();
+    let healthy = trail.healthy.clone();
     let mut buf = Vec::with_capacity(64 * 1024);
     // Bytes past `chain.good_len` that a failed write may have left.
     let mut dirty = false;
@@ -398,7 +498,11 @@ fn writer(
             rec.torn_sha256 = Some(torn.sha256);
             chain_line(&mut chain, &mut rec, &mut buf);
         }
-        match file.write_all(&buf).and_then(|_| file.sync_data()) {
+        match trail
+            .file
+            .write_all(&buf)
+            .and_then(|_| trail.file.sync_data())
+        {
             Ok(()) => chain.good_len += buf.len() as u64,
             Err(e) => {
                 tracing::error!(path = %path.display(), error = %e, "cannot mark the torn audit record");
@@ -426,12 +530,12 @@ fn writer(
         let result = (|| {
             if dirty {
                 // Remove what a failed write left, so the next record starts a line.
-                file.set_len(chain.good_len.min(before.good_len))?;
+                trail.file.set_len(chain.good_len.min(before.good_len))?;
                 dirty = false;
             }
-            file.write_all(&buf)?;
+            trail.file.write_all(&buf)?;
             if !acks.is_empty() {
-                file.sync_data()?;
+                trail.file.sync_data()?;
             }
             Ok::<(), std::io::Error>(())
         })();
@@ -445,6 +549,12 @@ fn writer(
             }
         }
         buf.clear();
+        if result.is_ok() && trail.due(&chain) {
+            if let Err(e) = trail.rotate(&mut chain) {
+                // The active segment just grows; the chain is unaffected.
+                tracing::error!(path = %path.display(), error = %e, "cannot rotate the audit segment");
+            }
+        }
         healthy.store(result.is_ok(), Ordering::Relaxed);
         for ack in acks {
             let _ = ack.send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
