@@ -137,6 +137,37 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Audit {
             command: AuditCommand::Verify { dir, config },
         } => audit_verify(dir, config),
+        Command::Audit {
+            command:
+                AuditCommand::Sessions {
+                    dir,
+                    config,
+                    since,
+                    until,
+                    sub,
+                    connection,
+                    decision,
+                },
+        } => audit_sessions(
+            dir,
+            config,
+            crate::audit::read::Filter {
+                since,
+                until,
+                sub,
+                connection,
+                decision,
+            },
+        ),
+        Command::Audit {
+            command:
+                AuditCommand::Replay {
+                    session,
+                    dir,
+                    config,
+                    html,
+                },
+        } => audit_replay(session, dir, config, html),
         Command::Demo {
             listen,
             upstream,
@@ -214,6 +245,95 @@ pub enum AuditCommand {
         #[arg(long, short, default_value = "gateway.toml")]
         config: PathBuf,
     },
+    /// List sessions: who, which connection, the grant decision, when, how it ended.
+    Sessions {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, short, default_value = "gateway.toml")]
+        config: PathBuf,
+        /// Sessions that started at or after this RFC 3339 time (UTC, e.g. 2026-12-01T00:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// ... and before this one.
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        sub: Option<String>,
+        #[arg(long)]
+        connection: Option<String>,
+        /// allow (a grant was issued) or deny.
+        #[arg(long)]
+        decision: Option<String>,
+    },
+    /// One session as a transcript; with --html, also a self-contained page.
+    Replay {
+        /// The session id (s-...).
+        session: String,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, short, default_value = "gateway.toml")]
+        config: PathBuf,
+        /// Write the HTML page here.
+        #[arg(long)]
+        html: Option<PathBuf>,
+    },
+}
+
+fn audit_sessions(
+    dir: Option<PathBuf>,
+    config: PathBuf,
+    filter: crate::audit::read::Filter,
+) -> Result<(), String> {
+    let dir = audit_dir(dir, config)?;
+    let sessions = crate::audit::read::sessions(&dir, false)
+        .map_err(|e| format!("cannot read the trail in {}: {e}", dir.display()))?;
+    println!(
+        "{:<20} {:<24} {:<16} {:<20} {:<8} {:>6} {:>6}  ended",
+        "session", "started", "sub", "connection", "grant", "stmts", "denied"
+    );
+    for s in sessions.iter().filter(|s| filter.matches(s)) {
+        let ended = match (&s.ended, &s.end_reason) {
+            (Some(t), Some(r)) => format!("{t} {r}"),
+            (Some(t), None) => t.clone(),
+            (None, _) => "-".into(),
+        };
+        println!(
+            "{:<20} {:<24} {:<16} {:<20} {:<8} {:>6} {:>6}  {}",
+            s.session_id,
+            s.started,
+            s.sub.as_deref().unwrap_or("-"),
+            format!("{} ({})", s.connection, s.protocol),
+            s.decision,
+            s.statements,
+            s.denied,
+            ended
+        );
+    }
+    Ok(())
+}
+
+fn audit_replay(
+    session: String,
+    dir: Option<PathBuf>,
+    config: PathBuf,
+    html: Option<PathBuf>,
+) -> Result<(), String> {
+    let dir = audit_dir(dir, config)?;
+    let sessions = crate::audit::read::sessions(&dir, true)
+        .map_err(|e| format!("cannot read the trail in {}: {e}", dir.display()))?;
+    let Some(s) = sessions.into_iter().find(|s| s.session_id == session) else {
+        return Err(format!(
+            "no session {session:?} in the trail in {}",
+            dir.display()
+        ));
+    };
+    print!("{}", crate::audit::replay::transcript(&s));
+    if let Some(path) = html {
+        std::fs::write(&path, crate::audit::replay::html(&s))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        println!("\nHTML: {}", path.display());
+    }
+    Ok(())
 }
 
 fn audit_dir(dir: Option<PathBuf>, config: PathBuf) -> Result<PathBuf, String> {

@@ -1,0 +1,140 @@
+//! Reading a trail back: every record of every segment, in chain order, and the
+//! sessions they describe (`sqlgate audit sessions`, `sqlgate audit replay`).
+//!
+//! Readers take records as JSON values, so a trail written by an older gateway (fewer
+//! fields) still reads; lines that are not records (a torn line) are skipped here —
+//! `sqlgate audit verify` is where they are reported.
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::Path;
+
+use serde_json::Value;
+
+/// Calls `each` with every record of the trail in `dir`, oldest first.
+pub fn records(dir: &Path, mut each: impl FnMut(Value)) -> std::io::Result<()> {
+    let mut files = super::closed_segments(dir)?;
+    let active = dir.join("audit.jsonl");
+    if active.exists() {
+        files.push(active);
+    }
+    for path in files {
+        let reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&path)?);
+        for line in reader.split(b'\n') {
+            let line = line?;
+            if let Ok(value @ Value::Object(_)) = serde_json::from_slice::<Value>(&line) {
+                each(value);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One session as the trail tells it.
+#[derive(Debug, Clone, Default)]
+pub struct Session {
+    pub session_id: String,
+    pub grant_id: Option<String>,
+    pub sub: Option<String>,
+    pub groups: Vec<String>,
+    pub connection: String,
+    pub protocol: String,
+    pub client_addr: String,
+    /// When the grant was decided.
+    pub started: String,
+    /// "allow" (a grant was issued) or "deny".
+    pub decision: String,
+    pub reason: Option<String>,
+    pub expires_at: Option<String>,
+    pub ended: Option<String>,
+    pub end_reason: Option<String>,
+    pub statements: u64,
+    pub denied: u64,
+    /// The session's records, in order (for replay).
+    pub records: Vec<Value>,
+}
+
+fn text(v: &Value, key: &str) -> Option<String> {
+    v[key].as_str().map(str::to_owned)
+}
+
+/// Filters for `sqlgate audit sessions`.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// RFC 3339 bounds on the session's start (compared as text: same format).
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub sub: Option<String>,
+    pub connection: Option<String>,
+    pub decision: Option<String>,
+}
+
+impl Filter {
+    pub fn matches(&self, s: &Session) -> bool {
+        self.since
+            .as_ref()
+            .is_none_or(|t| s.started.as_str() >= t.as_str())
+            && self
+                .until
+                .as_ref()
+                .is_none_or(|t| s.started.as_str() < t.as_str())
+            && self.sub.as_ref().is_none_or(|x| s.sub.as_ref() == Some(x))
+            && self.connection.as_ref().is_none_or(|x| &s.connection == x)
+            && self.decision.as_ref().is_none_or(|x| &s.decision == x)
+    }
+}
+
+/// The sessions of a trail, by start. With `keep_records`, each keeps its records.
+pub fn sessions(dir: &Path, keep_records: bool) -> std::io::Result<Vec<Session>> {
+    let mut by_id: BTreeMap<String, Session> = BTreeMap::new();
+    records(dir, |v| {
+        let Some(id) = text(&v, "session_id").filter(|id| id != "-") else {
+            return;
+        };
+        let s = by_id.entry(id.clone()).or_insert_with(|| Session {
+            session_id: id,
+            connection: text(&v, "connection").unwrap_or_default(),
+            protocol: text(&v, "protocol").unwrap_or_default(),
+            client_addr: text(&v, "client_addr").unwrap_or_default(),
+            started: text(&v, "time").unwrap_or_default(),
+            ..Session::default()
+        });
+        match v["event"].as_str().unwrap_or_default() {
+            "grant.issued" | "grant.denied" => {
+                s.decision = text(&v, "decision").unwrap_or_default();
+                s.reason = text(&v, "reason");
+                s.grant_id = text(&v, "grant_id");
+                s.sub = text(&v, "sub").or(s.sub.take());
+                s.expires_at = text(&v, "expires_at");
+                s.groups = v["groups"]
+                    .as_array()
+                    .map(|g| {
+                        g.iter()
+                            .filter_map(|x| x.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if s.decision == "deny" {
+                    s.ended = text(&v, "time");
+                }
+            }
+            "statement" => {
+                s.statements += 1;
+                if v["decision"] == "deny" {
+                    s.denied += 1;
+                }
+            }
+            "session.ended" => {
+                s.ended = text(&v, "time");
+                s.end_reason = text(&v, "reason");
+            }
+            _ => {}
+        }
+        if keep_records {
+            s.records.push(v);
+        }
+    })?;
+    let mut list: Vec<Session> = by_id.into_values().collect();
+    list.sort_by(|a, b| a.started.cmp(&b.started));
+    Ok(list)
+}

@@ -1,0 +1,143 @@
+//! `sqlgate audit replay`: one session as a transcript a reviewer reads, in text or
+//! as one self-contained HTML page (no external resources): who, which grant, when,
+//! then every statement with its decision and reason, denials highlighted, with a
+//! search box that filters the timeline.
+
+use std::fmt::Write;
+
+use serde_json::Value;
+
+use super::read::Session;
+
+fn field<'a>(v: &'a Value, key: &str) -> &'a str {
+    v[key].as_str().unwrap_or_default()
+}
+
+/// The session header lines: (label, value).
+fn header(s: &Session) -> Vec<(&'static str, String)> {
+    let or_dash = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+    vec![
+        ("session", s.session_id.clone()),
+        ("subject", or_dash(&s.sub)),
+        ("groups", s.groups.join(", ")),
+        ("connection", format!("{} ({})", s.connection, s.protocol)),
+        ("client", s.client_addr.clone()),
+        ("grant", format!("{} {}", s.decision, or_dash(&s.grant_id))),
+        ("grant reason", or_dash(&s.reason)),
+        ("started", s.started.clone()),
+        ("expires", or_dash(&s.expires_at)),
+        (
+            "ended",
+            format!("{} ({})", or_dash(&s.ended), or_dash(&s.end_reason)),
+        ),
+        (
+            "statements",
+            format!("{} ({} denied)", s.statements, s.denied),
+        ),
+    ]
+}
+
+/// The plain-text transcript.
+pub fn transcript(s: &Session) -> String {
+    let mut out = String::new();
+    for (label, value) in header(s) {
+        let _ = writeln!(out, "{label:<13} {value}");
+    }
+    let _ = writeln!(out);
+    for r in &s.records {
+        let time = field(r, "time");
+        match field(r, "event") {
+            "statement" => {
+                let decision = field(r, "decision").to_uppercase();
+                let _ = writeln!(
+                    out,
+                    "{time}  {decision:<5} {:<14} {}",
+                    field(r, "kind"),
+                    field(r, "statement")
+                );
+                if let Some(reason) = r["reason"].as_str() {
+                    let _ = writeln!(out, "{:31}reason: {reason}", "");
+                }
+            }
+            event => {
+                let _ = writeln!(out, "{time}  {event}: {}", field(r, "reason"));
+            }
+        }
+    }
+    out
+}
+
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The self-contained HTML page.
+pub fn html(s: &Session) -> String {
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>sqlgate session {id}</title>\
+         <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'\">\
+         <style>body{{font:14px system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse}}\
+         td,th{{padding:4px 8px;border-bottom:1px solid #ddd;vertical-align:top;text-align:left}}\
+         .deny{{background:#fde2e1}}.deny .d{{color:#a00;font-weight:bold}}.event{{color:#555;font-style:italic}}\
+         code{{white-space:pre-wrap;word-break:break-all}}#q{{width:30em;padding:4px;margin:1em 0}}</style></head><body>\
+         <h1>Session {id}</h1><table class=\"head\">",
+        id = escape(&s.session_id)
+    );
+    for (label, value) in header(s) {
+        let _ = write!(
+            out,
+            "<tr><th>{}</th><td>{}</td></tr>",
+            escape(label),
+            escape(&value)
+        );
+    }
+    out.push_str(
+        "</table><input id=\"q\" placeholder=\"search statements, kinds, reasons\" autofocus>\
+         <table id=\"timeline\"><tr><th>time</th><th>decision</th><th>kind</th><th>statement / event</th><th>reason</th></tr>",
+    );
+    for r in &s.records {
+        let time = escape(field(r, "time"));
+        match field(r, "event") {
+            "statement" => {
+                let decision = field(r, "decision");
+                let _ = write!(
+                    out,
+                    "<tr class=\"{cls}\"><td>{time}</td><td class=\"d\">{d}</td><td>{k}</td><td><code>{st}</code></td><td>{re}</td></tr>",
+                    cls = if decision == "deny" { "deny" } else { "allow" },
+                    d = escape(decision),
+                    k = escape(field(r, "kind")),
+                    st = escape(field(r, "statement")),
+                    re = escape(field(r, "reason")),
+                );
+            }
+            event => {
+                let _ = write!(
+                    out,
+                    "<tr class=\"event\"><td>{time}</td><td></td><td>{e}</td><td></td><td>{re}</td></tr>",
+                    e = escape(event),
+                    re = escape(field(r, "reason")),
+                );
+            }
+        }
+    }
+    out.push_str(
+        "</table><script>document.getElementById('q').addEventListener('input',function(){\
+         var q=this.value.toLowerCase();var rows=document.querySelectorAll('#timeline tr');\
+         for(var i=1;i<rows.length;i++){rows[i].style.display=rows[i].textContent.toLowerCase().indexOf(q)<0?'none':''}});\
+         </script></body></html>\n",
+    );
+    out
+}

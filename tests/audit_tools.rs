@@ -1,0 +1,111 @@
+//! `sqlgate audit sessions` and `sqlgate audit replay` on a trail the real gateway
+//! wrote.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::TestGateway;
+
+const SQLGATE: &str = env!("CARGO_BIN_EXE_sqlgate");
+
+fn run(args: &[&str]) -> (bool, String) {
+    let out = Command::new(SQLGATE).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_listed_and_replayed_as_text_and_a_self_contained_page() {
+    let gw = TestGateway::start().await;
+    let client = gw.agent().await;
+    client.simple_query("SELECT 1").await.unwrap();
+    client
+        .simple_query("SELECT '<script>alert(1)</script>' AS x")
+        .await
+        .unwrap();
+    assert!(client.simple_query("DELETE FROM items").await.is_err());
+    drop(client);
+    // A refused login is a session too (decision deny).
+    assert!(gw.connect("reporting", "not-a-token").await.is_err());
+    let mut session = String::new();
+    for _ in 0..100 {
+        let audit = gw.audit().await;
+        if let Some(r) = audit.iter().find(|r| r["event"] == "session.ended") {
+            session = r["session_id"].as_str().unwrap().to_owned();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!session.is_empty(), "the session did not end");
+    let dir = gw.audit_dir.to_str().unwrap();
+
+    let (ok, out) = run(&["audit", "sessions", "--dir", dir]);
+    assert!(ok, "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(&session))
+        .expect("the session is listed");
+    assert!(
+        line.contains("agent-7") && line.contains("reporting (postgres)"),
+        "{line}"
+    );
+    assert!(
+        line.contains(" allow ") && line.contains("client"),
+        "{line}"
+    );
+    assert!(out.lines().any(|l| l.contains(" deny ")), "{out}");
+    let (_, out) = run(&["audit", "sessions", "--dir", dir, "--decision", "allow"]);
+    assert!(
+        out.contains(&session) && !out.lines().any(|l| l.contains(" deny ")),
+        "{out}"
+    );
+    let (_, out) = run(&["audit", "sessions", "--dir", dir, "--sub", "nobody"]);
+    assert!(!out.contains(&session), "{out}");
+    let (_, out) = run(&[
+        "audit",
+        "sessions",
+        "--dir",
+        dir,
+        "--since",
+        "2999-01-01T00:00:00Z",
+    ]);
+    assert!(!out.contains(&session), "{out}");
+
+    let page = tempfile::NamedTempFile::new().unwrap();
+    let (ok, out) = run(&[
+        "audit",
+        "replay",
+        &session,
+        "--dir",
+        dir,
+        "--html",
+        page.path().to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains("subject       agent-7"), "{out}");
+    assert!(
+        out.contains("DENY  DELETE") && out.contains("the grant is read-only"),
+        "{out}"
+    );
+    assert!(out.contains("ALLOW SELECT         SELECT 1"), "{out}");
+    let html = std::fs::read_to_string(page.path()).unwrap();
+    assert!(
+        html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "statement text is escaped"
+    );
+    assert!(
+        !html.contains("<script>alert"),
+        "statement text is never markup"
+    );
+    assert!(html.contains("class=\"deny\""));
+    assert!(
+        !html.contains("http://") && !html.contains("https://") && !html.contains("src="),
+        "self-contained"
+    );
+    let (ok, out) = run(&["audit", "replay", "s-nope", "--dir", dir]);
+    assert!(!ok && out.contains("no session"), "{out}");
+}
