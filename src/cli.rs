@@ -161,6 +161,32 @@ pub async fn run(cli: Cli) -> i32 {
         ),
         Command::Audit {
             command:
+                AuditCommand::Export {
+                    dir,
+                    config,
+                    format,
+                    out,
+                    since,
+                    until,
+                    sub,
+                    connection,
+                    decision,
+                },
+        } => audit_export(
+            dir,
+            config,
+            &format,
+            out,
+            crate::audit::read::Filter {
+                since,
+                until,
+                sub,
+                connection,
+                decision,
+            },
+        ),
+        Command::Audit {
+            command:
                 AuditCommand::Replay {
                     session,
                     dir,
@@ -265,6 +291,28 @@ pub enum AuditCommand {
         #[arg(long)]
         decision: Option<String>,
     },
+    /// Export the records of the sessions that match, in trail order.
+    Export {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, short, default_value = "gateway.toml")]
+        config: PathBuf,
+        /// jsonl (parquet and arrow are not built yet).
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        sub: Option<String>,
+        #[arg(long)]
+        connection: Option<String>,
+        #[arg(long)]
+        decision: Option<String>,
+    },
     /// One session as a transcript; with --html, also a self-contained page.
     Replay {
         /// The session id (s-...).
@@ -309,6 +357,68 @@ fn audit_sessions(
             ended
         );
     }
+    Ok(())
+}
+
+fn audit_export(
+    dir: Option<PathBuf>,
+    config: PathBuf,
+    format: &str,
+    out: PathBuf,
+    filter: crate::audit::read::Filter,
+) -> Result<(), String> {
+    use std::io::Write;
+    if format != "jsonl" {
+        return Err(format!(
+            "export format {format:?} is not available yet; use --format jsonl"
+        ));
+    }
+    let dir = audit_dir(dir, config)?;
+    let read_err = |e: std::io::Error| format!("cannot read the trail in {}: {e}", dir.display());
+    // Two passes: which sessions match, then their records, streamed.
+    let wanted: std::collections::HashSet<String> = crate::audit::read::sessions(&dir, false)
+        .map_err(read_err)?
+        .into_iter()
+        .filter(|s| filter.matches(s))
+        .map(|s| s.session_id)
+        .collect();
+    let file =
+        std::fs::File::create(&out).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    let mut writer = std::io::BufWriter::new(file);
+    let mut written = 0u64;
+    let mut failed = None;
+    let started = std::time::Instant::now();
+    crate::audit::read::records(&dir, |record| {
+        if failed.is_some()
+            || !record["session_id"]
+                .as_str()
+                .is_some_and(|id| wanted.contains(id))
+        {
+            return;
+        }
+        let line = serde_json::to_vec(&record).unwrap_or_default();
+        match writer
+            .write_all(&line)
+            .and_then(|_| writer.write_all(b"\n"))
+        {
+            Ok(()) => written += 1,
+            Err(e) => failed = Some(e),
+        }
+    })
+    .map_err(read_err)?;
+    if let Some(e) = failed {
+        return Err(format!("cannot write {}: {e}", out.display()));
+    }
+    writer
+        .flush()
+        .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    let secs = started.elapsed().as_secs_f64().max(1e-6);
+    eprintln!(
+        "exported {written} records of {} sessions to {} ({:.0} records/s)",
+        wanted.len(),
+        out.display(),
+        written as f64 / secs
+    );
     Ok(())
 }
 

@@ -108,4 +108,35 @@ async fn sessions_are_listed_and_replayed_as_text_and_a_self_contained_page() {
     );
     let (ok, out) = run(&["audit", "replay", "s-nope", "--dir", dir]);
     assert!(!ok && out.contains("no session"), "{out}");
+
+    // Export: the matching sessions' records, in trail order, as JSON lines.
+    let export = tempfile::NamedTempFile::new().unwrap();
+    let path = export.path().to_str().unwrap();
+    let (ok, out) = run(&[
+        "audit",
+        "export",
+        "--dir",
+        dir,
+        "--out",
+        path,
+        "--decision",
+        "allow",
+    ]);
+    assert!(ok && out.contains("exported"), "{out}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(export.path())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        lines.iter().all(|r| r["session_id"] == session.as_str()),
+        "{lines:?}"
+    );
+    assert!(lines.iter().any(|r| r["statement"] == "DELETE FROM items"));
+    let seqs: Vec<u64> = lines.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    let (ok, out) = run(&[
+        "audit", "export", "--dir", dir, "--out", path, "--format", "parquet",
+    ]);
+    assert!(!ok && out.contains("not available yet"), "{out}");
 }
