@@ -333,7 +333,7 @@ fn audit_sessions(
     filter: crate::audit::read::Filter,
 ) -> Result<(), String> {
     let dir = audit_dir(dir, config)?;
-    let sessions = crate::audit::read::sessions(&dir, false)
+    let sessions = crate::audit::read::sessions(&dir)
         .map_err(|e| format!("cannot read the trail in {}: {e}", dir.display()))?;
     println!(
         "{:<20} {:<24} {:<16} {:<20} {:<8} {:>6} {:>6}  ended",
@@ -376,7 +376,7 @@ fn audit_export(
     let dir = audit_dir(dir, config)?;
     let read_err = |e: std::io::Error| format!("cannot read the trail in {}: {e}", dir.display());
     // Two passes: which sessions match, then their records, streamed.
-    let wanted: std::collections::HashSet<String> = crate::audit::read::sessions(&dir, false)
+    let wanted: std::collections::HashSet<String> = crate::audit::read::sessions(&dir)
         .map_err(read_err)?
         .into_iter()
         .filter(|s| filter.matches(s))
@@ -429,9 +429,9 @@ fn audit_replay(
     html: Option<PathBuf>,
 ) -> Result<(), String> {
     let dir = audit_dir(dir, config)?;
-    let sessions = crate::audit::read::sessions(&dir, true)
+    let found = crate::audit::read::session(&dir, &session)
         .map_err(|e| format!("cannot read the trail in {}: {e}", dir.display()))?;
-    let Some(s) = sessions.into_iter().find(|s| s.session_id == session) else {
+    let Some(s) = found else {
         return Err(format!(
             "no session {session:?} in the trail in {}",
             dir.display()

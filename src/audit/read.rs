@@ -84,13 +84,26 @@ impl Filter {
     }
 }
 
-/// The sessions of a trail, by start. With `keep_records`, each keeps its records.
-pub fn sessions(dir: &Path, keep_records: bool) -> std::io::Result<Vec<Session>> {
+/// The sessions of a trail, by start (without their records).
+pub fn sessions(dir: &Path) -> std::io::Result<Vec<Session>> {
+    collect(dir, None)
+}
+
+/// One session with its records, read in one pass that keeps nothing else.
+pub fn session(dir: &Path, id: &str) -> std::io::Result<Option<Session>> {
+    Ok(collect(dir, Some(id))?.into_iter().next())
+}
+
+fn collect(dir: &Path, only: Option<&str>) -> std::io::Result<Vec<Session>> {
+    let keep_records = only.is_some();
     let mut by_id: BTreeMap<String, Session> = BTreeMap::new();
     records(dir, |v| {
         let Some(id) = text(&v, "session_id").filter(|id| id != "-") else {
             return;
         };
+        if only.is_some_and(|only| only != id) {
+            return;
+        }
         let s = by_id.entry(id.clone()).or_insert_with(|| Session {
             session_id: id,
             connection: text(&v, "connection").unwrap_or_default(),
