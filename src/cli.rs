@@ -345,16 +345,17 @@ fn audit_sessions(
             (Some(t), None) => t.clone(),
             (None, _) => "-".into(),
         };
+        let plain = crate::audit::replay::plain;
         println!(
             "{:<20} {:<24} {:<16} {:<20} {:<8} {:>6} {:>6}  {}",
-            s.session_id,
-            s.started,
-            s.sub.as_deref().unwrap_or("-"),
-            format!("{} ({})", s.connection, s.protocol),
-            s.decision,
+            plain(&s.session_id),
+            plain(&s.started),
+            plain(s.sub.as_deref().unwrap_or("-")),
+            plain(&format!("{} ({})", s.connection, s.protocol)),
+            plain(&s.decision),
             s.statements,
             s.denied,
-            ended
+            plain(&ended)
         );
     }
     Ok(())
@@ -388,7 +389,7 @@ fn audit_export(
     let mut written = 0u64;
     let mut failed = None;
     let started = std::time::Instant::now();
-    crate::audit::read::records(&dir, |record| {
+    crate::audit::read::records(&dir, |raw, record| {
         if failed.is_some()
             || !record["session_id"]
                 .as_str()
@@ -396,11 +397,8 @@ fn audit_export(
         {
             return;
         }
-        let line = serde_json::to_vec(&record).unwrap_or_default();
-        match writer
-            .write_all(&line)
-            .and_then(|_| writer.write_all(b"\n"))
-        {
+        // The line as written, so exported records still hash to their chain.
+        match writer.write_all(raw).and_then(|_| writer.write_all(b"\n")) {
             Ok(()) => written += 1,
             Err(e) => failed = Some(e),
         }

@@ -225,5 +225,102 @@ async fn segments_rotate_by_size_and_the_chain_runs_across_them() {
     assert!(report
         .warnings
         .iter()
-        .any(|w| w.what.contains("older segments were removed")));
+        .any(|w| w.what.contains("by retention")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_findings_on_the_trail_stay_closed() {
+    use sqlgate::audit::{closed_segments, Segments};
+    // A restart right after a rotation continues the chain from the newest closed
+    // segment, and never replaces a segment.
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = Segments {
+        max_bytes: 1,
+        ..Segments::default()
+    };
+    {
+        let log = AuditLog::open_with(dir.path(), tiny.clone()).await.unwrap();
+        for i in 0..3 {
+            log.record_durable(record(i)).await.unwrap();
+        }
+    }
+    {
+        let log = AuditLog::open_with(dir.path(), tiny.clone()).await.unwrap();
+        log.record_durable(record(3)).await.unwrap();
+    }
+    assert_eq!(closed_segments(dir.path()).unwrap().len(), 4);
+    let report = verify(dir.path()).unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!(report.head.as_ref().map(|h| h.0), Some(4));
+
+    // Removing the start of the trail is a problem unless retention says it cut there.
+    let first = closed_segments(dir.path()).unwrap()[0].clone();
+    std::fs::remove_file(&first).unwrap();
+    let report = verify(dir.path()).unwrap();
+    assert!(!report.ok(), "a removed first segment must not verify");
+    assert!(
+        report.problems[0].what.contains("no trail.pruned"),
+        "{:?}",
+        report.problems
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = AuditLog::open(dir.path()).await.unwrap();
+        for i in 0..4 {
+            log.record_durable(record(i)).await.unwrap();
+        }
+    }
+    let path = dir.path().join("audit.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<String> = text.lines().skip(2).map(str::to_owned).collect();
+    write_lines(dir.path(), &lines);
+    let report = verify(dir.path()).unwrap();
+    assert!(!report.ok(), "deleting the first records must not verify");
+
+    // A 6 MiB line (escaped control characters) before a torn tail: the chain is found.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = AuditLog::open(dir.path()).await.unwrap();
+        log.record_durable(record(0)).await.unwrap();
+        let mut big = record(1);
+        big.set_statement(&"\u{1}".repeat(1 << 20), 2 << 20);
+        log.record_durable(big).await.unwrap();
+    }
+    let path = dir.path().join("audit.jsonl");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.extend_from_slice(br#"{"seq":3,"pr"#);
+    std::fs::write(&path, &bytes).unwrap();
+    {
+        let log = AuditLog::open(dir.path()).await.unwrap();
+        log.record_durable(record(3)).await.unwrap();
+    }
+    let report = verify(dir.path()).unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!(report.head.as_ref().map(|h| h.0), Some(4));
+
+    // A hostile file: a huge seq, a directory and a stray file named like segments.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("audit.jsonl"),
+        format!("{{\"seq\":{},\"prev\":\"x\"}}\n", u64::MAX),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("audit-00000000000000000001.jsonl")).unwrap();
+    std::fs::write(dir.path().join("audit-export.jsonl"), "not a segment\n").unwrap();
+    let report = verify(dir.path()).unwrap();
+    assert!(!report.ok());
+    assert!(closed_segments(dir.path()).unwrap().is_empty());
+    // A trail whose last line is not a record is not appended to blindly.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("audit.jsonl"), "garbage\n").unwrap();
+    assert!(AuditLog::open(dir.path()).await.is_err());
+}
+
+#[test]
+fn terminal_output_shows_control_characters_escaped() {
+    let shown = sqlgate::audit::replay::plain("a\u{1b}[2K\rb\nc");
+    assert!(!shown.chars().any(char::is_control), "{shown:?}");
+    assert!(shown.contains("\\u{1b}") && shown.contains("\\r") && shown.contains("\\n"));
+    assert_eq!(sqlgate::audit::replay::plain("SELECT 1"), "SELECT 1");
 }

@@ -133,6 +133,11 @@ async fn sessions_are_listed_and_replayed_as_text_and_a_self_contained_page() {
         "{lines:?}"
     );
     assert!(lines.iter().any(|r| r["statement"] == "DELETE FROM items"));
+    // Exported lines are the trail's lines, byte for byte (they still hash to the chain).
+    let trail = std::fs::read_to_string(gw.audit_dir.join("audit.jsonl")).unwrap();
+    for line in std::fs::read_to_string(export.path()).unwrap().lines() {
+        assert!(trail.lines().any(|l| l == line), "{line}");
+    }
     let seqs: Vec<u64> = lines.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
     let (ok, out) = run(&[

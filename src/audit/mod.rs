@@ -64,6 +64,14 @@ pub struct AuditRecord {
     pub torn_length: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub torn_sha256: Option<String>,
+    /// `trail.gap`: records lost to failed writes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost_records: Option<u64>,
+    /// `trail.pruned`: the last removed record's seq and line hash.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pruned_through_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pruned_through_sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -80,6 +88,12 @@ pub enum AuditEvent {
     /// Written when a trail is opened whose last line was incomplete.
     #[serde(rename = "trail.torn")]
     TrailTorn,
+    /// Written after failed writes: how many records were lost.
+    #[serde(rename = "trail.gap")]
+    TrailGap,
+    /// Written after retention removed closed segments: where the chain was cut.
+    #[serde(rename = "trail.pruned")]
+    TrailPruned,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -113,6 +127,9 @@ impl AuditRecord {
             groups: None,
             torn_length: None,
             torn_sha256: None,
+            lost_records: None,
+            pruned_through_seq: None,
+            pruned_through_sha256: None,
         }
     }
 }
@@ -206,7 +223,18 @@ impl AuditLog {
             .read(true)
             .open(&path)
             .map_err(io_err)?;
-        let (chain, torn) = recover(&file).map_err(io_err)?;
+        let (mut chain, torn) = recover(&file).map_err(io_err)?;
+        if chain.good_len == 0 {
+            // An empty active segment (the gateway stopped right after a rotation):
+            // the chain goes on from the newest closed segment.
+            if let Some(newest) = closed_segments(dir).map_err(io_err)?.last() {
+                let (last, _) =
+                    recover(&std::fs::File::open(newest).map_err(io_err)?).map_err(io_err)?;
+                chain.seq = last.seq;
+                chain.prev = last.prev;
+            }
+        }
+        let torn_found = torn.is_some();
         if let Some(torn) = &torn {
             tracing::warn!(path = %path.display(), bytes = torn.length, "the audit trail ends in an incomplete record (a crash mid-write); it is kept, and reported by a trail.torn record");
         }
@@ -226,7 +254,12 @@ impl AuditLog {
             .name("sqlgate-audit".into())
             .spawn(move || writer(trail, rx, chain, torn))
             .map_err(io_err)?;
-        Ok(AuditLog { tx, path, healthy })
+        let log = AuditLog { tx, path, healthy };
+        if torn_found {
+            // Record the torn line now, not with the first statement.
+            let _ = log.sync().await;
+        }
+        Ok(log)
     }
 
     pub fn path(&self) -> &Path {
@@ -307,9 +340,13 @@ pub fn closed_segments(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| {
-            p.file_name()
+            let named = p
+                .file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("audit-") && n.ends_with(".jsonl"))
+                .and_then(|n| n.strip_prefix("audit-"))
+                .and_then(|n| n.strip_suffix(".jsonl"))
+                .is_some_and(|seq| seq.len() == 20 && seq.bytes().all(|b| b.is_ascii_digit()));
+            named && std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file())
         })
         .collect();
     segments.sort();
@@ -333,42 +370,55 @@ impl Trail {
     }
 
     /// Closes the active segment under its final name and opens a new one; then
-    /// applies retention.
-    fn rotate(&mut self, chain: &mut Chain) -> std::io::Result<()> {
+    /// applies retention, oldest segments first, and says what it removed.
+    fn rotate(&mut self, chain: &mut Chain) -> std::io::Result<Option<Pruned>> {
         self.file.sync_data()?;
         let closed = self.dir.join(format!("audit-{:020}.jsonl", chain.seq));
-        std::fs::rename(&self.path, &closed)?;
-        self.file = std::fs::OpenOptions::new()
+        // Never replace a segment: link the new name (fails if it exists), then put a
+        // fresh active segment in place of the old name.
+        std::fs::hard_link(&self.path, &closed)?;
+        let staged = self.dir.join(".audit.jsonl.new");
+        let fresh = std::fs::OpenOptions::new()
             .create(true)
-            .append(true)
+            .truncate(true)
+            .write(true)
             .read(true)
-            .open(&self.path)?;
+            .open(&staged)?;
+        std::fs::rename(&staged, &self.path)?;
+        self.file = fresh;
         if let Ok(dir) = std::fs::File::open(&self.dir) {
             let _ = dir.sync_all();
         }
         chain.good_len = 0;
         self.opened = std::time::Instant::now();
         tracing::info!(segment = %closed.display(), "audit segment closed");
-        if let Some(keep) = self.segments.retention {
-            for segment in closed_segments(&self.dir)? {
-                let old = std::fs::metadata(&segment)
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age > keep);
-                if old && segment != closed {
-                    match std::fs::remove_file(&segment) {
-                        Ok(()) => {
-                            tracing::info!(segment = %segment.display(), "audit segment removed (retention)")
-                        }
-                        Err(e) => {
-                            tracing::warn!(segment = %segment.display(), error = %e, "cannot remove an old audit segment")
-                        }
-                    }
-                }
+        let Some(keep) = self.segments.retention else {
+            return Ok(None);
+        };
+        let mut pruned: Option<Pruned> = None;
+        for segment in closed_segments(&self.dir)? {
+            let old = std::fs::metadata(&segment)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > keep);
+            if !old || segment == closed {
+                break;
             }
+            let (last, _) = recover(&std::fs::File::open(&segment)?)?;
+            if let Err(e) = std::fs::remove_file(&segment) {
+                tracing::warn!(segment = %segment.display(), error = %e, "cannot remove an old audit segment");
+                break;
+            }
+            tracing::info!(segment = %segment.display(), "audit segment removed (retention)");
+            let count = pruned.as_ref().map_or(0, |p| p.segments);
+            pruned = Some(Pruned {
+                segments: count + 1,
+                through_seq: last.seq,
+                through_sha256: last.prev,
+            });
         }
-        Ok(())
+        Ok(pruned)
     }
 }
 
@@ -384,6 +434,14 @@ struct Chain {
 /// The prev of a trail's first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// What retention removed: the chain's last record in the removed segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Pruned {
+    segments: u64,
+    through_seq: u64,
+    through_sha256: String,
+}
+
 /// An incomplete last line found when a trail is opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Torn {
@@ -392,6 +450,9 @@ struct Torn {
 }
 
 /// Reads the end of an existing trail: where the chain stands, and a torn last line.
+/// A last complete line that is not a record is an error (the trail must be looked
+/// at with `sqlgate audit verify`, not silently restarted); one without `seq` was
+/// written before the chain existed, and the chain starts after it.
 fn recover(file: &std::fs::File) -> std::io::Result<(Chain, Option<Torn>)> {
     use std::io::{Read, Seek, SeekFrom};
     let len = file.metadata()?.len();
@@ -403,16 +464,20 @@ fn recover(file: &std::fs::File) -> std::io::Result<(Chain, Option<Torn>)> {
     if len == 0 {
         return Ok((fresh, None));
     }
-    // Lines are bounded by audit.max_statement_bytes; read a window that holds the
-    // last two, or the whole file.
+    // Read a window that holds the whole last complete line (a newline before it, or
+    // the start of the file), growing it for long lines.
     let mut window = (4u64 << 20).min(len);
     let tail = loop {
         let mut f = file;
         f.seek(SeekFrom::Start(len - window))?;
         let mut tail = Vec::with_capacity(window as usize);
         f.take(window).read_to_end(&mut tail)?;
-        let body = tail.strip_suffix(b"\n").unwrap_or(&tail);
-        if window == len || body.contains(&b'\n') {
+        let complete_end = tail.iter().rposition(|b| *b == b'\n');
+        let whole = match complete_end {
+            Some(end) => tail[..end].contains(&b'\n'),
+            None => false,
+        };
+        if whole || window == len {
             break tail;
         }
         window = (window * 4).min(len);
@@ -422,16 +487,17 @@ fn recover(file: &std::fs::File) -> std::io::Result<(Chain, Option<Torn>)> {
         Some(end) => (&tail[..end], Some(&tail[end + 1..])),
         None => (&tail[..0], Some(&tail[..])),
     };
+    let parse = |line: &[u8]| -> Option<serde_json::Value> {
+        serde_json::from_slice::<serde_json::Value>(line)
+            .ok()
+            .filter(|v| v.is_object())
+    };
     // A "torn" tail that is a whole record only lacks its newline.
     if let Some(bytes) = torn {
-        if serde_json::from_slice::<serde_json::Value>(bytes).is_ok_and(|v| v.is_object()) {
-            let seq = serde_json::from_slice::<serde_json::Value>(bytes)
-                .ok()
-                .and_then(|v| v["seq"].as_u64())
-                .unwrap_or(0);
+        if let Some(v) = parse(bytes) {
             return Ok((
                 Chain {
-                    seq,
+                    seq: v["seq"].as_u64().unwrap_or(0),
                     prev: sha256_hex(bytes),
                     good_len: len,
                 },
@@ -447,15 +513,25 @@ fn recover(file: &std::fs::File) -> std::io::Result<(Chain, Option<Torn>)> {
         .next()
         .filter(|l| !l.is_empty());
     let chain = match last {
-        Some(line) => Chain {
-            seq: serde_json::from_slice::<serde_json::Value>(line)
-                .ok()
-                .and_then(|v| v["seq"].as_u64())
-                .unwrap_or(0),
-            prev: sha256_hex(line),
-            good_len: len,
+        Some(line) => match parse(line) {
+            Some(v) => Chain {
+                seq: v["seq"].as_u64().unwrap_or(0),
+                prev: sha256_hex(line),
+                good_len: len,
+            },
+            None => {
+                return Err(std::io::Error::other(
+                    "the last complete line of the audit trail is not a record; check it with \
+                     `sqlgate audit verify` before the gateway appends to it",
+                ))
+            }
         },
-        None => fresh,
+        None if complete.is_empty() => fresh,
+        None => {
+            return Err(std::io::Error::other(
+                "the audit trail ends in an empty line; check it with `sqlgate audit verify`",
+            ))
+        }
     };
     let torn = torn.map(|bytes| Torn {
         length: bytes.len(),
@@ -466,7 +542,7 @@ fn recover(file: &std::fs::File) -> std::io::Result<(Chain, Option<Torn>)> {
 
 /// Appends `record` to `buf` as the chain's next line.
 fn chain_line(chain: &mut Chain, record: &mut AuditRecord, buf: &mut Vec<u8>) {
-    record.seq = chain.seq + 1;
+    record.seq = chain.seq.saturating_add(1);
     record.prev = chain.prev.clone();
     let start = buf.len();
     if serde_json::to_writer(&mut *buf, &*record).is_err() {
@@ -474,7 +550,7 @@ fn chain_line(chain: &mut Chain, record: &mut AuditRecord, buf: &mut Vec<u8>) {
         return;
     }
     chain.prev = sha256_hex(&buf[start..]);
-    chain.seq += 1;
+    chain.seq = record.seq;
     buf.push(b'\n');
 }
 
@@ -485,76 +561,99 @@ fn writer(mut trail: Trail, mut rx: mpsc::Receiver<Command>, mut chain: Chain, t
     let mut buf = Vec::with_capacity(64 * 1024);
     // Bytes past `chain.good_len` that a failed write may have left.
     let mut dirty = false;
-    if let Some(torn) = torn {
-        // Terminate the incomplete line; unless it was a whole record without its
-        // newline, say so in the chain.
-        buf.push(b'\n');
-        if torn.length > 0 {
-            let mut rec = AuditRecord::new(AuditEvent::TrailTorn, "-", "", "");
-            rec.reason = Some(
-                "the trail ended in an incomplete record when it was opened (the gateway stopped mid-write); \
-                 that line is kept unchained"
-                    .into(),
-            );
-            rec.torn_length = Some(torn.length);
-            rec.torn_sha256 = Some(torn.sha256);
-            chain_line(&mut chain, &mut rec, &mut buf);
-        }
-        match trail
-            .file
-            .write_all(&buf)
-            .and_then(|_| trail.file.sync_data())
-        {
-            Ok(()) => chain.good_len += buf.len() as u64,
-            Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "cannot mark the torn audit record");
-                healthy.store(false, Ordering::Relaxed);
-                dirty = true;
+    // Written before the next records, until a write succeeds: the torn line's end
+    // and report, how many records failed writes lost, what retention removed.
+    let mut torn = torn;
+    let mut lost: u64 = 0;
+    let mut pruned: Option<Pruned> = None;
+    while let Some(first) = rx.blocking_recv() {
+        let before = chain.clone();
+        if let Some(t) = &torn {
+            // Terminate the incomplete line; unless it was a whole record without its
+            // newline, say so in the chain.
+            buf.push(b'\n');
+            if t.length > 0 {
+                let mut rec = AuditRecord::new(AuditEvent::TrailTorn, "-", "", "");
+                rec.reason = Some(
+                    "the trail ended in an incomplete record when it was opened (the gateway \
+                     stopped mid-write); that line is kept unchained"
+                        .into(),
+                );
+                rec.torn_length = Some(t.length);
+                rec.torn_sha256 = Some(t.sha256.clone());
+                chain_line(&mut chain, &mut rec, &mut buf);
             }
         }
-        buf.clear();
-    }
-    while let Some(first) = rx.blocking_recv() {
+        if lost > 0 {
+            let mut rec = AuditRecord::new(AuditEvent::TrailGap, "-", "", "");
+            rec.reason = Some(format!(
+                "{lost} record(s) could not be written (the trail was not writable) and are lost"
+            ));
+            rec.lost_records = Some(lost);
+            chain_line(&mut chain, &mut rec, &mut buf);
+        }
+        if let Some(p) = &pruned {
+            let mut rec = AuditRecord::new(AuditEvent::TrailPruned, "-", "", "");
+            rec.reason = Some(format!(
+                "retention removed {} closed segment(s) through seq {}",
+                p.segments, p.through_seq
+            ));
+            rec.pruned_through_seq = Some(p.through_seq);
+            rec.pruned_through_sha256 = Some(p.through_sha256.clone());
+            chain_line(&mut chain, &mut rec, &mut buf);
+        }
         // Batch whatever is queued into one write.
-        let before = chain.clone();
+        let mut records = 0u64;
         let mut acks = Vec::new();
         let mut next = Some(first);
         while let Some(command) = next {
             match command {
                 Command::Write(mut record, ack) => {
                     chain_line(&mut chain, &mut record, &mut buf);
+                    records += 1;
                     acks.extend(ack);
                 }
                 Command::Sync(ack) => acks.push(ack),
             }
             next = rx.try_recv().ok();
         }
+        let must_sync = !acks.is_empty() || torn.is_some() || lost > 0 || pruned.is_some();
         let result = (|| {
             if dirty {
                 // Remove what a failed write left, so the next record starts a line.
-                trail.file.set_len(chain.good_len.min(before.good_len))?;
+                trail.file.set_len(before.good_len)?;
                 dirty = false;
             }
             trail.file.write_all(&buf)?;
-            if !acks.is_empty() {
+            if must_sync {
                 trail.file.sync_data()?;
             }
             Ok::<(), std::io::Error>(())
         })();
         match &result {
-            Ok(()) => chain.good_len = before.good_len + buf.len() as u64,
+            Ok(()) => {
+                chain.good_len = before.good_len + buf.len() as u64;
+                torn = None;
+                lost = 0;
+                pruned = None;
+            }
             Err(e) => {
-                // The batch is lost: the chain goes on from the last record on disk.
+                // The batch is lost: the chain goes on from the last record on disk,
+                // and the next write says how many records are missing.
                 chain = before;
                 dirty = true;
-                tracing::error!(path = %path.display(), error = %e, "audit write failed; statements are refused until it recovers");
+                lost += records;
+                tracing::error!(path = %path.display(), error = %e, lost, "audit write failed; statements are refused until it recovers");
             }
         }
         buf.clear();
         if result.is_ok() && trail.due(&chain) {
-            if let Err(e) = trail.rotate(&mut chain) {
+            match trail.rotate(&mut chain) {
+                Ok(p) => pruned = p,
                 // The active segment just grows; the chain is unaffected.
-                tracing::error!(path = %path.display(), error = %e, "cannot rotate the audit segment");
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "cannot rotate the audit segment")
+                }
             }
         }
         healthy.store(result.is_ok(), Ordering::Relaxed);

@@ -11,8 +11,9 @@ use std::path::Path;
 
 use serde_json::Value;
 
-/// Calls `each` with every record of the trail in `dir`, oldest first.
-pub fn records(dir: &Path, mut each: impl FnMut(Value)) -> std::io::Result<()> {
+/// Calls `each` with every record of the trail in `dir`, oldest first: its line (as
+/// written, without the newline) and its value.
+pub fn records(dir: &Path, mut each: impl FnMut(&[u8], Value)) -> std::io::Result<()> {
     let mut files = super::closed_segments(dir)?;
     let active = dir.join("audit.jsonl");
     if active.exists() {
@@ -23,7 +24,7 @@ pub fn records(dir: &Path, mut each: impl FnMut(Value)) -> std::io::Result<()> {
         for line in reader.split(b'\n') {
             let line = line?;
             if let Ok(value @ Value::Object(_)) = serde_json::from_slice::<Value>(&line) {
-                each(value);
+                each(&line, value);
             }
         }
     }
@@ -97,7 +98,7 @@ pub fn session(dir: &Path, id: &str) -> std::io::Result<Option<Session>> {
 fn collect(dir: &Path, only: Option<&str>) -> std::io::Result<Vec<Session>> {
     let keep_records = only.is_some();
     let mut by_id: BTreeMap<String, Session> = BTreeMap::new();
-    records(dir, |v| {
+    records(dir, |_, v| {
         let Some(id) = text(&v, "session_id").filter(|id| id != "-") else {
             return;
         };

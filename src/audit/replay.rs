@@ -13,6 +13,23 @@ fn field<'a>(v: &'a Value, key: &str) -> &'a str {
     v[key].as_str().unwrap_or_default()
 }
 
+/// `text` safe for a terminal: control characters (escape sequences, newlines,
+/// carriage returns an agent put in a statement) are shown escaped, never obeyed.
+pub fn plain(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// The session header lines: (label, value).
 fn header(s: &Session) -> Vec<(&'static str, String)> {
     let or_dash = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
@@ -41,26 +58,33 @@ fn header(s: &Session) -> Vec<(&'static str, String)> {
 pub fn transcript(s: &Session) -> String {
     let mut out = String::new();
     for (label, value) in header(s) {
-        let _ = writeln!(out, "{label:<13} {value}");
+        let _ = writeln!(out, "{label:<13} {}", plain(&value));
     }
     let _ = writeln!(out);
     for r in &s.records {
         let time = field(r, "time");
         match field(r, "event") {
             "statement" => {
-                let decision = field(r, "decision").to_uppercase();
+                let decision = plain(&field(r, "decision").to_uppercase());
                 let _ = writeln!(
                     out,
-                    "{time}  {decision:<5} {:<14} {}",
-                    field(r, "kind"),
-                    field(r, "statement")
+                    "{}  {decision:<5} {:<14} {}",
+                    plain(time),
+                    plain(field(r, "kind")),
+                    plain(field(r, "statement"))
                 );
                 if let Some(reason) = r["reason"].as_str() {
-                    let _ = writeln!(out, "{:31}reason: {reason}", "");
+                    let _ = writeln!(out, "{:31}reason: {}", "", plain(reason));
                 }
             }
             event => {
-                let _ = writeln!(out, "{time}  {event}: {}", field(r, "reason"));
+                let _ = writeln!(
+                    out,
+                    "{}  {}: {}",
+                    plain(time),
+                    plain(event),
+                    plain(field(r, "reason"))
+                );
             }
         }
     }

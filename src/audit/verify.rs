@@ -64,10 +64,33 @@ pub fn verify(dir: &Path) -> std::io::Result<Report> {
         files.push(active);
     }
     let mut walk = Walk::default();
+    let active_path = dir.join("audit.jsonl");
     for path in files {
-        walk.file(&path)?;
+        walk.file(&path, path != active_path)?;
         if walk.report.problems.len() >= MAX_PROBLEMS {
             break;
+        }
+    }
+    if let Some((line, through, _, file)) = walk.start_cut.take() {
+        let mut finding = Finding {
+            file,
+            line,
+            seq: Some(through + 1),
+            what: format!(
+                "the trail starts at seq {}: records through seq {through} were removed",
+                through + 1
+            ),
+        };
+        if walk.cut_confirmed {
+            finding
+                .what
+                .push_str(" by retention (a trail.pruned record names the cut)");
+            walk.report.warnings.push(finding);
+        } else {
+            finding
+                .what
+                .push_str(", and no trail.pruned record accounts for them");
+            walk.report.problems.push(finding);
         }
     }
     Ok(walk.report)
@@ -79,15 +102,20 @@ struct Walk {
     report: Report,
     expected_prev: Option<String>,
     expected_seq: Option<u64>,
+    /// Where a retention cut starts the walk: (line, last removed seq, its hash, file).
+    start_cut: Option<(u64, u64, String, PathBuf)>,
+    cut_confirmed: bool,
 }
 
 impl Walk {
-    fn file(&mut self, path: &Path) -> std::io::Result<()> {
+    fn file(&mut self, path: &Path, is_closed_segment: bool) -> std::io::Result<()> {
         let file = std::fs::File::open(path)?;
         let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
         let report = &mut self.report;
         let expected_prev = &mut self.expected_prev;
         let expected_seq = &mut self.expected_seq;
+        let start_cut = &mut self.start_cut;
+        let cut_confirmed = &mut self.cut_confirmed;
         // A line that does not parse, waiting to see whether a trail.torn record names it.
         let mut pending: Option<(u64, String, usize)> = None;
         let mut line_no = 0u64;
@@ -169,15 +197,29 @@ impl Walk {
                 continue;
             };
             let prev = value["prev"].as_str().unwrap_or_default();
-            if expected_seq.is_none() && seq > 1 && expected_prev.is_none() {
-                // The oldest segment present does not start the trail: older ones were
-                // removed (retention). Its first record anchors the walk.
-                report.warnings.push(finding(
-                line_no,
-                Some(seq),
-                format!("the trail starts at seq {seq}: older segments were removed (audit.retention)"),
-            ));
+            if expected_seq.is_none() && expected_prev.is_none() && seq > 1 {
+                // The trail does not start at seq 1: acceptable only where retention cut it,
+                // at the start of a closed segment, and a trail.pruned record later names
+                // this cut (checked at the end of the walk).
+                if line_no == 1 && is_closed_segment {
+                    *start_cut = Some((line_no, seq - 1, prev.to_owned(), path.clone()));
+                } else {
+                    report.problems.push(finding(
+                        line_no,
+                        Some(seq),
+                        format!("the trail starts at seq {seq}: earlier records were removed"),
+                    ));
+                }
                 *expected_prev = Some(prev.to_owned());
+            }
+            if value["event"] == "trail.pruned" {
+                if let Some((_, through, hash, _)) = start_cut.as_ref() {
+                    if value["pruned_through_seq"].as_u64() == Some(*through)
+                        && value["pruned_through_sha256"] == hash.as_str()
+                    {
+                        *cut_confirmed = true;
+                    }
+                }
             }
             let want_prev = expected_prev.as_deref().unwrap_or(GENESIS);
             if let Some(want) = *expected_seq {
@@ -199,7 +241,7 @@ impl Walk {
             ));
             }
             *expected_prev = Some(hash.clone());
-            *expected_seq = Some(seq + 1);
+            *expected_seq = seq.checked_add(1);
             report.head = Some((seq, hash));
             if report.problems.len() >= MAX_PROBLEMS {
                 break;
