@@ -761,3 +761,24 @@ async fn second_red_team_findings_stay_closed() {
     assert_eq!(one, Some(1));
     assert_eq!(gw.db.item_count().await, 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pymysql_and_mysql_connector_python_connect_with_tls_only() {
+    let gw = MyGateway::start().await;
+    let token = gw.token(&["analytics-agents"]);
+    let port = gw.port().to_string();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/drivers/mysql_python.py");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args([script, &port, "shop", &token])
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("python3 (with pymysql and mysql-connector-python: .ci/run installs them)");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.matches("ok   ").count(), 4, "{text}");
+    assert_eq!(gw.db.item_count().await, 3);
+}
