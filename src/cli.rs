@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{parse_duration, Config, CredentialSource};
 use crate::gateway::Gateway;
@@ -134,66 +134,21 @@ pub async fn run(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Serve { config } => serve(config).await,
         Command::Check { config, connect } => check(config, connect).await,
-        Command::Audit {
-            command: AuditCommand::Verify { dir, config },
-        } => audit_verify(dir, config),
-        Command::Audit {
-            command:
-                AuditCommand::Sessions {
-                    dir,
-                    config,
-                    since,
-                    until,
-                    sub,
-                    connection,
-                    decision,
-                },
-        } => audit_sessions(
-            dir,
-            config,
-            crate::audit::read::Filter {
-                since,
-                until,
-                sub,
-                connection,
-                decision,
-            },
-        ),
-        Command::Audit {
-            command:
-                AuditCommand::Export {
-                    dir,
-                    config,
-                    format,
-                    out,
-                    since,
-                    until,
-                    sub,
-                    connection,
-                    decision,
-                },
-        } => audit_export(
-            dir,
-            config,
-            &format,
-            out,
-            crate::audit::read::Filter {
-                since,
-                until,
-                sub,
-                connection,
-                decision,
-            },
-        ),
-        Command::Audit {
-            command:
-                AuditCommand::Replay {
-                    session,
-                    dir,
-                    config,
-                    html,
-                },
-        } => audit_replay(session, dir, config, html),
+        Command::Audit { command } => match command {
+            AuditCommand::Verify { trail } => audit_verify(trail),
+            AuditCommand::Sessions { trail, filter } => audit_sessions(trail, filter.into()),
+            AuditCommand::Export {
+                trail,
+                format,
+                out,
+                filter,
+            } => audit_export(trail, &format, out, filter.into()),
+            AuditCommand::Replay {
+                session,
+                trail,
+                html,
+            } => audit_replay(session, trail, html),
+        },
         Command::Demo {
             listen,
             upstream,
@@ -259,80 +214,99 @@ async fn serve(path: PathBuf) -> Result<(), String> {
     Ok(())
 }
 
+/// Where a trail is: `--dir`, or the `audit.dir` of `--config`.
+#[derive(Args, Debug)]
+pub struct TrailArgs {
+    /// The audit directory (default: audit.dir of --config).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    #[arg(long, short, default_value = "gateway.toml")]
+    config: PathBuf,
+}
+
+impl TrailArgs {
+    fn dir(self) -> Result<PathBuf, String> {
+        match self.dir {
+            Some(dir) => Ok(dir),
+            None => Ok(Config::load(&self.config)
+                .map_err(|e| e.to_string())?
+                .audit_dir),
+        }
+    }
+}
+
+/// Which sessions a command looks at.
+#[derive(Args, Debug)]
+pub struct FilterArgs {
+    /// Sessions that started at or after this RFC 3339 time (UTC, e.g. 2026-12-01T00:00:00Z).
+    #[arg(long)]
+    since: Option<String>,
+    /// ... and before this one.
+    #[arg(long)]
+    until: Option<String>,
+    #[arg(long)]
+    sub: Option<String>,
+    #[arg(long)]
+    connection: Option<String>,
+    /// allow (a grant was issued) or deny.
+    #[arg(long)]
+    decision: Option<String>,
+}
+
+impl From<FilterArgs> for crate::audit::read::Filter {
+    fn from(f: FilterArgs) -> Self {
+        crate::audit::read::Filter {
+            since: f.since,
+            until: f.until,
+            sub: f.sub,
+            connection: f.connection,
+            decision: f.decision,
+        }
+    }
+}
+
 /// `sqlgate audit ...`.
 #[derive(Subcommand, Debug)]
 pub enum AuditCommand {
     /// Check the trail's hash chain: names the file, line and record of every edited,
     /// deleted, inserted, reordered or cut record; exits 1 if there is one.
     Verify {
-        /// The audit directory (default: audit.dir of --config).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        #[arg(long, short, default_value = "gateway.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        trail: TrailArgs,
     },
     /// List sessions: who, which connection, the grant decision, when, how it ended.
     Sessions {
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        #[arg(long, short, default_value = "gateway.toml")]
-        config: PathBuf,
-        /// Sessions that started at or after this RFC 3339 time (UTC, e.g. 2026-12-01T00:00:00Z).
-        #[arg(long)]
-        since: Option<String>,
-        /// ... and before this one.
-        #[arg(long)]
-        until: Option<String>,
-        #[arg(long)]
-        sub: Option<String>,
-        #[arg(long)]
-        connection: Option<String>,
-        /// allow (a grant was issued) or deny.
-        #[arg(long)]
-        decision: Option<String>,
+        #[command(flatten)]
+        trail: TrailArgs,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
     /// Export the records of the sessions that match, in trail order.
     Export {
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        #[arg(long, short, default_value = "gateway.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        trail: TrailArgs,
         /// jsonl (parquet and arrow are not built yet).
         #[arg(long, default_value = "jsonl")]
         format: String,
         #[arg(long)]
         out: PathBuf,
-        #[arg(long)]
-        since: Option<String>,
-        #[arg(long)]
-        until: Option<String>,
-        #[arg(long)]
-        sub: Option<String>,
-        #[arg(long)]
-        connection: Option<String>,
-        #[arg(long)]
-        decision: Option<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
     /// One session as a transcript; with --html, also a self-contained page.
     Replay {
         /// The session id (s-...).
         session: String,
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        #[arg(long, short, default_value = "gateway.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        trail: TrailArgs,
         /// Write the HTML page here.
         #[arg(long)]
         html: Option<PathBuf>,
     },
 }
 
-fn audit_sessions(
-    dir: Option<PathBuf>,
-    config: PathBuf,
-    filter: crate::audit::read::Filter,
-) -> Result<(), String> {
-    let dir = audit_dir(dir, config)?;
+fn audit_sessions(trail: TrailArgs, filter: crate::audit::read::Filter) -> Result<(), String> {
+    let dir = trail.dir()?;
     let sessions = crate::audit::read::sessions(&dir)
         .map_err(|e| format!("cannot read the trail in {}: {e}", dir.display()))?;
     println!(
@@ -362,8 +336,7 @@ fn audit_sessions(
 }
 
 fn audit_export(
-    dir: Option<PathBuf>,
-    config: PathBuf,
+    trail: TrailArgs,
     format: &str,
     out: PathBuf,
     filter: crate::audit::read::Filter,
@@ -374,7 +347,7 @@ fn audit_export(
             "export format {format:?} is not available yet; use --format jsonl"
         ));
     }
-    let dir = audit_dir(dir, config)?;
+    let dir = trail.dir()?;
     let read_err = |e: std::io::Error| format!("cannot read the trail in {}: {e}", dir.display());
     // Two passes: which sessions match, then their records, streamed.
     let wanted: std::collections::HashSet<String> = crate::audit::read::sessions(&dir)
@@ -420,13 +393,8 @@ fn audit_export(
     Ok(())
 }
 
-fn audit_replay(
-    session: String,
-    dir: Option<PathBuf>,
-    config: PathBuf,
-    html: Option<PathBuf>,
-) -> Result<(), String> {
-    let dir = audit_dir(dir, config)?;
+fn audit_replay(session: String, trail: TrailArgs, html: Option<PathBuf>) -> Result<(), String> {
+    let dir = trail.dir()?;
     let found = crate::audit::read::session(&dir, &session)
         .map_err(|e| format!("cannot read the trail in {}: {e}", dir.display()))?;
     let Some(s) = found else {
@@ -444,15 +412,8 @@ fn audit_replay(
     Ok(())
 }
 
-fn audit_dir(dir: Option<PathBuf>, config: PathBuf) -> Result<PathBuf, String> {
-    match dir {
-        Some(dir) => Ok(dir),
-        None => Ok(Config::load(&config).map_err(|e| e.to_string())?.audit_dir),
-    }
-}
-
-fn audit_verify(dir: Option<PathBuf>, config: PathBuf) -> Result<(), String> {
-    let dir = audit_dir(dir, config)?;
+fn audit_verify(trail: TrailArgs) -> Result<(), String> {
+    let dir = trail.dir()?;
     let report = crate::audit::verify::verify(&dir)
         .map_err(|e| format!("cannot read the trail in {}: {e}", dir.display()))?;
     for w in &report.warnings {

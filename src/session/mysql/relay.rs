@@ -456,7 +456,9 @@ impl Session {
                 Ok(())
             }
             ClientCommand::ResetConnection => {
-                let tracker = self.forward_quiet(packet, Expect::One, shutdown).await?;
+                // The server's OK is not relayed: the client gets the answer after the re-pin.
+                self.send_upstream(packet).await?;
+                let tracker = self.relay_answer(Expect::One, shutdown, false).await?;
                 self.prepared.clear();
                 let pinned = upstream::pin_framed(
                     &mut self.up,
@@ -608,17 +610,6 @@ impl Session {
     ) -> Result<ResponseTracker, (EndReason, bool)> {
         self.send_upstream(packet).await?;
         self.relay_answer(expect, shutdown, true).await
-    }
-
-    /// Forwards a command and reads its answer without relaying it.
-    async fn forward_quiet(
-        &mut self,
-        packet: &Packet,
-        expect: Expect,
-        shutdown: &mut broadcast::Receiver<()>,
-    ) -> Result<ResponseTracker, (EndReason, bool)> {
-        self.send_upstream(packet).await?;
-        self.relay_answer(expect, shutdown, false).await
     }
 
     /// Relays one answer, packet by packet, until it is complete. A statement past
