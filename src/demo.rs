@@ -139,7 +139,7 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
     let Some(postgres_addr) = gateway.postgres_addr else {
         return Err("the demo config has no Postgres listener".into());
     };
-    print_welcome(
+    let mut welcome = welcome(
         &postgres_addr,
         &issuer.url,
         &token,
@@ -147,7 +147,14 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
         &options.dir,
     );
     if let Some(addr) = gateway.mysql_addr {
-        print_mysql(&addr);
+        welcome.push_str(&mysql_lines(&addr));
+    }
+    welcome.push_str("\n\nCtrl-C stops the demo.\n");
+    // One write, errors ignored: a reader that goes away must not stop the demo.
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(welcome.as_bytes()).and_then(|_| out.flush());
     }
     crate::cli::wait_for_signal().await;
     gateway.shutdown();
@@ -155,8 +162,8 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
     Ok(())
 }
 
-fn print_mysql(addr: &SocketAddr) {
-    println!(
+fn mysql_lines(addr: &SocketAddr) -> String {
+    format!(
         r#"
 MariaDB/MySQL (connection demo-mysql; the same token, as MYSQL_PWD):
 
@@ -167,11 +174,11 @@ Then try:  SELECT @@version;            -- allowed
            CREATE TABLE t (x int);      -- denied: the grant is read-only"#,
         host = addr.ip(),
         port = addr.port(),
-    );
+    )
 }
 
-fn print_welcome(addr: &SocketAddr, issuer: &str, token: &str, config: &Path, dir: &Path) {
-    println!(
+fn welcome(addr: &SocketAddr, issuer: &str, token: &str, config: &Path, dir: &Path) -> String {
+    format!(
         r#"sqlgate demo is running.
   gateway   postgres://{addr}  (TLS, self-signed certificate)
   issuer    {issuer}  (dev OIDC issuer: discovery + JWKS)
@@ -188,12 +195,10 @@ psql "host={host} port={port} dbname=demo user=agent-7 sslmode=require"
 
 Then try:  SELECT version();            -- allowed
            CREATE TABLE t (x int);      -- denied: the grant is read-only
-           SET default_transaction_read_only = off;   -- denied: pinned
-
-Ctrl-C stops the demo."#,
+           SET default_transaction_read_only = off;   -- denied: pinned"#,
         host = addr.ip(),
         port = addr.port(),
         audit = dir.join("audit").join("audit.jsonl").display(),
         config = config.display(),
-    );
+    )
 }

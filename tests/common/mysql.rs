@@ -278,6 +278,21 @@ dir = "audit"
             .unwrap()
     }
 
+    /// Waits (up to 10 s) for a `session.ended` record whose reason satisfies `reason`:
+    /// a client sees its session's last error before the end is recorded.
+    pub async fn ended_with(&self, reason: impl Fn(&str) -> bool) -> bool {
+        for _ in 0..100 {
+            let found = self.audit().await.iter().any(|r| {
+                r["event"] == "session.ended" && r["reason"].as_str().is_some_and(&reason)
+            });
+            if found {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
     pub async fn audit(&self) -> Vec<serde_json::Value> {
         self.gateway.services.audit.sync().await.unwrap();
         let text = std::fs::read_to_string(self.audit_dir.join("audit.jsonl")).unwrap_or_default();

@@ -318,8 +318,7 @@ impl Session {
         match cmd {
             ClientCommand::Quit => Err((EndReason::ClientQuit, false)),
             ClientCommand::Query(text) => {
-                let text = text.to_owned();
-                if self.allow_text(&text, None).await?.is_some() {
+                if self.allow_text(text, None).await?.is_some() {
                     self.forward(packet, Expect::Results, shutdown).await?;
                 }
                 Ok(())

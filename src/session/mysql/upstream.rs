@@ -219,7 +219,9 @@ fn text_row(mut payload: &[u8]) -> Vec<Option<String>> {
         let Some((len, n)) = sqlgate_mysql::lenenc_int(payload) else {
             break;
         };
-        let end = (n + len as usize).min(payload.len());
+        let end = usize::try_from(len)
+            .map_or(payload.len(), |len| n.saturating_add(len))
+            .min(payload.len());
         row.push(Some(String::from_utf8_lossy(&payload[n..end]).into_owned()));
         payload = &payload[end..];
     }

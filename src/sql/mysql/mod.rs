@@ -304,6 +304,67 @@ const READ_LEADERS: &[&str] = &[
     "ANALYZE",
 ];
 
+/// First words of MySQL/MariaDB statements that are not reads: what the grammar does
+/// not parse with one of these is denied by its name ("HANDLER denied"); anything else
+/// that does not parse is a syntax error (1064).
+const STATEMENT_LEADERS: &[&str] = &[
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "REPLACE",
+    "CREATE",
+    "DROP",
+    "ALTER",
+    "TRUNCATE",
+    "RENAME",
+    "GRANT",
+    "REVOKE",
+    "LOAD",
+    "LOCK",
+    "UNLOCK",
+    "HANDLER",
+    "CALL",
+    "DO",
+    "FLUSH",
+    "RESET",
+    "KILL",
+    "SHUTDOWN",
+    "INSTALL",
+    "UNINSTALL",
+    "CHANGE",
+    "PURGE",
+    "PREPARE",
+    "EXECUTE",
+    "DEALLOCATE",
+    "HELP",
+    "CACHE",
+    "OPTIMIZE",
+    "REPAIR",
+    "CHECK",
+    "CHECKSUM",
+    "BACKUP",
+    "BINLOG",
+    "SIGNAL",
+    "RESIGNAL",
+    "GET",
+    "DECLARE",
+    "START",
+    "STOP",
+    "IMPORT",
+    "CLONE",
+    "RESTART",
+    "MERGE",
+    "BEGIN",
+    "COMMIT",
+    "ROLLBACK",
+    "SAVEPOINT",
+    "RELEASE",
+    "XA",
+    "DELIMITER",
+    "SOURCE",
+    "USE",
+];
+
 /// Blanks `[start, end)` of `text` (same length, so token offsets stay valid).
 fn blank(text: &mut String, start: usize, end: usize) {
     if let Some(part) = text.get(start..end) {
@@ -392,7 +453,11 @@ fn classify_text(
         Err(ClassifyError::Syntax(message)) if lead == "SHOW" => {
             show_fallback(&text, tokens).ok_or(ClassifyError::Syntax(message))??
         }
-        Err(ClassifyError::Syntax(_)) if !read => return other(),
+        // A statement the grammar lacks is labelled by its keyword and denied as what
+        // it is; a word that starts no statement is a typo, and says so.
+        Err(ClassifyError::Syntax(_)) if !read && STATEMENT_LEADERS.contains(&lead.as_str()) => {
+            return other()
+        }
         result => result?,
     };
     if lead == "SHOW" {
@@ -1806,8 +1871,13 @@ mod tests {
             classify("SELECT 1", 3),
             Err(ClassifyError::TooLarge { .. })
         ));
-        // Unknown statements are labelled, and denied by policy.
-        assert_eq!(one("SELEC 1").kind.label(), "SELEC");
+        // A word that starts no statement is a syntax error; a statement the grammar
+        // lacks is labelled, and denied by policy as what it is.
+        assert!(matches!(
+            classify("SELEC 1", 1 << 20),
+            Err(ClassifyError::Syntax(_))
+        ));
+        assert_eq!(one("HANDLER t OPEN").kind.label(), "HANDLER");
     }
 
     #[test]
