@@ -155,6 +155,13 @@ pub struct RawAudit {
     pub segment_age: Option<String>,
     /// Closed segments older than this are deleted ("90d"); default: kept forever.
     pub retention: Option<String>,
+    /// "strict" (default): a statement's record is on disk before its answer reaches
+    /// the client. "batched": records are synced at least every `batch_interval`.
+    pub durability: Option<String>,
+    /// The bound for "batched" ("200ms").
+    pub batch_interval: Option<String>,
+    /// Leave bound parameter values out of statement records (their count stays).
+    pub redact_parameters: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -252,6 +259,10 @@ pub struct Config {
     pub audit_max_statement_bytes: usize,
     /// Segment rotation and retention of the trail.
     pub audit_segments: crate::audit::Segments,
+    /// When statement records must be on disk.
+    pub audit_durability: crate::audit::Durability,
+    /// Statement records carry parameter counts, not values.
+    pub audit_redact_parameters: bool,
     pub limits: Limits,
 }
 
@@ -734,6 +745,34 @@ impl Config {
                     })?,
             );
         }
+        let audit_durability = match (raw.audit.durability.as_deref(), &raw.audit.batch_interval) {
+            (None | Some("strict"), None) => crate::audit::Durability::Strict,
+            (None | Some("strict"), Some(_)) => {
+                return Err(invalid(
+                    "audit.batch_interval",
+                    "applies only with durability = \"batched\"".into(),
+                ))
+            }
+            (Some("batched"), interval) => {
+                let interval = interval.as_deref().unwrap_or("200ms");
+                let bound = parse_duration(interval)
+                    .ok()
+                    .filter(|d| !d.is_zero() && *d <= std::time::Duration::from_secs(60))
+                    .ok_or_else(|| {
+                        invalid(
+                            "audit.batch_interval",
+                            format!("{interval:?} is not a duration from 1ms to 60s (\"200ms\")"),
+                        )
+                    })?;
+                crate::audit::Durability::Batched(bound)
+            }
+            (Some(other), _) => {
+                return Err(invalid(
+                    "audit.durability",
+                    format!("{other:?} is not \"strict\" or \"batched\""),
+                ))
+            }
+        };
 
         // [[connection]]
         let mut connections: Vec<ConnectionConfig> = Vec::new();
@@ -938,6 +977,8 @@ impl Config {
             audit_dir,
             audit_max_statement_bytes,
             audit_segments,
+            audit_durability,
+            audit_redact_parameters: raw.audit.redact_parameters.unwrap_or(false),
             limits,
         })
     }

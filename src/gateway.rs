@@ -139,7 +139,12 @@ impl Gateway {
             None => None,
         };
         let mysql_addr = mysql.as_ref().map(|(_, addr)| *addr);
-        let audit = AuditLog::open_with(&config.audit_dir, config.audit_segments.clone()).await?;
+        let audit = AuditLog::open_durable(
+            &config.audit_dir,
+            config.audit_segments.clone(),
+            config.audit_durability,
+        )
+        .await?;
         let verifier = Verifier::new(config.identity.clone());
         if let Err(e) = verifier.prefetch().await {
             tracing::warn!(error = %e, "cannot fetch the issuer's keys yet; will retry on the first login");

@@ -20,8 +20,8 @@ use std::time::SystemTime;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-/// One line of the trail.
-#[derive(Debug, Clone, Serialize)]
+/// One line of the trail. README.md ("Audit trail") documents every field.
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct AuditRecord {
     /// Position in the trail, from 1, set by the writer.
     pub seq: u64,
@@ -58,6 +58,53 @@ pub struct AuditRecord {
     pub expires_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub groups: Option<Vec<String>>,
+    /// The token's scopes, OAuth client id, `jti` and issuer (grant and session records).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// `grant.issued`: the upstream the session connects to (host:port/database).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// `session.ended`: why, as one word (client_quit, client_closed, upstream_closed,
+    /// grant_expired, shutdown, tamper, limit, protocol_violation, error); `reason`
+    /// has the details.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_by: Option<&'static str>,
+    /// `statement` and `statement.result`: the statement's number in its session
+    /// (from 1), which ties a result to its statement.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub statement_seq: Option<u64>,
+    /// `statement` of a prepared execution: the bound parameters (text, or `\x` and
+    /// hex for binary values; null for NULL), each cut like the statement text;
+    /// absent when `audit.redact_parameters` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Vec<Option<String>>>,
+    /// How many parameters were bound (also when they are redacted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameter_count: Option<usize>,
+    /// `statement.result`: ok, error, not_run (an earlier error skipped it) or
+    /// interrupted (the session ended first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<&'static str>,
+    /// Milliseconds from forwarding the statement to its last answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<f64>,
+    /// Rows returned to the client, or affected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+    /// Bytes of the answer sent to the client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// The upstream's error: SQLSTATE (Postgres) or error number (MySQL), and message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
     /// `trail.torn`: the length and SHA-256 of the incomplete last line found when the
     /// trail was opened (a crash mid-write); the line stays in the file, unchained.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -74,15 +121,21 @@ pub struct AuditRecord {
     pub pruned_through_sha256: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum AuditEvent {
     #[serde(rename = "grant.issued")]
     GrantIssued,
     #[serde(rename = "grant.denied")]
     GrantDenied,
+    /// A statement the client sent: its decision, and for an allowed one, written
+    /// before its answer reaches the client.
+    #[default]
     #[serde(rename = "statement")]
     Statement,
+    /// How an allowed statement ended: status, duration, rows, bytes, error.
+    #[serde(rename = "statement.result")]
+    StatementResult,
     #[serde(rename = "session.ended")]
     SessionEnded,
     /// Written when a trail is opened whose last line was incomplete.
@@ -107,30 +160,24 @@ impl AuditRecord {
     /// A record with the session context filled in and everything else empty.
     pub fn new(event: AuditEvent, session_id: &str, connection: &str, client_addr: &str) -> Self {
         AuditRecord {
-            seq: 0,
-            prev: String::new(),
             time: rfc3339(SystemTime::now()),
             event,
             session_id: session_id.to_owned(),
-            grant_id: None,
-            sub: None,
             connection: connection.to_owned(),
             protocol: "postgres",
             client_addr: client_addr.to_owned(),
-            decision: None,
-            reason: None,
-            statement: None,
-            statement_length: None,
-            statement_sha256: None,
-            kind: None,
-            expires_at: None,
-            groups: None,
-            torn_length: None,
-            torn_sha256: None,
-            lost_records: None,
-            pruned_through_seq: None,
-            pruned_through_sha256: None,
+            ..AuditRecord::default()
         }
+    }
+
+    /// Fills in who: subject, groups, scopes, client id, token id and issuer.
+    pub fn set_principal(&mut self, principal: &crate::identity::Principal) {
+        self.sub = Some(principal.subject.clone());
+        self.groups = Some(principal.groups.clone());
+        self.scopes = Some(principal.scopes.clone());
+        self.client_id = principal.client_id.clone();
+        self.token_id = principal.token_id.clone();
+        self.issuer = Some(principal.issuer.clone());
     }
 }
 
@@ -181,6 +228,66 @@ pub enum AuditError {
     Stopped,
 }
 
+/// When a statement's record must be on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Before the statement's answer reaches the client: the session waits for the
+    /// record's sync (shared by every record queued at the time: group commit) while
+    /// the statement runs upstream.
+    #[default]
+    Strict,
+    /// Within this bound: the writer syncs at least this often; a crash can lose the
+    /// records of the last interval.
+    Batched(std::time::Duration),
+}
+
+impl Durability {
+    /// How often the writer syncs records nobody waits for (denials, results, session
+    /// ends) — in strict mode too.
+    fn sync_interval(self) -> std::time::Duration {
+        match self {
+            Durability::Strict => std::time::Duration::from_secs(1),
+            Durability::Batched(bound) => bound,
+        }
+    }
+}
+
+/// Resolves when a statement record is on disk (see [`AuditLog::record_statement`]).
+#[must_use = "a statement's answer waits for its record"]
+pub struct Durable(Option<oneshot::Receiver<Result<(), String>>>);
+
+impl Durable {
+    /// Already durable, or nothing to wait for.
+    pub fn done() -> Durable {
+        Durable(None)
+    }
+
+    /// Waits for the record's sync; an error means it was not written, and the
+    /// statement's answer must not be released.
+    pub async fn wait(self) -> Result<(), AuditError> {
+        let Some(rx) = self.0 else { return Ok(()) };
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(AuditError::Io {
+                path: PathBuf::from("audit.jsonl"),
+                source: std::io::Error::other(e),
+            }),
+            Err(_) => Err(AuditError::Stopped),
+        }
+    }
+
+    /// A record that could not be queued: waiting fails.
+    pub fn failed() -> Durable {
+        let (_, rx) = oneshot::channel();
+        Durable(Some(rx))
+    }
+
+    /// Whether waiting would return at once.
+    pub fn is_done(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
 enum Command {
     /// Write a record; acknowledge after it is synced, if a sender is given.
     Write(
@@ -189,6 +296,8 @@ enum Command {
     ),
     /// Acknowledge once everything before it is synced.
     Sync(oneshot::Sender<Result<(), String>>),
+    /// Sync what is written, if anything is not (the batch interval's tick).
+    Flush,
 }
 
 /// Handle to the audit writer. Cheap to clone.
@@ -198,6 +307,7 @@ pub struct AuditLog {
     path: PathBuf,
     /// Cleared by the writer when a write fails, set again when one succeeds.
     healthy: Arc<AtomicBool>,
+    durability: Durability,
 }
 
 impl AuditLog {
@@ -211,6 +321,15 @@ impl AuditLog {
     /// incomplete last line (a crash mid-write) is terminated and reported by a
     /// `trail.torn` record.
     pub async fn open_with(dir: &Path, segments: Segments) -> Result<AuditLog, AuditError> {
+        AuditLog::open_durable(dir, segments, Durability::default()).await
+    }
+
+    /// [`AuditLog::open_with`], with statement records as durable as `durability` says.
+    pub async fn open_durable(
+        dir: &Path,
+        segments: Segments,
+        durability: Durability,
+    ) -> Result<AuditLog, AuditError> {
         let path = dir.join("audit.jsonl");
         let io_err = |source| AuditError::Io {
             path: path.clone(),
@@ -254,7 +373,27 @@ impl AuditLog {
             .name("sqlgate-audit".into())
             .spawn(move || writer(trail, rx, chain, torn))
             .map_err(io_err)?;
-        let log = AuditLog { tx, path, healthy };
+        let log = AuditLog {
+            tx,
+            path,
+            healthy,
+            durability,
+        };
+        // Records nobody waits for are synced within the interval. The ticker stops
+        // when the writer does.
+        let ticker = log.tx.downgrade();
+        let interval = durability.sync_interval();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(tx) = ticker.upgrade() else { return };
+                if tx.send(Command::Flush).await.is_err() {
+                    return;
+                }
+            }
+        });
         if torn_found {
             // Record the torn line now, not with the first statement.
             let _ = log.sync().await;
@@ -300,6 +439,30 @@ impl AuditLog {
                 source: std::io::Error::other(e),
             }),
             Err(_) => Err(AuditError::Stopped),
+        }
+    }
+
+    /// Queues an allowed statement's record. Strict durability: the returned
+    /// [`Durable`] resolves when it is synced, and the statement's answer waits for it
+    /// (the statement itself runs meanwhile). Batched: resolved at once.
+    /// A record that cannot be queued gives a [`Durable`] whose wait fails.
+    pub async fn record_statement(&self, record: AuditRecord) -> Durable {
+        match self.durability {
+            Durability::Strict => {
+                let (ack_tx, ack_rx) = oneshot::channel();
+                match self
+                    .tx
+                    .send(Command::Write(Box::new(record), Some(ack_tx)))
+                    .await
+                {
+                    Ok(()) => Durable(Some(ack_rx)),
+                    Err(_) => Durable::failed(),
+                }
+            }
+            Durability::Batched(_) => match self.record(record).await {
+                Ok(()) => Durable::done(),
+                Err(_) => Durable::failed(),
+            },
         }
     }
 
@@ -566,6 +729,8 @@ fn writer(mut trail: Trail, mut rx: mpsc::Receiver<Command>, mut chain: Chain, t
     let mut torn = torn;
     let mut lost: u64 = 0;
     let mut pruned: Option<Pruned> = None;
+    // Records written but not yet synced.
+    let mut unsynced = false;
     while let Some(first) = rx.blocking_recv() {
         let before = chain.clone();
         if let Some(t) = &torn {
@@ -605,6 +770,7 @@ fn writer(mut trail: Trail, mut rx: mpsc::Receiver<Command>, mut chain: Chain, t
         // Batch whatever is queued into one write.
         let mut records = 0u64;
         let mut acks = Vec::new();
+        let mut flush = false;
         let mut next = Some(first);
         while let Some(command) = next {
             match command {
@@ -614,19 +780,28 @@ fn writer(mut trail: Trail, mut rx: mpsc::Receiver<Command>, mut chain: Chain, t
                     acks.extend(ack);
                 }
                 Command::Sync(ack) => acks.push(ack),
+                Command::Flush => flush = true,
             }
             next = rx.try_recv().ok();
         }
-        let must_sync = !acks.is_empty() || torn.is_some() || lost > 0 || pruned.is_some();
+        let must_sync = !acks.is_empty()
+            || torn.is_some()
+            || lost > 0
+            || pruned.is_some()
+            || (flush && (unsynced || !buf.is_empty()));
         let result = (|| {
             if dirty {
                 // Remove what a failed write left, so the next record starts a line.
                 trail.file.set_len(before.good_len)?;
                 dirty = false;
             }
-            trail.file.write_all(&buf)?;
+            if !buf.is_empty() {
+                trail.file.write_all(&buf)?;
+                unsynced = true;
+            }
             if must_sync {
                 trail.file.sync_data()?;
+                unsynced = false;
             }
             Ok::<(), std::io::Error>(())
         })();

@@ -35,6 +35,8 @@ pub struct Principal {
     pub client_id: Option<String>,
     /// `jti`, when present, for the audit trail.
     pub token_id: Option<String>,
+    /// `iss`: the issuer that signed the token (checked against the configuration).
+    pub issuer: String,
     /// `exp`: no grant outlives the token.
     pub token_expires_at: SystemTime,
 }
@@ -225,6 +227,11 @@ impl Verifier {
                 Some(_) => return Err(TokenError::BadClaim(self.config.client_id_claim.clone())),
             },
             token_id: claims.get("jti").and_then(Value::as_str).map(str::to_owned),
+            issuer: claims
+                .get("iss")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
             token_expires_at: UNIX_EPOCH + Duration::from_secs(exp.max(0) as u64),
         })
     }

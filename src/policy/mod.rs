@@ -211,6 +211,7 @@ mod tests {
             scopes: vec![],
             client_id: None,
             token_id: None,
+            issuer: "https://idp.example".into(),
             token_expires_at: SystemTime::now() + Duration::from_secs(exp_in),
         }
     }

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::executions::Execution;
 use super::upstream;
 use crate::audit::{AuditEvent, AuditRecord, Decision};
 use crate::catalog::{FunctionCatalog, CATALOG_TTL};
@@ -204,6 +205,8 @@ pub struct Gate {
     pub principal: Principal,
     pub grant: Grant,
     pub dialect: Dialect,
+    /// Statements recorded so far (the next record's `statement_seq` is one more).
+    pub statements: std::sync::atomic::AtomicU64,
 }
 
 impl Gate {
@@ -358,7 +361,12 @@ impl Gate {
         }
     }
 
+    /// A `statement` record with the session's next statement number.
     pub fn statement_record(&self, text: &str, kind: &str, verdict: &Verdict) -> AuditRecord {
+        let seq = self
+            .statements
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
         let mut rec = AuditRecord::new(
             AuditEvent::Statement,
             &self.session_id,
@@ -370,6 +378,7 @@ impl Gate {
         rec.sub = Some(self.principal.subject.clone());
         rec.set_statement(text, self.services.config.audit_max_statement_bytes);
         rec.kind = Some(kind.to_owned());
+        rec.statement_seq = Some(seq);
         match verdict {
             Verdict::Allow => rec.decision = Some(Decision::Allow),
             Verdict::Deny { reason } => {
@@ -378,6 +387,37 @@ impl Gate {
             }
         }
         rec
+    }
+
+    /// Records an allowed statement about to be forwarded, with its bound parameters
+    /// (cut like statement text; only their count when `audit.redact_parameters`), and
+    /// returns it as in flight: its answer waits for the record (strict durability).
+    /// `ready_at` and `uncertain`: see [`Execution`].
+    pub async fn forwarding(
+        &self,
+        text: &str,
+        kind: &str,
+        params: Option<Vec<Option<String>>>,
+        ready_at: u64,
+        uncertain: bool,
+    ) -> Execution {
+        let mut rec = self.statement_record(text, kind, &Verdict::Allow);
+        if let Some(params) = params {
+            rec.parameter_count = Some(params.len());
+            let config = &self.services.config;
+            if !config.audit_redact_parameters {
+                let max = config.audit_max_statement_bytes;
+                rec.parameters = Some(
+                    params
+                        .into_iter()
+                        .map(|p| p.map(|v| if v.len() > max { truncate(&v, max) } else { v }))
+                        .collect(),
+                );
+            }
+        }
+        let seq = rec.statement_seq.unwrap_or(0);
+        let durable = self.services.audit.record_statement(rec).await;
+        Execution::new(seq, durable, ready_at, uncertain)
     }
 
     pub async fn audit(&self, rec: AuditRecord) {

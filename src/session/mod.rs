@@ -18,8 +18,10 @@
 
 pub mod cancel;
 pub mod clock;
+pub mod executions;
 pub mod gate;
 pub mod mysql;
+pub mod portals;
 pub mod postgres;
 pub mod slots;
 pub mod tripwire;
@@ -66,6 +68,23 @@ pub enum EndReason {
     /// Idle inside a transaction past the grant's limit.
     IdleInTransaction(String),
     Io(String),
+}
+
+impl EndReason {
+    /// The audit trail's one-word `ended_by`.
+    pub fn category(&self) -> &'static str {
+        match self {
+            EndReason::ClientQuit => "client_quit",
+            EndReason::ClientClosed => "client_closed",
+            EndReason::UpstreamClosed => "upstream_closed",
+            EndReason::GrantExpired => "grant_expired",
+            EndReason::Shutdown => "shutdown",
+            EndReason::ProtocolViolation(_) => "protocol_violation",
+            EndReason::Tamper(_) => "tamper",
+            EndReason::StatementTimeout(_) | EndReason::IdleInTransaction(_) => "limit",
+            EndReason::Io(_) => "error",
+        }
+    }
 }
 
 impl fmt::Display for EndReason {
@@ -148,8 +167,7 @@ pub async fn admit(
         Ok(grant) => grant,
         Err(denial) => {
             let mut rec = record(AuditEvent::GrantDenied, Decision::Deny);
-            rec.sub = Some(principal.subject.clone());
-            rec.groups = Some(principal.groups.clone());
+            rec.set_principal(&principal);
             rec.reason = Some(denial.reason.clone());
             queue(services, rec).await;
             return Err(Refusal::NoGrant(denial));
@@ -168,7 +186,7 @@ pub async fn admit(
             conn.protocol.as_str()
         );
         let mut rec = record(AuditEvent::GrantDenied, Decision::Deny);
-        rec.sub = Some(principal.subject.clone());
+        rec.set_principal(&principal);
         rec.reason = Some(reason.clone());
         queue(services, rec).await;
         return Err(Refusal::NoGrant(Denial { reason }));
@@ -192,8 +210,7 @@ pub async fn admit(
         Err(cap) => {
             tracing::warn!(sub = %principal.subject, %connection, %cap, "session refused");
             let mut rec = record(AuditEvent::GrantDenied, Decision::Deny);
-            rec.sub = Some(principal.subject.clone());
-            rec.groups = Some(principal.groups.clone());
+            rec.set_principal(&principal);
             rec.reason = Some(cap.to_string());
             queue(services, rec).await;
             return Err(Refusal::Cap(cap));
@@ -208,8 +225,8 @@ pub async fn admit(
     }
     let mut rec = record(AuditEvent::GrantIssued, Decision::Allow);
     rec.grant_id = Some(grant.id.clone());
-    rec.sub = Some(principal.subject.clone());
-    rec.groups = Some(principal.groups.clone());
+    rec.set_principal(&principal);
+    rec.upstream = Some(format!("{}/{}", conn.upstream, conn.database));
     rec.reason = Some(format!(
         "grant[{}] matched on {}",
         grant.rule_index, grant.matched_on

@@ -36,7 +36,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, watch};
 
 use super::clock::{self, Due, Sent, SessionClock};
+use super::executions::{Ending, Execution, InFlight};
 use super::gate::{Classified, Denied, Gate, TextDecision, VerdictCache};
+use super::portals::Portals;
 use super::tripwire::Tripwire;
 use super::{cancel, new_session_id, upstream, Admission, BoxStream, EndReason, Refusal};
 use crate::audit::{rfc3339, AuditEvent, AuditRecord, Decision};
@@ -439,6 +441,7 @@ impl Session {
                 rec.grant_id = Some(grant.id.clone());
                 rec.sub = Some(principal.subject.clone());
                 rec.reason = Some(format!("upstream login failed: {e}"));
+                rec.ended_by = Some("error");
                 let _ = self.services.audit.record(rec).await;
                 return Err(PgError::fatal(
                     "08006",
@@ -501,6 +504,7 @@ impl Session {
             rec.grant_id = Some(grant.id.clone());
             rec.sub = Some(principal.subject.clone());
             rec.reason = Some(reason.clone());
+            rec.ended_by = Some("error");
             let _ = self.services.audit.record(rec).await;
             return Err(PgError::fatal("0A000", format!("sqlgate: {reason}"))
                 .with_hint("ask the operator to upgrade sqlgate"));
@@ -598,6 +602,11 @@ impl Session {
         let (mut client_r, mut client_w) = tokio::io::split(client);
         let (mut up_r, mut up_w) = tokio::io::split(upstream.stream);
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+        let (exec_tx, exec_rx) = mpsc::unbounded_channel();
+        let mut answers = Answers {
+            execs: exec_rx,
+            inflight: InFlight::default(),
+        };
         let (ready_tx, ready_rx) = watch::channel(0u64);
         let (sent_tx, sent_rx) = watch::channel(Sent::default());
         let sent_at_end = sent_rx.clone();
@@ -610,6 +619,7 @@ impl Session {
                 principal,
                 grant: grant.clone(),
                 dialect: super::gate::Dialect::Postgres,
+                statements: Default::default(),
             },
             tripwire,
             upstream_cancel,
@@ -630,6 +640,7 @@ impl Session {
                 ready: ready_rx,
                 sent: sent_tx,
                 catalog,
+                execs: exec_tx,
             },
             &ctx,
         );
@@ -645,6 +656,7 @@ impl Session {
             },
             &mut clock,
             &mut shutdown,
+            &mut answers,
             &ctx,
         );
         let reason = tokio::select! {
@@ -657,10 +669,15 @@ impl Session {
         // The upstream first: nothing the client does (or fails to read) delays it.
         close_upstream(&mut up_r, &mut up_w, busy, &ctx, slot).await;
         let _ = tokio::time::timeout(FINAL_WRITE_WAIT, client_w.shutdown()).await;
+        answers.collect();
+        for rec in answers.inflight.interrupted(&ctx.gate) {
+            ctx.gate.audit(rec).await;
+        }
         let mut rec = self.record(AuditEvent::SessionEnded, &connection);
         rec.grant_id = Some(grant.id.clone());
         rec.sub = Some(ctx.gate.principal.subject.clone());
         rec.reason = Some(reason.to_string());
+        rec.ended_by = Some(reason.category());
         let _ = self.services.audit.record(rec).await;
         reason
     }
@@ -769,6 +786,8 @@ struct ClientSide {
     sent: watch::Sender<Sent>,
     /// The catalog verdicts are computed from; replaced as it ages.
     catalog: Option<Arc<FunctionCatalog>>,
+    /// Forwarded statements, to the answer side.
+    execs: mpsc::UnboundedSender<Execution>,
 }
 
 /// What the upstream → client direction owns.
@@ -779,6 +798,61 @@ struct UpstreamSide {
     sent: watch::Receiver<Sent>,
     /// When the grant expires.
     deadline: Instant,
+}
+
+/// The answer side's view of the statements the client side forwarded.
+struct Answers {
+    execs: mpsc::UnboundedReceiver<Execution>,
+    inflight: InFlight,
+}
+
+impl Answers {
+    /// Takes in what the client side has forwarded. Each statement is handed over
+    /// before it is written upstream, so its answer never arrives first.
+    fn collect(&mut self) {
+        while let Ok(execution) = self.execs.try_recv() {
+            self.inflight.push(execution);
+        }
+    }
+
+    /// The oldest statement's answer ended at this point of the answer stream (after
+    /// `ready` ReadyForQuery messages): its result record, if the statement is in the
+    /// current batch.
+    fn finish(&mut self, ctx: &RelayContext, ready: u64, ending: Ending) -> Vec<AuditRecord> {
+        let mut records = self.inflight.skipped(&ctx.gate, ready);
+        if self
+            .inflight
+            .front()
+            .is_some_and(|f| f.ready_at == ready + 1)
+        {
+            records.extend(self.inflight.finish(&ctx.gate, ending));
+        }
+        records
+    }
+
+    /// Waits until every forwarded statement's record is durable (strict audit), or
+    /// the session must end.
+    async fn release(
+        &mut self,
+        timers: &mut Timers<'_>,
+        ctx: &RelayContext,
+    ) -> Result<(), (PgError, EndReason)> {
+        self.collect();
+        tokio::select! {
+            written = self.inflight.released() => written.map_err(|e| {
+                tracing::error!(session = %ctx.gate.session_id, error = %e, "a statement's audit record was not written; its answer is withheld");
+                (
+                    PgError::fatal(
+                        sqlstate::SYSTEM_IO_ERROR,
+                        "sqlgate: session ended: the audit trail cannot be written, so the statement's answer is withheld",
+                    )
+                    .with_hint("no statement's answer is released unrecorded; ask the operator to check the audit directory"),
+                    EndReason::Io(format!("audit trail: {e}")),
+                )
+            }),
+            end = timers.next_end(ctx) => Err(end),
+        }
+    }
 }
 
 /// Messages from the client-side task to the client-writing task.
@@ -854,6 +928,7 @@ async fn client_to_upstream(
     let mut out = BytesMut::with_capacity(16 * 1024);
     let mut cache = VerdictCache::new(ctx.gate.services.config.limits.verdict_cache_bytes);
     let mut pipeline = Pipeline::default();
+    let mut portals = Portals::default();
     // When the session's catalog was read (a session without one asks at once).
     let mut catalog_at = match (
         &side.catalog,
@@ -927,13 +1002,52 @@ async fn client_to_upstream(
                     pipeline.sync();
                     continue;
                 }
-                frontend::BIND
-                | frontend::EXECUTE
-                | frontend::DESCRIBE
-                | frontend::CLOSE
-                | frontend::FLUSH => {
+                frontend::BIND | frontend::EXECUTE | frontend::CLOSE => {
                     // These refer only to statements that passed a Parse (a denied
-                    // Parse never reached the upstream), so they are safe to forward.
+                    // Parse never reached the upstream), so they are safe to forward;
+                    // the trail records each Execute with its statement and parameters.
+                    let tracked = match frame.tag {
+                        frontend::BIND => frontend::bind_message(frame.body())
+                            .map_err(|e| invalid_message(e))
+                            .and_then(|bind| {
+                                portals.bound(&bind).map_err(|why| {
+                                    PgError::fatal(
+                                        sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                                        format!("sqlgate: session ended: {why}"),
+                                    )
+                                })
+                            }),
+                        frontend::CLOSE => frontend::close_target(frame.body())
+                            .map(|(kind, name)| portals.closed(kind, name))
+                            .map_err(|e| invalid_message(e)),
+                        _ => match frontend::execute_portal(frame.body()) {
+                            Ok(name) => {
+                                let run = portals.execute(name);
+                                let execution = ctx
+                                    .gate
+                                    .forwarding(
+                                        &run.statement.text,
+                                        &run.statement.kind,
+                                        Some(run.params),
+                                        pipeline.sync_points + 1,
+                                        pipeline.uncertain,
+                                    )
+                                    .await;
+                                let _ = side.execs.send(execution);
+                                Ok(())
+                            }
+                            Err(e) => Err(invalid_message(e)),
+                        },
+                    };
+                    if let Err(error) = tracked {
+                        fatal = Some(error);
+                        break;
+                    }
+                    out.extend_from_slice(&frame.raw);
+                    pipeline.extended_since_sync = true;
+                    continue;
+                }
+                frontend::DESCRIBE | frontend::FLUSH => {
                     out.extend_from_slice(&frame.raw);
                     pipeline.extended_since_sync = true;
                     continue;
@@ -1016,6 +1130,28 @@ async fn client_to_upstream(
                         .await;
                 }
             }
+            if let (Some(name), TextDecision::Allow(_)) = (parse_name, &decision) {
+                if !portals.fits(name, text) {
+                    let reason = format!(
+                        "this session's prepared statements hold more than {} MiB of text",
+                        super::portals::MAX_PREPARED_BYTES >> 20
+                    );
+                    decision = TextDecision::Deny {
+                        denied: Denied::Front {
+                            reason: reason.clone(),
+                            hint:
+                                "close (deallocate) prepared statements the client no longer uses"
+                                    .into(),
+                        },
+                        parts: vec![Classified {
+                            text: text.to_owned(),
+                            kind: "PREPARE".into(),
+                            verdict: Verdict::Deny { reason },
+                        }],
+                        catalog_miss: false,
+                    };
+                }
+            }
             if let (Some(reason), TextDecision::Allow(_)) = (unsettled, &decision) {
                 let reason = format!("a statement with backslashes or non-ASCII characters must wait until the server is idle, and {reason}");
                 decision = TextDecision::Deny {
@@ -1035,13 +1171,29 @@ async fn client_to_upstream(
                 TextDecision::Allow(allowed) => {
                     out.extend_from_slice(&frame.raw);
                     match parse_name {
-                        None => pipeline.query(),
-                        Some(_) => pipeline.extended_since_sync = true,
-                    }
-                    for (text, kind) in allowed.parts.iter() {
-                        ctx.gate
-                            .audit(ctx.gate.statement_record(text, kind, &Verdict::Allow))
-                            .await;
+                        None => {
+                            pipeline.query();
+                            for (text, kind) in allowed.parts.iter() {
+                                let execution = ctx
+                                    .gate
+                                    .forwarding(
+                                        text,
+                                        kind,
+                                        None,
+                                        pipeline.sync_points,
+                                        pipeline.uncertain,
+                                    )
+                                    .await;
+                                let _ = side.execs.send(execution);
+                            }
+                        }
+                        Some(name) => {
+                            // Recorded at each Execute, with its parameters.
+                            pipeline.extended_since_sync = true;
+                            let kinds: Vec<&str> =
+                                allowed.parts.iter().map(|(_, k)| k.as_str()).collect();
+                            portals.parsed(name, text, &kinds.join(", "));
+                        }
                     }
                 }
                 TextDecision::Deny { denied, parts, .. } => {
@@ -1061,6 +1213,7 @@ async fn client_to_upstream(
                         Some(name) => {
                             probe_parse(&token, name, &mut out);
                             pipeline.extended_since_sync = true;
+                            portals.forget_statement(name);
                         }
                     }
                     for part in &parts {
@@ -1208,6 +1361,7 @@ async fn upstream_to_client(
     mut side: UpstreamSide,
     clock: &mut SessionClock,
     shutdown: &mut broadcast::Receiver<()>,
+    answers: &mut Answers,
     ctx: &RelayContext,
 ) -> EndReason {
     let mut pending: VecDeque<(String, PgError)> = VecDeque::new();
@@ -1223,6 +1377,7 @@ async fn upstream_to_client(
     let mut streaming: usize = 0;
     loop {
         // Forward every complete message in `buf`, in place where possible.
+        answers.collect();
         let mut pos = 0;
         let ready_before = ready_count;
         loop {
@@ -1246,11 +1401,17 @@ async fn upstream_to_client(
             let total = 1 + len as usize;
             let inspected = matches!(
                 tag,
-                backend::ERROR_RESPONSE | backend::PARAMETER_STATUS | backend::READY_FOR_QUERY
+                backend::ERROR_RESPONSE
+                    | backend::PARAMETER_STATUS
+                    | backend::READY_FOR_QUERY
+                    | backend::COMMAND_COMPLETE
+                    | backend::EMPTY_QUERY_RESPONSE
+                    | backend::PORTAL_SUSPENDED
             );
             if !inspected || (tag == backend::ERROR_RESPONSE && total > MAX_INSPECTED_MESSAGE) {
                 // Nothing to read in it (a denial's probe error is short): pass it on
                 // as it streams.
+                answers.inflight.answer(total, tag == backend::DATA_ROW);
                 streaming = total;
                 continue;
             }
@@ -1265,12 +1426,29 @@ async fn upstream_to_client(
                 buf.reserve(end - buf.len());
                 break;
             }
+            answers.inflight.answer(total, false);
             let body = &buf[pos + HEADER_LEN..end];
+            let mut results = Vec::new();
             match tag {
                 backend::ERROR_RESPONSE => {
-                    if let Some(replacement) =
-                        replacement_error(body, &mut side, &mut pending, timers.clock, ctx)
-                    {
+                    let replacement =
+                        replacement_error(body, &mut side, &mut pending, timers.clock, ctx);
+                    let fields = backend::ErrorFields::parse(body).unwrap_or_default();
+                    if replacement.is_none() || fields.code != sqlstate::SYNTAX_ERROR {
+                        // The server's own error (not a denial's probe): the statement's.
+                        let ending = Ending {
+                            rows: None,
+                            error: Some((fields.code, fields.message)),
+                        };
+                        results = answers.finish(ctx, ready_count, ending);
+                    }
+                    for rec in results.drain(..) {
+                        ctx.gate.audit(rec).await;
+                    }
+                    if let Some(replacement) = replacement {
+                        if let Err(end) = answers.release(&mut timers, ctx).await {
+                            return final_error(client, &[], end).await;
+                        }
                         let replacement = match replacement {
                             Replacement::Error(error) => error,
                             Replacement::Fatal(error, reason) => {
@@ -1297,6 +1475,9 @@ async fn upstream_to_client(
                         None => Some("the upstream sent a malformed ParameterStatus".into()),
                     };
                     if let Some(why) = tripped {
+                        if let Err(end) = answers.release(&mut timers, ctx).await {
+                            return final_error(client, &[], end).await;
+                        }
                         tracing::error!(session = %ctx.gate.session_id, %why, "tripwire: ending the session");
                         let error = PgError::fatal(sqlstate::INSUFFICIENT_PRIVILEGE, format!("sqlgate: session ended: {why}"))
                             .with_hint("a statement changed a setting sqlgate pins; nothing further was forwarded, and the event is in the audit trail");
@@ -1308,12 +1489,29 @@ async fn upstream_to_client(
                     ready_count += 1;
                     let in_transaction = body.first().is_some_and(|s| *s != b'I');
                     timers.clock.ready(Instant::now(), in_transaction);
+                    results = answers.inflight.skipped(&ctx.gate, ready_count);
+                }
+                backend::COMMAND_COMPLETE => {
+                    let ending = Ending {
+                        rows: backend::command_complete_rows(body),
+                        error: None,
+                    };
+                    results = answers.finish(ctx, ready_count, ending);
+                }
+                backend::EMPTY_QUERY_RESPONSE | backend::PORTAL_SUSPENDED => {
+                    results = answers.finish(ctx, ready_count, Ending::default());
                 }
                 _ => {}
+            }
+            for rec in results {
+                ctx.gate.audit(rec).await;
             }
             pos = end;
         }
         if pos > 0 {
+            if let Err(end) = answers.release(&mut timers, ctx).await {
+                return final_error(client, &[], end).await;
+            }
             if let Err(end) = write_or_end(client, &[&buf[..pos]], &mut timers, ctx).await {
                 return end;
             }

@@ -228,6 +228,9 @@ pub struct ResponseTracker {
     pub variables: Vec<(String, String)>,
     /// Packets of this answer so far.
     pub packets: u64,
+    /// Statements whose result has ended (an OK, or a result set's last EOF); a
+    /// multi-statement text gets one per statement, until an error ends the answer.
+    pub completed: u64,
     /// An EOF packet said the session state changed. EOF packets carry no details
     /// (only OK packets do), so the session layer must read the state itself.
     pub eof_state_changed: bool,
@@ -247,6 +250,7 @@ impl ResponseTracker {
             stmt_id: None,
             variables: Vec::new(),
             packets: 0,
+            completed: 0,
             eof_state_changed: false,
         }
     }
@@ -301,6 +305,7 @@ impl ResponseTracker {
                 0x00 => {
                     let ok = Ok::decode(payload, self.session_track)?;
                     self.take_ok(&ok);
+                    self.completed += 1;
                     let more = ok.status & SERVER_MORE_RESULTS_EXISTS != 0;
                     ok_packet = Some(ok);
                     if more {
@@ -351,6 +356,7 @@ impl ResponseTracker {
             (State::Rows, _) => {
                 if is_eof(payload) {
                     let status = self.take_eof(payload);
+                    self.completed += 1;
                     if status & SERVER_MORE_RESULTS_EXISTS != 0 {
                         State::First
                     } else {

@@ -20,6 +20,8 @@ pub const PARAMETER_STATUS: u8 = b'S';
 pub const DATA_ROW: u8 = b'D';
 pub const COMMAND_COMPLETE: u8 = b'C';
 pub const ROW_DESCRIPTION: u8 = b'T';
+pub const EMPTY_QUERY_RESPONSE: u8 = b'I';
+pub const PORTAL_SUSPENDED: u8 = b's';
 
 /// Severity of an error the gateway reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +158,14 @@ pub fn ready_status(body: &[u8]) -> Option<u8> {
     }
 }
 
+/// The row count of a CommandComplete body (`SELECT 5`, `INSERT 0 5`, `FETCH 5`):
+/// its last word, when that is a number.
+pub fn command_complete_rows(body: &[u8]) -> Option<u64> {
+    let tag = body.strip_suffix(b"\0")?;
+    let last = tag.rsplit(|b| *b == b' ').next()?;
+    std::str::from_utf8(last).ok()?.parse().ok()
+}
+
 /// The fields of an upstream ErrorResponse or NoticeResponse the gateway reads.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ErrorFields {
@@ -193,6 +203,14 @@ impl ErrorFields {
 mod tests {
     use super::*;
     use crate::frame::split_frame;
+
+    #[test]
+    fn command_complete_rows_reads_the_last_number() {
+        assert_eq!(command_complete_rows(b"SELECT 5\0"), Some(5));
+        assert_eq!(command_complete_rows(b"INSERT 0 7\0"), Some(7));
+        assert_eq!(command_complete_rows(b"BEGIN\0"), None);
+        assert_eq!(command_complete_rows(b"SELECT 5"), None);
+    }
 
     #[test]
     fn error_round_trips_through_the_codec() {

@@ -235,6 +235,7 @@ impl Login {
                 rec.grant_id = Some(admission.grant.id.clone());
                 rec.sub = Some(admission.principal.subject.clone());
                 rec.reason = Some(format!("upstream login failed: {e}"));
+                rec.ended_by = Some("error");
                 let _ = services.audit.record(rec).await;
                 return Err(failure(
                     codes::UNAVAILABLE,

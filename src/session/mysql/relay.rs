@@ -25,6 +25,7 @@ use crate::config::ConnectionConfig;
 use crate::gateway::Services;
 use crate::policy::readonly::Verdict;
 use crate::session::clock::{TimeLimits, CANCEL_GRACE};
+use crate::session::executions::{Ending, InFlight};
 use crate::session::gate::{Denied, Dialect, Gate, TextDecision, VerdictCache};
 use crate::session::{Admission, EndReason};
 use crate::sql::ClassifyError;
@@ -94,6 +95,8 @@ pub(super) struct Session {
     pub(super) limits: TimeLimits,
     pub(super) cache: VerdictCache,
     pub(super) prepared: HashMap<u32, Prepared>,
+    /// Statements forwarded whose answer has not ended.
+    pub(super) inflight: InFlight,
     /// A transaction is open (from the last status flags), and since when idle.
     pub(super) in_transaction: bool,
     pub(super) idle_since: tokio::time::Instant,
@@ -143,7 +146,9 @@ impl Session {
                     database: conn.database.clone(),
                     stored_functions: Arc::new(stored_functions),
                 },
+                statements: Default::default(),
             },
+            inflight: InFlight::default(),
             client,
             thread_id: upstream.hello.connection_id,
             mariadb: upstream.hello.is_mariadb(),
@@ -175,6 +180,9 @@ impl Session {
     pub(super) async fn relay(&mut self, mut shutdown: broadcast::Receiver<()>) -> EndReason {
         let (reason, busy) = self.serve(&mut shutdown).await;
         self.close_upstream(busy).await;
+        for rec in self.inflight.interrupted(&self.gate) {
+            self.gate.audit(rec).await;
+        }
         let mut rec = AuditRecord::new(
             AuditEvent::SessionEnded,
             &self.gate.session_id,
@@ -185,6 +193,7 @@ impl Session {
         rec.grant_id = Some(self.gate.grant.id.clone());
         rec.sub = Some(self.gate.principal.subject.clone());
         rec.reason = Some(reason.to_string());
+        rec.ended_by = Some(reason.category());
         let _ = self.gate.services.audit.record(rec).await;
         reason
     }
@@ -360,11 +369,6 @@ impl Session {
                         )
                         .await;
                 }
-                let rec = self.gate.statement_record(
-                    &prepared.text,
-                    &format!("EXECUTE {}", prepared.kind),
-                    &Verdict::Allow,
-                );
                 if !self.gate.services.audit.healthy() {
                     return self
                         .deny(
@@ -373,7 +377,9 @@ impl Session {
                         )
                         .await;
                 }
-                self.gate.audit(rec).await;
+                let (text, kind) = (prepared.text.clone(), format!("EXECUTE {}", prepared.kind));
+                let execution = self.gate.forwarding(&text, &kind, None, 0, false).await;
+                self.inflight.push(execution);
                 self.forward(packet, Expect::Results, shutdown).await?;
                 Ok(())
             }
@@ -568,12 +574,18 @@ impl Session {
         match self.gate.decide(text, &mut self.cache, None).await {
             TextDecision::Allow(allowed) => {
                 for (part, kind) in &allowed.parts {
-                    let kind = match prepare {
-                        Some(p) => format!("{p} {kind}"),
-                        None => kind.clone(),
-                    };
-                    let rec = self.gate.statement_record(part, &kind, &Verdict::Allow);
-                    self.gate.audit(rec).await;
+                    match prepare {
+                        // Preparing runs nothing; each execution is recorded.
+                        Some(p) => {
+                            let kind = format!("{p} {kind}");
+                            let rec = self.gate.statement_record(part, &kind, &Verdict::Allow);
+                            self.gate.audit(rec).await;
+                        }
+                        None => {
+                            let execution = self.gate.forwarding(part, kind, None, 0, false).await;
+                            self.inflight.push(execution);
+                        }
+                    }
                 }
                 let first = allowed.parts.first().map(|(_, kind)| kind.clone());
                 Ok(Some(first.unwrap_or_else(|| "statement".into())))
@@ -626,6 +638,31 @@ impl Session {
             .then(|| started + self.limits.statement_timeout + CANCEL_GRACE / 5);
         let mut killed = false;
         let mut next_seq = self.reply_seq;
+        // Strict audit: nothing of the answer reaches the client before the statement's
+        // record is on disk; the statement runs upstream meanwhile.
+        if to_client && !self.inflight.is_empty() {
+            let timers = self.timers(statement);
+            match timed(self.inflight.released(), &timers, shutdown).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(session = %self.gate.session_id, error = %e, "a statement's audit record was not written; its answer is withheld");
+                    let reason = EndReason::Io(format!("audit trail: {e}"));
+                    return Err((
+                        self.end(
+                            next_seq,
+                            codes::UNAVAILABLE,
+                            "sqlgate: session ended: the audit trail cannot be written, so the statement's answer is withheld",
+                            reason,
+                        )
+                        .await,
+                        true,
+                    ));
+                }
+                Err(interrupt) => return Err((self.interrupted(next_seq, interrupt).await, true)),
+            }
+        }
+        // Where the current statement's result began, in the tracker's counts.
+        let (mut rows_start, mut affected_start) = (0u64, 0u64);
         loop {
             loop {
                 let packet = match self.up.buffered(MAX_UPSTREAM_PACKET) {
@@ -645,7 +682,38 @@ impl Session {
                         ));
                     }
                 };
-                let (step, ok) = match tracker.feed(&packet.payload) {
+                let (rows_before, completed_before) = (tracker.rows, tracker.completed);
+                let fed = tracker.feed(&packet.payload);
+                self.inflight
+                    .answer(packet.payload.len() + 4, tracker.rows > rows_before);
+                if tracker.completed > completed_before {
+                    let ending = Ending {
+                        rows: Some(
+                            (tracker.rows - rows_start) + (tracker.affected_rows - affected_start),
+                        ),
+                        error: None,
+                    };
+                    (rows_start, affected_start) = (tracker.rows, tracker.affected_rows);
+                    if let Some(rec) = self.inflight.finish(&self.gate, ending) {
+                        self.gate.audit(rec).await;
+                    }
+                }
+                if let Some(e) = tracker.error.as_ref().filter(|_| tracker.is_done()) {
+                    let ending = Ending {
+                        rows: None,
+                        error: Some((e.code.to_string(), e.message.clone())),
+                    };
+                    if let Some(rec) = self.inflight.finish(&self.gate, ending) {
+                        self.gate.audit(rec).await;
+                    }
+                }
+                if tracker.is_done() {
+                    // The server skips the statements after an error.
+                    for rec in self.inflight.skipped(&self.gate, 0) {
+                        self.gate.audit(rec).await;
+                    }
+                }
+                let (step, ok) = match fed {
                     Ok(fed) => fed,
                     Err(e) => {
                         let reason = EndReason::ProtocolViolation(format!("upstream: {e}"));

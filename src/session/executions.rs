@@ -1,0 +1,210 @@
+//! Statements in flight: from the moment a statement is forwarded upstream to its last
+//! answer, for both front ends.
+//!
+//! The side that forwards a statement writes its `statement` record and hands the
+//! relay's answer side an [`Execution`]: the statement's number in the session, when it
+//! was sent, and a [`Durable`] that resolves when its record is on disk. The answer
+//! side keeps them in order in [`InFlight`]: before it releases any answer bytes it
+//! waits until every record of a statement sent so far is durable (strict audit: the
+//! statement runs upstream meanwhile, so the wait overlaps the work), counts the rows
+//! and bytes of each answer, and when an answer ends writes a `statement.result`
+//! record with the status, duration, rows, bytes and the upstream's error.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use crate::audit::{AuditError, AuditEvent, AuditRecord, Durable};
+
+use super::gate::Gate;
+
+/// How a forwarded statement ended, as the trail says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// The server finished it (rows returned or affected).
+    Ok,
+    /// The server answered with an error.
+    Error,
+    /// An earlier error made the server skip it.
+    NotRun,
+    /// The session ended before its answer did.
+    Interrupted,
+    /// The relay lost track of which answer is whose (a client that mixed a simple
+    /// Query into an unfinished extended-protocol batch).
+    Unknown,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Error => "error",
+            Status::NotRun => "not_run",
+            Status::Interrupted => "interrupted",
+            Status::Unknown => "unknown",
+        }
+    }
+}
+
+/// One forwarded statement whose answer has not ended.
+pub struct Execution {
+    /// The statement's number in its session (its record's `statement_seq`).
+    pub seq: u64,
+    pub started: Instant,
+    /// Resolves when the statement's record is on disk.
+    pub durable: Durable,
+    /// Postgres: the ReadyForQuery count after which it has surely ended; 0 elsewhere.
+    pub ready_at: u64,
+    /// Sent while the relay could not be sure how answers line up (see [`Status::Unknown`]).
+    pub uncertain: bool,
+    rows: u64,
+    bytes: u64,
+}
+
+impl Execution {
+    pub fn new(seq: u64, durable: Durable, ready_at: u64, uncertain: bool) -> Self {
+        Execution {
+            seq,
+            started: Instant::now(),
+            durable,
+            ready_at,
+            uncertain,
+            rows: 0,
+            bytes: 0,
+        }
+    }
+}
+
+/// What the server said at the end of an answer.
+#[derive(Debug, Clone, Default)]
+pub struct Ending {
+    /// Rows returned or affected, when the server says (else the rows counted).
+    pub rows: Option<u64>,
+    /// SQLSTATE or MySQL error number, and message.
+    pub error: Option<(String, String)>,
+}
+
+/// The statements of one session whose answers have not ended, oldest first.
+#[derive(Default)]
+pub struct InFlight {
+    queue: VecDeque<Execution>,
+    /// Bytes and rows seen while no statement was in flight (a probe's error, a
+    /// Describe's answer): not attributed.
+    unattributed: u64,
+}
+
+impl InFlight {
+    pub fn push(&mut self, execution: Execution) {
+        self.queue.push_back(execution);
+    }
+
+    pub fn front(&self) -> Option<&Execution> {
+        self.queue.front()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Waits until the record of every statement in flight is durable; an error means
+    /// one was not written, and no answer may be released.
+    pub async fn released(&mut self) -> Result<(), AuditError> {
+        for execution in self.queue.iter_mut() {
+            if !execution.durable.is_done() {
+                std::mem::replace(&mut execution.durable, Durable::done())
+                    .wait()
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts `bytes` of answer (and a row, if it is one) for the oldest statement.
+    pub fn answer(&mut self, bytes: usize, row: bool) {
+        match self.queue.front_mut() {
+            Some(front) => {
+                front.bytes += bytes as u64;
+                front.rows += u64::from(row);
+            }
+            None => self.unattributed += bytes as u64,
+        }
+    }
+
+    /// The oldest statement's answer ended: its `statement.result` record.
+    pub fn finish(&mut self, gate: &Gate, ending: Ending) -> Option<AuditRecord> {
+        let execution = self.queue.pop_front()?;
+        let status = match (&ending.error, execution.uncertain) {
+            (_, true) => Status::Unknown,
+            (Some(_), false) => Status::Error,
+            (None, false) => Status::Ok,
+        };
+        let rows = ending.rows.unwrap_or(execution.rows);
+        Some(result_record(
+            gate,
+            &execution,
+            status,
+            Some(rows),
+            ending.error,
+        ))
+    }
+
+    /// The statements that have surely ended by ReadyForQuery number `ready` without an
+    /// answer of their own: the server skipped them after an error.
+    pub fn skipped(&mut self, gate: &Gate, ready: u64) -> Vec<AuditRecord> {
+        let mut records = Vec::new();
+        while let Some(front) = self.queue.front() {
+            if front.ready_at > ready {
+                break;
+            }
+            let Some(execution) = self.queue.pop_front() else {
+                break;
+            };
+            let status = if execution.uncertain {
+                Status::Unknown
+            } else {
+                Status::NotRun
+            };
+            records.push(result_record(gate, &execution, status, None, None));
+        }
+        records
+    }
+
+    /// The session ended: every statement still in flight was interrupted.
+    pub fn interrupted(&mut self, gate: &Gate) -> Vec<AuditRecord> {
+        self.queue
+            .drain(..)
+            .map(|e| {
+                let rows = Some(e.rows).filter(|r| *r > 0);
+                result_record(gate, &e, Status::Interrupted, rows, None)
+            })
+            .collect()
+    }
+}
+
+fn result_record(
+    gate: &Gate,
+    execution: &Execution,
+    status: Status,
+    rows: Option<u64>,
+    error: Option<(String, String)>,
+) -> AuditRecord {
+    let mut rec = AuditRecord::new(
+        AuditEvent::StatementResult,
+        &gate.session_id,
+        &gate.grant.connection,
+        &gate.client_addr,
+    );
+    rec.protocol = gate.dialect.protocol();
+    rec.grant_id = Some(gate.grant.id.clone());
+    rec.sub = Some(gate.principal.subject.clone());
+    rec.statement_seq = Some(execution.seq);
+    rec.status = Some(status.as_str());
+    // Microsecond resolution is plenty.
+    rec.duration_ms = Some((execution.started.elapsed().as_micros() as f64) / 1000.0);
+    rec.rows = rows;
+    rec.bytes = Some(execution.bytes);
+    if let Some((code, message)) = error {
+        rec.error_code = Some(code);
+        rec.error_message = Some(super::gate::truncate(&message, 2048));
+    }
+    rec
+}
