@@ -1008,7 +1008,7 @@ async fn client_to_upstream(
                     // the trail records each Execute with its statement and parameters.
                     let tracked = match frame.tag {
                         frontend::BIND => frontend::bind_message(frame.body())
-                            .map_err(|e| invalid_message(e))
+                            .map_err(invalid_message)
                             .and_then(|bind| {
                                 portals.bound(&bind).map_err(|why| {
                                     PgError::fatal(
@@ -1019,7 +1019,7 @@ async fn client_to_upstream(
                             }),
                         frontend::CLOSE => frontend::close_target(frame.body())
                             .map(|(kind, name)| portals.closed(kind, name))
-                            .map_err(|e| invalid_message(e)),
+                            .map_err(invalid_message),
                         _ => match frontend::execute_portal(frame.body()) {
                             Ok(name) => {
                                 let run = portals.execute(name);

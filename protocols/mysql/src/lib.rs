@@ -15,6 +15,8 @@
 //!   auth switch to `mysql_clear_password`, OK/ERR packets the gateway sends.
 //! * [`upstream`]: the gateway's login to the upstream server (`mysql_native_password`,
 //!   `caching_sha2_password` fast and full paths) as a sans-IO state machine.
+//! * [`params`]: the bound parameters of a `COM_STMT_EXECUTE` as text, for the audit
+//!   trail, read exactly as the server reads them (or refused).
 //! * [`codes`]: named server error codes and SQLSTATEs.
 //!
 //! Packet layouts come from `mysql_common` (the crate `mysql_async` is built on):
@@ -24,10 +26,14 @@ pub mod codes;
 pub mod command;
 pub mod frame;
 pub mod handshake;
+pub mod params;
 pub mod response;
 pub mod upstream;
 
 pub use mysql_common::constants::{CapabilityFlags, StatusFlags};
+pub use params::{
+    decode_execute_params, decode_execute_params_with_long_data, ParamType, ParamTypes, ParamsError,
+};
 
 /// Errors from decoding client or server bytes. Every variant means "stop and refuse".
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -222,8 +222,9 @@ pub struct ResponseTracker {
     pub error: Option<ServerError>,
     /// The status flags of the last OK/EOF packet.
     pub status: Option<u16>,
-    /// The id of a statement prepared by this answer.
+    /// The id of a statement prepared by this answer, and its parameter count.
     pub stmt_id: Option<u32>,
+    pub stmt_params: u16,
     /// System variables reported changed, in order.
     pub variables: Vec<(String, String)>,
     /// Packets of this answer so far.
@@ -248,6 +249,7 @@ impl ResponseTracker {
             error: None,
             status: None,
             stmt_id: None,
+            stmt_params: 0,
             variables: Vec::new(),
             packets: 0,
             completed: 0,
@@ -377,7 +379,8 @@ impl ResponseTracker {
                     payload[1], payload[2], payload[3], payload[4],
                 ]));
                 let columns = u64::from(u16::from_le_bytes([payload[5], payload[6]]));
-                let params = u64::from(u16::from_le_bytes([payload[7], payload[8]]));
+                self.stmt_params = u16::from_le_bytes([payload[7], payload[8]]);
+                let params = u64::from(self.stmt_params);
                 if params > 0 {
                     State::PrepareParams {
                         left: params,

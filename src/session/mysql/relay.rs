@@ -12,6 +12,7 @@ use sqlgate_mysql::codes::{self, ErrorCode};
 use sqlgate_mysql::command::{self, ClientCommand};
 use sqlgate_mysql::frame::Packet;
 use sqlgate_mysql::handshake::{self};
+use sqlgate_mysql::params::ParamTypes;
 use sqlgate_mysql::response::{Expect, ResponseTracker, Step, SERVER_STATUS_IN_TRANS};
 use sqlgate_mysql::CapabilityFlags;
 use tokio::sync::broadcast;
@@ -80,6 +81,13 @@ pub(super) async fn timed<T>(
 pub(super) struct Prepared {
     text: String,
     kind: String,
+    /// Its parameter count, from the server's answer to the prepare.
+    params: usize,
+    /// The parameter types of the last execution that sent them.
+    types: Option<ParamTypes>,
+    /// Data streamed with COM_STMT_SEND_LONG_DATA since the last execution, per
+    /// parameter; kept up to `audit.max_statement_bytes` each, for the record.
+    long_data: Vec<(usize, Vec<u8>)>,
 }
 
 /// One logged-in session.
@@ -327,7 +335,7 @@ impl Session {
         match cmd {
             ClientCommand::Quit => Err((EndReason::ClientQuit, false)),
             ClientCommand::Query(text) => {
-                if self.allow_text(text, None).await?.is_some() {
+                if self.allow_text(text, false).await?.is_some() {
                     self.forward(packet, Expect::Results, shutdown).await?;
                 }
                 Ok(())
@@ -348,10 +356,20 @@ impl Session {
                         .await;
                 }
                 let text = text.to_owned();
-                if let Some(kind) = self.allow_text(&text, Some("PREPARE")).await? {
+                if let Some(kind) = self.allow_text(&text, true).await? {
                     let tracker = self.forward(packet, Expect::Prepare, shutdown).await?;
                     if let (Some(id), None) = (tracker.stmt_id, &tracker.error) {
-                        self.prepared.insert(id, Prepared { text, kind });
+                        let params = usize::from(tracker.stmt_params);
+                        self.prepared.insert(
+                            id,
+                            Prepared {
+                                text,
+                                kind,
+                                params,
+                                types: None,
+                                long_data: Vec::new(),
+                            },
+                        );
                     }
                 }
                 Ok(())
@@ -377,14 +395,70 @@ impl Session {
                         )
                         .await;
                 }
+                // The parameters as the server will read them, or the execution is
+                // refused: the trail must show what ran.
+                let long_data: Vec<(usize, &[u8])> = prepared
+                    .long_data
+                    .iter()
+                    .map(|(i, d)| (*i, d.as_slice()))
+                    .collect();
+                let decoded = sqlgate_mysql::params::decode_execute_params_with_long_data(
+                    &packet.payload,
+                    prepared.params,
+                    prepared.types.as_ref(),
+                    &long_data,
+                );
+                let (params, types) = match decoded {
+                    Ok(decoded) => decoded,
+                    Err(e) => {
+                        let message = format!(
+                            "sqlgate: COM_STMT_EXECUTE refused: its parameters cannot be read for the audit trail ({e})"
+                        );
+                        let rec = self.gate.statement_record(
+                            &prepared.text,
+                            &format!("EXECUTE {}", prepared.kind),
+                            &Verdict::Deny {
+                                reason: message.clone(),
+                            },
+                        );
+                        self.gate.audit(rec).await;
+                        return self.deny(codes::STATEMENT_DENIED, &message).await;
+                    }
+                };
                 let (text, kind) = (prepared.text.clone(), format!("EXECUTE {}", prepared.kind));
-                let execution = self.gate.forwarding(&text, &kind, None, 0, false).await;
+                if let Some(prepared) = self.prepared.get_mut(&stmt_id) {
+                    prepared.types = Some(types);
+                    prepared.long_data.clear();
+                }
+                let execution = self
+                    .gate
+                    .forwarding(&text, &kind, Some(params), 0, false)
+                    .await;
                 self.inflight.push(execution);
                 self.forward(packet, Expect::Results, shutdown).await?;
                 Ok(())
             }
             ClientCommand::SendLongData { stmt_id } => {
-                if self.prepared.contains_key(&stmt_id) {
+                let keep = self.gate.services.config.audit_max_statement_bytes;
+                if let Some(prepared) = self.prepared.get_mut(&stmt_id) {
+                    // [0x18][stmt_id: 4][param_id: 2][data...], as command::decode checked.
+                    let Some((index, data)) = packet.payload.get(5..7).map(|id| {
+                        (
+                            usize::from(u16::from_le_bytes([id[0], id[1]])),
+                            packet.payload.get(7..).unwrap_or_default(),
+                        )
+                    }) else {
+                        return Ok(());
+                    };
+                    match prepared.long_data.iter_mut().find(|(i, _)| *i == index) {
+                        Some((_, kept)) => {
+                            let room = keep.saturating_sub(kept.len());
+                            kept.extend_from_slice(&data[..data.len().min(room)]);
+                        }
+                        None => prepared
+                            .long_data
+                            .push((index, data[..data.len().min(keep)].to_vec())),
+                    }
                     self.send_upstream(packet).await?;
                 }
                 // No answer is ever sent to SEND_LONG_DATA; an unknown id's data is dropped
@@ -398,9 +472,10 @@ impl Session {
                 Ok(())
             }
             ClientCommand::Reset { stmt_id } => {
-                if !self.prepared.contains_key(&stmt_id) {
+                let Some(prepared) = self.prepared.get_mut(&stmt_id) else {
                     return self.unknown_statement(stmt_id, "COM_STMT_RESET").await;
-                }
+                };
+                prepared.long_data.clear();
                 self.forward(packet, Expect::One, shutdown).await?;
                 Ok(())
             }
@@ -556,11 +631,12 @@ impl Session {
     }
 
     /// Decides a statement text and audits it; answers denials. Returns the kind of
-    /// its first statement when the text may be forwarded.
+    /// its first statement when the text may be forwarded. An allowed text to be
+    /// `prepare`d is not recorded here: each execution is.
     async fn allow_text(
         &mut self,
         text: &str,
-        prepare: Option<&str>,
+        prepare: bool,
     ) -> Result<Option<String>, (EndReason, bool)> {
         if !self.gate.services.audit.healthy() {
             return self
@@ -574,17 +650,11 @@ impl Session {
         match self.gate.decide(text, &mut self.cache, None).await {
             TextDecision::Allow(allowed) => {
                 for (part, kind) in &allowed.parts {
-                    match prepare {
-                        // Preparing runs nothing; each execution is recorded.
-                        Some(p) => {
-                            let kind = format!("{p} {kind}");
-                            let rec = self.gate.statement_record(part, &kind, &Verdict::Allow);
-                            self.gate.audit(rec).await;
-                        }
-                        None => {
-                            let execution = self.gate.forwarding(part, kind, None, 0, false).await;
-                            self.inflight.push(execution);
-                        }
+                    // Preparing runs nothing: each execution is recorded, as in the
+                    // Postgres extended protocol.
+                    if !prepare {
+                        let execution = self.gate.forwarding(part, kind, None, 0, false).await;
+                        self.inflight.push(execution);
                     }
                 }
                 let first = allowed.parts.first().map(|(_, kind)| kind.clone());

@@ -1,0 +1,260 @@
+//! What the trail says about each statement, through the real gateway: one
+//! `statement` record per execution (extended-protocol and prepared executions with
+//! their bound parameters, or only their count when redacted), and one
+//! `statement.result` per forwarded statement with status, duration, rows, bytes and
+//! the upstream's error; who the principal was; why a session ended.
+
+mod common;
+
+use common::mysql::MyGateway;
+use common::{Setup, TestGateway};
+use mysql_async::prelude::Queryable;
+use serde_json::Value;
+
+/// The statement records of `session` whose text contains `needle`, each with its
+/// result record.
+fn executions<'a>(records: &'a [Value], needle: &str) -> Vec<(&'a Value, Option<&'a Value>)> {
+    records
+        .iter()
+        .filter(|r| r["event"] == "statement")
+        .filter(|r| r["statement"].as_str().is_some_and(|s| s.contains(needle)))
+        .map(|stmt| {
+            let result = records.iter().find(|r| {
+                r["event"] == "statement.result"
+                    && r["session_id"] == stmt["session_id"]
+                    && r["statement_seq"] == stmt["statement_seq"]
+            });
+            (stmt, result)
+        })
+        .collect()
+}
+
+/// Every allowed statement has exactly one result record, after it in the trail, and
+/// statement numbers run 1, 2, 3... per session.
+fn assert_results_pair_up(records: &[Value]) {
+    let mut next_seq: std::collections::HashMap<String, u64> = Default::default();
+    for (i, r) in records.iter().enumerate() {
+        if r["event"] != "statement" {
+            continue;
+        }
+        let session = r["session_id"].as_str().unwrap().to_owned();
+        let seq = r["statement_seq"].as_u64().expect("statement_seq");
+        let expected = next_seq.entry(session).or_insert(0);
+        *expected += 1;
+        assert_eq!(seq, *expected, "statement numbers run in order: {r}");
+        let results: Vec<usize> = records
+            .iter()
+            .enumerate()
+            .filter(|(_, x)| {
+                x["event"] == "statement.result"
+                    && x["session_id"] == r["session_id"]
+                    && x["statement_seq"] == r["statement_seq"]
+            })
+            .map(|(j, _)| j)
+            .collect();
+        if r["decision"] == "allow" {
+            assert_eq!(results.len(), 1, "one result for {r}");
+            assert!(results[0] > i, "the result follows its statement: {r}");
+        } else {
+            assert!(results.is_empty(), "a denied statement has no result: {r}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn postgres_executions_carry_parameters_and_results() {
+    let gw = TestGateway::start().await;
+    let mut request = gw.request(&["analytics-agents"]);
+    request.scopes = vec!["db.read".into()];
+    request.client_id = Some("agent-client".into());
+    let token = request.mint(&gw.key).unwrap();
+    let client = gw.connect("reporting", &token).await.unwrap();
+
+    // The extended protocol: one record per execution, each with its parameters.
+    let sql = "SELECT n FROM generate_series(1, $1::int) n /* series */";
+    let statement = client.prepare(sql).await.unwrap();
+    assert_eq!(client.query(&statement, &[&3i32]).await.unwrap().len(), 3);
+    assert_eq!(client.query(&statement, &[&5i32]).await.unwrap().len(), 5);
+    let text_param = "it's \u{e9}";
+    client
+        .query("SELECT $1::text /* echo */", &[&text_param])
+        .await
+        .unwrap();
+    // Errors from the server, and what an error makes the server skip.
+    let err = client.query("SELECT 1/0 /* div */", &[]).await.unwrap_err();
+    assert_eq!(err.code().unwrap().code(), "22012");
+    assert!(client
+        .simple_query("SELECT 'first'; SELECT 1/0 AS second; SELECT 'third'")
+        .await
+        .is_err());
+    // A denied statement: recorded, never run, no result.
+    assert!(client.simple_query("DELETE FROM items").await.is_err());
+    drop(client);
+    let mut ended = false;
+    for _ in 0..50 {
+        if gw.ended_reasons().await.iter().any(|r| r == "client quit") {
+            ended = true;
+            break;
+        }
+    }
+    assert!(ended, "{:?}", gw.ended_reasons().await);
+    let records = gw.audit().await;
+    assert_results_pair_up(&records);
+
+    let series = executions(&records, "series");
+    assert_eq!(series.len(), 2, "one record per execution, not per Parse");
+    for ((stmt, result), (param, rows)) in
+        series.iter().zip([("\\x00000003", 3), ("\\x00000005", 5)])
+    {
+        assert_eq!(stmt["decision"], "allow");
+        assert_eq!(stmt["parameters"], serde_json::json!([param]), "{stmt}");
+        assert_eq!(stmt["parameter_count"], 1);
+        let result = result.expect("a result record");
+        assert_eq!(result["status"], "ok", "{result}");
+        assert_eq!(result["rows"], rows, "{result}");
+        assert!(result["bytes"].as_u64().unwrap() > 20, "{result}");
+        assert!(result["duration_ms"].as_f64().unwrap() >= 0.0, "{result}");
+    }
+    let echo = executions(&records, "echo");
+    assert_eq!(
+        echo[0].0["parameters"],
+        serde_json::json!([text_param
+            .as_bytes()
+            .iter()
+            .fold("\\x".to_string(), |s, b| s + &format!("{b:02x}"))])
+    );
+
+    let div = executions(&records, "div");
+    let result = div[0].1.unwrap();
+    assert_eq!(result["status"], "error");
+    assert_eq!(result["error_code"], "22012");
+    assert!(result["error_message"]
+        .as_str()
+        .unwrap()
+        .contains("division by zero"));
+
+    let [first, second, third] = ["'first'", "AS second", "'third'"].map(|n| {
+        let found = executions(&records, n);
+        assert!(!found.is_empty(), "{n}");
+        found[found.len() - 1].1.expect("result")
+    });
+    assert_eq!(first["status"], "ok");
+    assert_eq!(first["rows"], 1);
+    assert_eq!(second["status"], "error");
+    assert_eq!(second["error_code"], "22012");
+    assert_eq!(third["status"], "not_run", "{third}");
+    let denied = executions(&records, "DELETE FROM items");
+    assert_eq!(denied[0].0["decision"], "deny");
+    assert!(denied[0].1.is_none());
+
+    // Who, and why the session ended.
+    let grant = records
+        .iter()
+        .find(|r| r["event"] == "grant.issued")
+        .unwrap();
+    assert_eq!(grant["scopes"], serde_json::json!(["db.read"]));
+    assert_eq!(grant["client_id"], "agent-client");
+    assert!(grant["token_id"].as_str().unwrap().starts_with("AT."));
+    assert_eq!(grant["issuer"], gw.issuer.url.as_str());
+    assert_eq!(
+        grant["upstream"],
+        format!("127.0.0.1:5432/{}", gw.db.name).as_str()
+    );
+    let ended = records
+        .iter()
+        .find(|r| r["event"] == "session.ended")
+        .unwrap();
+    assert_eq!(ended["ended_by"], "client_quit");
+}
+
+#[tokio::test]
+async fn redacted_parameters_keep_only_their_count() {
+    let gw = TestGateway::start_with(Setup {
+        audit_extra: "redact_parameters = true".into(),
+        ..Setup::default()
+    })
+    .await;
+    let client = gw.agent().await;
+    client
+        .query(
+            "SELECT $1::text, $2::int /* secret */",
+            &[&"hunter2", &7i32],
+        )
+        .await
+        .unwrap();
+    drop(client);
+    let records = gw.audit().await;
+    let found = executions(&records, "secret");
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].0["parameter_count"], 2);
+    assert!(found[0].0.get("parameters").is_none(), "{}", found[0].0);
+    let text = std::fs::read_to_string(gw.audit_dir.join("audit.jsonl")).unwrap();
+    assert!(!text.contains("hunter2") && !text.contains(&hex("hunter2")));
+    // The neighbour: without the switch, values are kept (the test above).
+}
+
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test]
+async fn mysql_executions_carry_parameters_and_results() {
+    let gw = MyGateway::start().await;
+    let mut conn = gw.agent().await;
+    let rows: Vec<u32> = conn
+        .query("SELECT seq FROM (SELECT 1 AS seq UNION SELECT 2 UNION SELECT 3) t /* three */")
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    let got: Option<(i64, String)> = conn
+        .exec_first(
+            "SELECT ? + 1, CONCAT(?, '!') /* prepared */",
+            (41i64, "caf\u{e9}"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(got, Some((42, "caf\u{e9}!".into())));
+    let err = conn
+        .query_drop("SELECT * FROM no_such_table /* missing */")
+        .await
+        .unwrap_err();
+    assert_eq!(common::mysql::server_error(&err).0, 1146);
+    assert!(conn
+        .query_drop("SELECT 'one'; SELECT * FROM no_such_table AS two; SELECT 'three'")
+        .await
+        .is_err());
+    drop(conn);
+    assert!(gw.ended_with(|r| r.contains("client")).await);
+    let records = gw.audit().await;
+    assert_results_pair_up(&records);
+
+    let three = executions(&records, "three");
+    let result = three[0].1.unwrap();
+    assert_eq!(result["status"], "ok");
+    assert_eq!(result["rows"], 3);
+    assert!(result["bytes"].as_u64().unwrap() > 20);
+
+    // Preparing runs nothing: the execution is the record.
+    let prepared = executions(&records, "prepared");
+    assert_eq!(prepared.len(), 1);
+    assert_eq!(prepared[0].0["kind"], "EXECUTE SELECT");
+    assert_eq!(
+        prepared[0].0["parameters"],
+        serde_json::json!(["41", "caf\u{e9}"]),
+        "{}",
+        prepared[0].0
+    );
+    assert_eq!(prepared[0].1.unwrap()["rows"], 1);
+
+    let missing = executions(&records, "missing")[0].1.unwrap();
+    assert_eq!(missing["status"], "error");
+    assert_eq!(missing["error_code"], "1146");
+    let [one, two, three] = ["'one'", "AS two", "'three'"].map(|n| {
+        let found = executions(&records, n);
+        assert!(!found.is_empty(), "{n}");
+        found[found.len() - 1].1
+    });
+    assert_eq!(one.unwrap()["status"], "ok");
+    assert_eq!(two.unwrap()["error_code"], "1146");
+    assert_eq!(three.unwrap()["status"], "not_run");
+}
