@@ -90,6 +90,9 @@ pub struct InFlight {
     /// Bytes and rows seen while no statement was in flight (a probe's error, a
     /// Describe's answer): not attributed.
     unattributed: u64,
+    /// Durability waits of statements whose answer ended before the relay released
+    /// it (the relay reads a whole buffer of answers, then writes it).
+    ended_unreleased: Vec<Durable>,
 }
 
 impl InFlight {
@@ -101,13 +104,12 @@ impl InFlight {
         self.queue.front()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
-    }
-
     /// Waits until the record of every statement in flight is durable; an error means
     /// one was not written, and no answer may be released.
     pub async fn released(&mut self) -> Result<(), AuditError> {
+        while let Some(durable) = self.ended_unreleased.pop() {
+            durable.wait().await?;
+        }
         for execution in self.queue.iter_mut() {
             if !execution.durable.is_done() {
                 std::mem::replace(&mut execution.durable, Durable::done())
@@ -131,7 +133,7 @@ impl InFlight {
 
     /// The oldest statement's answer ended: its `statement.result` record.
     pub fn finish(&mut self, gate: &Gate, ending: Ending) -> Option<AuditRecord> {
-        let execution = self.queue.pop_front()?;
+        let execution = self.pop()?;
         let status = match (&ending.error, execution.uncertain) {
             (_, true) => Status::Unknown,
             (Some(_), false) => Status::Error,
@@ -155,7 +157,7 @@ impl InFlight {
             if front.ready_at > ready {
                 break;
             }
-            let Some(execution) = self.queue.pop_front() else {
+            let Some(execution) = self.pop() else {
                 break;
             };
             let status = if execution.uncertain {
@@ -166,6 +168,16 @@ impl InFlight {
             records.push(result_record(gate, &execution, status, None, None));
         }
         records
+    }
+
+    /// Takes the oldest statement out, keeping its durability wait for the release.
+    fn pop(&mut self) -> Option<Execution> {
+        let mut execution = self.queue.pop_front()?;
+        if !execution.durable.is_done() {
+            self.ended_unreleased
+                .push(std::mem::replace(&mut execution.durable, Durable::done()));
+        }
+        Some(execution)
     }
 
     /// The session ended: every statement still in flight was interrupted.

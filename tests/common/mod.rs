@@ -154,21 +154,18 @@ impl Default for Setup {
     }
 }
 
-pub struct TestGateway {
-    pub gateway: RunningGateway,
-    pub issuer: DevIssuer,
-    pub key: DevKey,
+/// What a test gateway runs on: a database, an issuer and its key, and a directory
+/// holding `gateway.toml`, the TLS files and the audit trail (`audit/`).
+pub struct GatewayFiles {
     pub db: TestDb,
-    pub audit_dir: PathBuf,
-    _dir: tempfile::TempDir,
+    pub key: DevKey,
+    pub issuer: DevIssuer,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
 }
 
-impl TestGateway {
-    pub async fn start() -> TestGateway {
-        TestGateway::start_with(Setup::default()).await
-    }
-
-    pub async fn start_with(setup: Setup) -> TestGateway {
+impl GatewayFiles {
+    pub async fn write(setup: Setup) -> GatewayFiles {
         let db = TestDb::create().await;
         let key = DevKey::generate().unwrap();
         let issuer = DevIssuer::start(SocketAddr::from(([127, 0, 0, 1], 0)), vec![key.clone()])
@@ -248,15 +245,54 @@ dir = "audit"
         }
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, &text).unwrap();
-        let config = Config::load(&path).unwrap();
+        GatewayFiles {
+            db,
+            key,
+            issuer,
+            dir,
+            config: path,
+        }
+    }
+
+    /// A token request for `agent-7` in `groups`, from this gateway's issuer.
+    pub fn issuer_request(&self, groups: &[&str]) -> TokenRequest {
+        TokenRequest {
+            issuer: self.issuer.url.clone(),
+            audience: AUDIENCE.into(),
+            subject: "agent-7".into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            scopes: vec![],
+            client_id: None,
+            ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+pub struct TestGateway {
+    pub gateway: RunningGateway,
+    pub issuer: DevIssuer,
+    pub key: DevKey,
+    pub db: TestDb,
+    pub audit_dir: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TestGateway {
+    pub async fn start() -> TestGateway {
+        TestGateway::start_with(Setup::default()).await
+    }
+
+    pub async fn start_with(setup: Setup) -> TestGateway {
+        let files = GatewayFiles::write(setup).await;
+        let config = Config::load(&files.config).unwrap();
         let gateway = Gateway::start(config, None).await.unwrap();
         TestGateway {
             gateway,
-            audit_dir: dir.path().join("audit"),
-            issuer,
-            key,
-            db,
-            _dir: dir,
+            audit_dir: files.dir.path().join("audit"),
+            issuer: files.issuer,
+            key: files.key,
+            db: files.db,
+            _dir: files.dir,
         }
     }
 

@@ -710,7 +710,7 @@ impl Session {
         let mut next_seq = self.reply_seq;
         // Strict audit: nothing of the answer reaches the client before the statement's
         // record is on disk; the statement runs upstream meanwhile.
-        if to_client && !self.inflight.is_empty() {
+        if to_client {
             let timers = self.timers(statement);
             match timed(self.inflight.released(), &timers, shutdown).await {
                 Ok(Ok(())) => {}
