@@ -214,7 +214,9 @@ async fn a_full_disk_stops_statements_and_logins_and_the_trail_recovers() {
         tokio::spawn(connection);
         Ok::<_, tokio_postgres::Error>(client)
     };
-    let err = connect_big().await.err().expect("login refused");
+    let Err(err) = connect_big().await else {
+        panic!("a login while the trail cannot be written must be refused");
+    };
     let (code, message) = common::db_error(&err);
     assert_eq!(code, "58030", "{message}");
 
