@@ -37,6 +37,7 @@ SKIP_SQLGATE=${SKIP_SQLGATE:-0}          # 1: no build, no sqlgate rows
 SKIP_PGBOUNCER=${SKIP_PGBOUNCER:-0}      # 1: no pgbouncer rows
 SKIP_BUILD=${SKIP_BUILD:-0}              # 1: use the existing release binary as is
 SKIP_DIRECT_TLS=${SKIP_DIRECT_TLS:-0}    # 1: no direct-tls reference rows
+AUDIT_VARIANTS=${AUDIT_VARIANTS:-0}      # 1: also sqlgate with batched audit and with no audit writes
 KEEP_TMP=${KEEP_TMP:-0}                  # 1: keep the temp dir (configs, logs)
 RESULTS_DIR=${RESULTS_DIR:-$ROOT/bench/results}
 
@@ -219,9 +220,13 @@ if [[ $SKIP_SQLGATE != 1 ]]; then
         >"$TMP/openssl.log" 2>&1 || { cat "$TMP/openssl.log" >&2; die "openssl failed"; }
     mkdir -p "$TMP/audit"
 
-    cat >"$TMP/gateway.toml" <<EOF
+    # start_gateway NAME PORT AUDIT_LINES [ENV=VALUE...]: one gateway, its config in $TMP/NAME.toml.
+    start_gateway() {
+        local name=$1 port=$2 audit_lines=$3; shift 3
+        mkdir -p "$TMP/audit-$name"
+        cat >"$TMP/$name.toml" <<EOF
 [listen]
-postgres = "127.0.0.1:$SQLGATE_PORT"
+postgres = "127.0.0.1:$port"
 allow_plaintext = true        # loopback only: the bench measures without TLS like pgbouncer, and a second run with TLS
 tls_cert = "cert.pem"         # paths relative to this file
 tls_key = "key.pem"
@@ -244,12 +249,15 @@ access = "read-only"
 ttl = "1h"
 
 [audit]
-dir = "audit"
+dir = "audit-$name"
+$audit_lines
 EOF
-    log "starting sqlgate on 127.0.0.1:$SQLGATE_PORT"
-    "$SQLGATE_BIN" serve --config "$TMP/gateway.toml" >"$TMP/sqlgate.log" 2>&1 &
-    PIDS+=($!)
-    wait_port sqlgate "$SQLGATE_PORT" "$!"
+        log "starting $name on 127.0.0.1:$port"
+        env "$@" "$SQLGATE_BIN" serve --config "$TMP/$name.toml" >"$TMP/$name.log" 2>&1 &
+        PIDS+=($!)
+        wait_port "$name" "$port" "$!"
+    }
+    start_gateway sqlgate "$SQLGATE_PORT" 'durability = "strict"'
 
     # One real query end to end, so a misconfiguration fails here with a clear message.
     for sslmode in disable require; do
@@ -262,6 +270,17 @@ EOF
 
     add_target sqlgate "PGSSLMODE=disable PGPASSWORD=\$TOKEN" "-h 127.0.0.1 -p $SQLGATE_PORT -U bench-agent bench"
     add_target sqlgate-tls "PGSSLMODE=require PGPASSWORD=\$TOKEN" "-h 127.0.0.1 -p $SQLGATE_PORT -U bench-agent bench"
+
+    if [[ $AUDIT_VARIANTS == 1 ]]; then
+        # The audit trail's cost: batched durability, and no audit writes at all (a
+        # bench-only switch; the records are built, then dropped unwritten).
+        BATCHED_PORT=$(free_port $((SQLGATE_PORT + 1)))
+        start_gateway sqlgate-batched "$BATCHED_PORT" $'durability = "batched"\nbatch_interval = "200ms"'
+        NOAUDIT_PORT=$(free_port $((BATCHED_PORT + 1)))
+        start_gateway sqlgate-noaudit "$NOAUDIT_PORT" "" SQLGATE_BENCH_DISCARD_AUDIT=1
+        add_target sqlgate-batched "PGSSLMODE=disable PGPASSWORD=\$TOKEN" "-h 127.0.0.1 -p $BATCHED_PORT -U bench-agent bench"
+        add_target sqlgate-noaudit "PGSSLMODE=disable PGPASSWORD=\$TOKEN" "-h 127.0.0.1 -p $NOAUDIT_PORT -U bench-agent bench"
+    fi
 fi
 
 # ---------------------------------------------------------------- runs

@@ -369,9 +369,21 @@ impl AuditLog {
             opened: std::time::Instant::now(),
             healthy: healthy.clone(),
         };
+        // Benchmarks only (bench/pgbench.sh AUDIT_VARIANTS=1): measure the gateway
+        // without the trail's cost. Never set in production; it is loud in the log.
+        let discard = std::env::var_os(BENCH_DISCARD_ENV).is_some_and(|v| v == "1");
+        if discard {
+            tracing::error!("{BENCH_DISCARD_ENV}=1: audit records are DISCARDED, not written (benchmark mode)");
+        }
         std::thread::Builder::new()
             .name("sqlgate-audit".into())
-            .spawn(move || writer(trail, rx, chain, torn))
+            .spawn(move || {
+                if discard {
+                    discard_all(rx)
+                } else {
+                    writer(trail, rx, chain, torn)
+                }
+            })
             .map_err(io_err)?;
         let log = AuditLog {
             tx,
@@ -715,6 +727,22 @@ fn chain_line(chain: &mut Chain, record: &mut AuditRecord, buf: &mut Vec<u8>) {
     chain.prev = sha256_hex(&buf[start..]);
     chain.seq = record.seq;
     buf.push(b'\n');
+}
+
+/// The environment variable that makes the writer drop every record unwritten, for
+/// measuring what the trail costs (bench/pgbench.sh `AUDIT_VARIANTS=1`).
+pub const BENCH_DISCARD_ENV: &str = "SQLGATE_BENCH_DISCARD_AUDIT";
+
+/// The writer in benchmark mode: acknowledges everything, writes nothing.
+fn discard_all(mut rx: mpsc::Receiver<Command>) {
+    while let Some(command) = rx.blocking_recv() {
+        match command {
+            Command::Write(_, Some(ack)) | Command::Sync(ack) => {
+                let _ = ack.send(Ok(()));
+            }
+            Command::Write(_, None) | Command::Flush => {}
+        }
+    }
 }
 
 fn writer(mut trail: Trail, mut rx: mpsc::Receiver<Command>, mut chain: Chain, torn: Option<Torn>) {
