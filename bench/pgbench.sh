@@ -247,6 +247,7 @@ connection = "bench"
 groups = ["bench-agents"]
 access = "read-only"
 ttl = "1h"
+max_sessions_per_identity = 256   # every pgbench client is the same agent
 
 [audit]
 dir = "audit-$name"

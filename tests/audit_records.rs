@@ -258,3 +258,34 @@ async fn mysql_executions_carry_parameters_and_results() {
     assert_eq!(two.unwrap()["error_code"], "1146");
     assert_eq!(three.unwrap()["status"], "not_run");
 }
+
+#[tokio::test]
+async fn a_pipeline_longer_than_the_in_flight_cap_is_answered_and_recorded() {
+    // More statements in flight than one session may hold (16,384): the relay stops
+    // reading the client until answers free places, and every statement still runs,
+    // answered and recorded in order.
+    let gw = TestGateway::start().await;
+    let client = gw.agent().await;
+    let n = 20_000;
+    let queries = (0..n).map(|i| {
+        let client = &client;
+        async move {
+            let rows = client
+                .query_one("SELECT $1::int + 0 /* pipelined */", &[&i])
+                .await
+                .unwrap();
+            rows.get::<_, i32>(0)
+        }
+    });
+    let answers = futures_util::future::join_all(queries).await;
+    assert_eq!(answers.len(), n as usize);
+    assert!(answers.iter().enumerate().all(|(i, v)| *v == i as i32));
+    drop(client);
+    gw.gateway.services.audit.sync().await.unwrap();
+    let records = gw.audit().await;
+    let ok = records
+        .iter()
+        .filter(|r| r["event"] == "statement.result" && r["status"] == "ok")
+        .count();
+    assert_eq!(ok, n as usize);
+}

@@ -373,7 +373,9 @@ impl AuditLog {
         // without the trail's cost. Never set in production; it is loud in the log.
         let discard = std::env::var_os(BENCH_DISCARD_ENV).is_some_and(|v| v == "1");
         if discard {
-            tracing::error!("{BENCH_DISCARD_ENV}=1: audit records are DISCARDED, not written (benchmark mode)");
+            tracing::error!(
+                "{BENCH_DISCARD_ENV}=1: audit records are DISCARDED, not written (benchmark mode)"
+            );
         }
         std::thread::Builder::new()
             .name("sqlgate-audit".into())

@@ -38,6 +38,11 @@ pub struct Session {
     pub grant_id: Option<String>,
     pub sub: Option<String>,
     pub groups: Vec<String>,
+    pub scopes: Vec<String>,
+    pub client_id: Option<String>,
+    pub token_id: Option<String>,
+    pub issuer: Option<String>,
+    pub upstream: Option<String>,
     pub connection: String,
     pub protocol: String,
     pub client_addr: String,
@@ -51,8 +56,20 @@ pub struct Session {
     pub end_reason: Option<String>,
     pub statements: u64,
     pub denied: u64,
+    /// Allowed statements the upstream answered with an error.
+    pub failed: u64,
     /// The session's records, in order (for replay).
     pub records: Vec<Value>,
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn text(v: &Value, key: &str) -> Option<String> {
@@ -120,14 +137,12 @@ fn collect(dir: &Path, only: Option<&str>) -> std::io::Result<Vec<Session>> {
                 s.grant_id = text(&v, "grant_id");
                 s.sub = text(&v, "sub").or(s.sub.take());
                 s.expires_at = text(&v, "expires_at");
-                s.groups = v["groups"]
-                    .as_array()
-                    .map(|g| {
-                        g.iter()
-                            .filter_map(|x| x.as_str().map(str::to_owned))
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                s.groups = strings(&v["groups"]);
+                s.scopes = strings(&v["scopes"]);
+                s.client_id = text(&v, "client_id");
+                s.token_id = text(&v, "token_id");
+                s.issuer = text(&v, "issuer");
+                s.upstream = text(&v, "upstream");
                 if s.decision == "deny" {
                     s.ended = text(&v, "time");
                 }
@@ -138,6 +153,7 @@ fn collect(dir: &Path, only: Option<&str>) -> std::io::Result<Vec<Session>> {
                     s.denied += 1;
                 }
             }
+            "statement.result" if v["status"] == "error" => s.failed += 1,
             "session.ended" => {
                 s.ended = text(&v, "time");
                 s.end_reason = text(&v, "reason");

@@ -37,7 +37,12 @@ fn header(s: &Session) -> Vec<(&'static str, String)> {
         ("session", s.session_id.clone()),
         ("subject", or_dash(&s.sub)),
         ("groups", s.groups.join(", ")),
+        ("scopes", s.scopes.join(" ")),
+        ("client id", or_dash(&s.client_id)),
+        ("token id", or_dash(&s.token_id)),
+        ("issuer", or_dash(&s.issuer)),
         ("connection", format!("{} ({})", s.connection, s.protocol)),
+        ("upstream", or_dash(&s.upstream)),
         ("client", s.client_addr.clone()),
         ("grant", format!("{} {}", s.decision, or_dash(&s.grant_id))),
         ("grant reason", or_dash(&s.reason)),
@@ -49,7 +54,10 @@ fn header(s: &Session) -> Vec<(&'static str, String)> {
         ),
         (
             "statements",
-            format!("{} ({} denied)", s.statements, s.denied),
+            format!(
+                "{} ({} denied, {} failed upstream)",
+                s.statements, s.denied, s.failed
+            ),
         ),
     ]
 }
@@ -76,6 +84,19 @@ pub fn transcript(s: &Session) -> String {
                 if let Some(reason) = r["reason"].as_str() {
                     let _ = writeln!(out, "{:31}reason: {}", "", plain(reason));
                 }
+                if let Some(params) = parameters(r) {
+                    let _ = writeln!(out, "{:31}parameters: {}", "", plain(&params));
+                }
+            }
+            "statement.result" => {
+                let _ = writeln!(
+                    out,
+                    "{}  {:<5} #{} {}",
+                    plain(time),
+                    "",
+                    r["statement_seq"],
+                    plain(&outcome(r))
+                );
             }
             event => {
                 let _ = writeln!(
@@ -89,6 +110,43 @@ pub fn transcript(s: &Session) -> String {
         }
     }
     out
+}
+
+/// A statement's bound parameters as one line, if it has any.
+fn parameters(r: &Value) -> Option<String> {
+    match (&r["parameters"], r["parameter_count"].as_u64()) {
+        (Value::Array(values), _) => Some(
+            values
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => format!("'{s}'"),
+                    _ => "NULL".into(),
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        (_, Some(n)) => Some(format!("{n} (redacted)")),
+        _ => None,
+    }
+}
+
+/// A result record as a phrase: "ok: 3 rows, 1.2 ms, 180 bytes".
+fn outcome(r: &Value) -> String {
+    let mut out = format!("{}:", field(r, "status"));
+    if let Some(code) = r["error_code"].as_str() {
+        let _ = write!(out, " {code} {}", field(r, "error_message"));
+        out.push(',');
+    }
+    if let Some(rows) = r["rows"].as_u64() {
+        let _ = write!(out, " {rows} row{},", if rows == 1 { "" } else { "s" });
+    }
+    if let Some(ms) = r["duration_ms"].as_f64() {
+        let _ = write!(out, " {ms:.3} ms,");
+    }
+    if let Some(bytes) = r["bytes"].as_u64() {
+        let _ = write!(out, " {bytes} bytes");
+    }
+    out.trim_end_matches(',').to_owned()
 }
 
 fn escape(text: &str) -> String {
@@ -116,6 +174,7 @@ pub fn html(s: &Session) -> String {
          <style>body{{font:14px system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse}}\
          td,th{{padding:4px 8px;border-bottom:1px solid #ddd;vertical-align:top;text-align:left}}\
          .deny{{background:#fde2e1}}.deny .d{{color:#a00;font-weight:bold}}.event{{color:#555;font-style:italic}}\
+         .result{{color:#555}}.failed{{background:#fff3cd}}\
          code{{white-space:pre-wrap;word-break:break-all}}#q{{width:30em;padding:4px;margin:1em 0}}</style></head><body>\
          <h1>Session {id}</h1><table class=\"head\">",
         id = escape(&s.session_id)
@@ -137,14 +196,29 @@ pub fn html(s: &Session) -> String {
         match field(r, "event") {
             "statement" => {
                 let decision = field(r, "decision");
+                let params = parameters(r)
+                    .map(|p| format!("<br>parameters: <code>{}</code>", escape(&p)))
+                    .unwrap_or_default();
                 let _ = write!(
                     out,
-                    "<tr class=\"{cls}\"><td>{time}</td><td class=\"d\">{d}</td><td>{k}</td><td><code>{st}</code></td><td>{re}</td></tr>",
+                    "<tr class=\"{cls}\"><td>{time}</td><td class=\"d\">{d}</td><td>{k}</td><td>#{n} <code>{st}</code>{params}</td><td>{re}</td></tr>",
                     cls = if decision == "deny" { "deny" } else { "allow" },
                     d = escape(decision),
                     k = escape(field(r, "kind")),
+                    n = r["statement_seq"],
                     st = escape(field(r, "statement")),
                     re = escape(field(r, "reason")),
+                );
+            }
+            "statement.result" => {
+                let failed = r["status"] != "ok";
+                let _ = write!(
+                    out,
+                    "<tr class=\"result{f}\"><td>{time}</td><td>{s}</td><td>result</td><td>#{n} {o}</td><td></td></tr>",
+                    f = if failed { " failed" } else { "" },
+                    s = escape(field(r, "status")),
+                    n = r["statement_seq"],
+                    o = escape(&outcome(r)),
                 );
             }
             event => {

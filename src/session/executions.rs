@@ -58,7 +58,15 @@ pub struct Execution {
     pub uncertain: bool,
     rows: u64,
     bytes: u64,
+    /// Its place under the session's cap on statements in flight, freed when the
+    /// answer ends ([`MAX_IN_FLIGHT`]).
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
+
+/// Statements one session may have forwarded and not yet seen answered. A client that
+/// pipelines more waits (the relay stops reading it) until answers come back, so a
+/// client that never reads its answers cannot grow the gateway's memory.
+pub const MAX_IN_FLIGHT: usize = 16 * 1024;
 
 impl Execution {
     pub fn new(seq: u64, durable: Durable, ready_at: u64, uncertain: bool) -> Self {
@@ -70,7 +78,14 @@ impl Execution {
             uncertain,
             rows: 0,
             bytes: 0,
+            permit: None,
         }
+    }
+
+    /// Holds `permit` until the answer ends.
+    pub fn holding(mut self, permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        self.permit = Some(permit);
+        self
     }
 }
 

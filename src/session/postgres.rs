@@ -641,6 +641,9 @@ impl Session {
                 sent: sent_tx,
                 catalog,
                 execs: exec_tx,
+                in_flight: Arc::new(tokio::sync::Semaphore::new(
+                    super::executions::MAX_IN_FLIGHT,
+                )),
             },
             &ctx,
         );
@@ -788,6 +791,8 @@ struct ClientSide {
     catalog: Option<Arc<FunctionCatalog>>,
     /// Forwarded statements, to the answer side.
     execs: mpsc::UnboundedSender<Execution>,
+    /// Places for statements in flight ([`super::executions::MAX_IN_FLIGHT`]).
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// What the upstream → client direction owns.
@@ -1023,6 +1028,13 @@ async fn client_to_upstream(
                         _ => match frontend::execute_portal(frame.body()) {
                             Ok(name) => {
                                 let run = portals.execute(name);
+                                let permit =
+                                    match in_flight_place(upstream, &mut out, &side, &pipeline)
+                                        .await
+                                    {
+                                        Ok(permit) => permit,
+                                        Err(end) => return end,
+                                    };
                                 let execution = ctx
                                     .gate
                                     .forwarding(
@@ -1032,7 +1044,8 @@ async fn client_to_upstream(
                                         pipeline.sync_points + 1,
                                         pipeline.uncertain,
                                     )
-                                    .await;
+                                    .await
+                                    .holding(permit);
                                 let _ = side.execs.send(execution);
                                 Ok(())
                             }
@@ -1174,6 +1187,13 @@ async fn client_to_upstream(
                         None => {
                             pipeline.query();
                             for (text, kind) in allowed.parts.iter() {
+                                let permit =
+                                    match in_flight_place(upstream, &mut out, &side, &pipeline)
+                                        .await
+                                    {
+                                        Ok(permit) => permit,
+                                        Err(end) => return end,
+                                    };
                                 let execution = ctx
                                     .gate
                                     .forwarding(
@@ -1183,7 +1203,8 @@ async fn client_to_upstream(
                                         pipeline.sync_points,
                                         pipeline.uncertain,
                                     )
-                                    .await;
+                                    .await
+                                    .holding(permit);
                                 let _ = side.execs.send(execution);
                             }
                         }
@@ -1247,6 +1268,26 @@ async fn client_to_upstream(
             Ok(_) => {}
             Err(e) => return EndReason::Io(format!("reading client: {e}")),
         }
+    }
+}
+
+/// A place for one more statement in flight; when the session has
+/// [`super::executions::MAX_IN_FLIGHT`], what is buffered goes upstream and the client
+/// waits until answers free one.
+async fn in_flight_place(
+    upstream: &mut WriteHalf<BoxStream>,
+    out: &mut BytesMut,
+    side: &ClientSide,
+    pipeline: &Pipeline,
+) -> Result<tokio::sync::OwnedSemaphorePermit, EndReason> {
+    if let Ok(permit) = side.in_flight.clone().try_acquire_owned() {
+        return Ok(permit);
+    }
+    send_upstream(upstream, out, side, pipeline).await?;
+    match side.in_flight.clone().acquire_owned().await {
+        Ok(permit) => Ok(permit),
+        // Never closed; if it were, the other direction is ending the session.
+        Err(_) => std::future::pending().await,
     }
 }
 

@@ -450,14 +450,18 @@ impl Session {
                     }) else {
                         return Ok(());
                     };
+                    // What is kept for the record is bounded per statement, not per
+                    // parameter: 65,535 parameters must not mean 65,535 copies.
+                    let kept: usize = prepared.long_data.iter().map(|(_, d)| d.len()).sum();
+                    let room = keep.saturating_sub(kept);
+                    let data = &data[..data.len().min(room)];
                     match prepared.long_data.iter_mut().find(|(i, _)| *i == index) {
-                        Some((_, kept)) => {
-                            let room = keep.saturating_sub(kept.len());
-                            kept.extend_from_slice(&data[..data.len().min(room)]);
+                        Some((_, kept)) => kept.extend_from_slice(data),
+                        None if index < prepared.params => {
+                            prepared.long_data.push((index, data.to_vec()))
                         }
-                        None => prepared
-                            .long_data
-                            .push((index, data[..data.len().min(keep)].to_vec())),
+                        // The server refuses it at execution; nothing to keep.
+                        None => {}
                     }
                     self.send_upstream(packet).await?;
                 }
@@ -592,10 +596,11 @@ impl Session {
         }
     }
 
-    /// Audits a command that carries no statement but is forwarded.
-    async fn audit_command(&self, what: &str) {
-        let rec = self.gate.statement_record(what, what, &Verdict::Allow);
-        self.gate.audit(rec).await;
+    /// Audits a command that carries no statement but is forwarded (its answer is
+    /// recorded too).
+    async fn audit_command(&mut self, what: &str) {
+        let execution = self.gate.forwarding(what, what, None, 0, false).await;
+        self.inflight.push(execution);
     }
 
     /// Answers the current command with an ERR; the session goes on.
@@ -772,6 +777,16 @@ impl Session {
                     let ending = Ending {
                         rows: None,
                         error: Some((e.code.to_string(), e.message.clone())),
+                    };
+                    if let Some(rec) = self.inflight.finish(&self.gate, ending) {
+                        self.gate.audit(rec).await;
+                    }
+                }
+                if tracker.is_done() && tracker.error.is_none() && tracker.completed == 0 {
+                    // A command answered by one packet (COM_INIT_DB, COM_FIELD_LIST, ...).
+                    let ending = Ending {
+                        rows: Some(tracker.rows),
+                        error: None,
                     };
                     if let Some(rec) = self.inflight.finish(&self.gate, ending) {
                         self.gate.audit(rec).await;
