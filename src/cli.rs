@@ -413,9 +413,14 @@ fn audit_replay(session: String, trail: TrailArgs, html: Option<PathBuf>) -> Res
 }
 
 fn audit_verify(trail: TrailArgs) -> Result<(), String> {
+    use crate::audit::progress::{total_bytes, Progress};
     let dir = trail.dir()?;
-    let report = crate::audit::verify::verify(&dir)
-        .map_err(|e| format!("cannot read the trail in {}: {e}", dir.display()))?;
+    let read_err = |e: std::io::Error| format!("cannot read the trail in {}: {e}", dir.display());
+    let files = crate::audit::verify::files(&dir).map_err(read_err)?;
+    let mut progress = Progress::new("verifying", total_bytes(&files));
+    let report = crate::audit::verify::verify_with_progress(&dir, |n| progress.update(n))
+        .map_err(read_err)?;
+    progress.finish();
     for w in &report.warnings {
         println!("warning: {w}");
     }
