@@ -94,6 +94,20 @@ const COLUMNS: &[(&str, Kind)] = &[
     ("pruned_through_sha256", Kind::Text),
 ];
 
+/// The columns' names, sorted, with their positions in [`COLUMNS`].
+fn column_index() -> &'static [(&'static str, usize)] {
+    static INDEX: OnceLock<Vec<(&'static str, usize)>> = OnceLock::new();
+    INDEX.get_or_init(|| {
+        let mut index: Vec<(&'static str, usize)> = COLUMNS
+            .iter()
+            .enumerate()
+            .map(|(i, &(name, _))| (name, i))
+            .collect();
+        index.sort_unstable();
+        index
+    })
+}
+
 fn data_type(kind: Kind) -> DataType {
     match kind {
         Kind::Seq | Kind::Count => DataType::UInt64,
@@ -291,8 +305,16 @@ impl Batch {
 
     /// Adds the record `value`, whose line as written is `raw`, as one row.
     pub fn push(&mut self, raw: &[u8], value: &Value) {
-        for (column, &(name, kind)) in self.columns.iter_mut().zip(COLUMNS) {
-            let field = value.get(name);
+        // One walk over the record's fields instead of a map lookup per column.
+        let mut fields: [Option<&Value>; COLUMNS.len()] = [None; COLUMNS.len()];
+        let index = column_index();
+        for (key, field) in value.as_object().into_iter().flatten() {
+            if let Ok(i) = index.binary_search_by(|(name, _)| (*name).cmp(key.as_str())) {
+                fields[index[i].1] = Some(field);
+            }
+        }
+        let columns = self.columns.iter_mut().zip(COLUMNS).zip(fields);
+        for ((column, &(_, kind)), field) in columns {
             match (column, kind) {
                 (Column::U64(b), Kind::Seq) => {
                     b.append_value(field.and_then(Value::as_u64).unwrap_or(0))
