@@ -108,6 +108,9 @@ fn column_index() -> &'static [(&'static str, usize)] {
     })
 }
 
+/// Columns whose values (nearly) never repeat.
+const UNIQUE_COLUMNS: &[&str] = &["prev", "line_sha256", "statement_sha256"];
+
 fn data_type(kind: Kind) -> DataType {
     match kind {
         Kind::Seq | Kind::Count => DataType::UInt64,
@@ -371,11 +374,17 @@ impl Writer {
             Format::Parquet => {
                 use parquet::basic::Compression;
                 use parquet::file::properties::WriterProperties;
-                let props = WriterProperties::builder()
+                use parquet::schema::types::ColumnPath;
+                let mut props = WriterProperties::builder()
                     .set_compression(Compression::SNAPPY)
                     .set_max_row_group_row_count(Some(BATCH_ROWS))
-                    .set_created_by(format!("sqlgate {}", env!("CARGO_PKG_VERSION")))
-                    .build();
+                    .set_created_by(format!("sqlgate {}", env!("CARGO_PKG_VERSION")));
+                // Hashes are unique: a dictionary only costs time before the writer
+                // gives up on it.
+                for name in UNIQUE_COLUMNS {
+                    props = props.set_column_dictionary_enabled(ColumnPath::from(*name), false);
+                }
+                let props = props.build();
                 Sink::Parquet(parquet::arrow::ArrowWriter::try_new(
                     file,
                     schema(),
