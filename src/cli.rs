@@ -285,7 +285,9 @@ pub enum AuditCommand {
     Export {
         #[command(flatten)]
         trail: TrailArgs,
-        /// jsonl (parquet and arrow are not built yet).
+        /// jsonl (the trail's lines, byte for byte), parquet (Snappy) or arrow (Arrow
+        /// IPC file): parquet and arrow have one typed column per record field plus
+        /// line_sha256 (README.md, "Audit trail", lists the schema).
         #[arg(long, default_value = "jsonl")]
         format: String,
         #[arg(long)]
@@ -335,54 +337,150 @@ fn audit_sessions(trail: TrailArgs, filter: crate::audit::read::Filter) -> Resul
     Ok(())
 }
 
+/// `sqlgate audit export --format ...`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ExportFormat {
+    Jsonl,
+    Columns(crate::audit::export::Format),
+}
+
+impl ExportFormat {
+    fn parse(name: &str) -> Result<Self, String> {
+        use crate::audit::export::Format;
+        match name {
+            "jsonl" => Ok(ExportFormat::Jsonl),
+            "parquet" => Ok(ExportFormat::Columns(Format::Parquet)),
+            "arrow" => Ok(ExportFormat::Columns(Format::Arrow)),
+            _ => Err(format!(
+                "unknown export format {:?}: use jsonl, parquet or arrow",
+                crate::audit::replay::plain(name)
+            )),
+        }
+    }
+}
+
+/// Where exported records go.
+enum ExportSink {
+    /// The trail's lines, byte for byte (they still hash to the chain).
+    Jsonl(std::io::BufWriter<std::fs::File>),
+    Columns(Box<crate::audit::export::Writer>),
+}
+
+impl ExportSink {
+    fn create(path: &std::path::Path, format: ExportFormat) -> Result<Self, String> {
+        let fail = |e: &dyn std::fmt::Display| format!("cannot write {}: {e}", path.display());
+        match format {
+            ExportFormat::Jsonl => std::fs::File::create(path)
+                .map(|f| ExportSink::Jsonl(std::io::BufWriter::with_capacity(1 << 20, f)))
+                .map_err(|e| fail(&e)),
+            ExportFormat::Columns(format) => crate::audit::export::Writer::create(path, format)
+                .map(|w| ExportSink::Columns(Box::new(w)))
+                .map_err(|e| fail(&e)),
+        }
+    }
+
+    fn push(&mut self, raw: &[u8], record: &serde_json::Value) -> Result<(), String> {
+        use std::io::Write;
+        match self {
+            ExportSink::Jsonl(w) => w
+                .write_all(raw)
+                .and_then(|_| w.write_all(b"\n"))
+                .map_err(|e| e.to_string()),
+            ExportSink::Columns(w) => w.push(raw, record).map_err(|e| e.to_string()),
+        }
+    }
+
+    fn finish(self) -> Result<(), String> {
+        use std::io::Write;
+        match self {
+            ExportSink::Jsonl(mut w) => w.flush().map_err(|e| e.to_string()),
+            ExportSink::Columns(w) => w.finish().map(|_| ()).map_err(|e| e.to_string()),
+        }
+    }
+}
+
 fn audit_export(
     trail: TrailArgs,
     format: &str,
     out: PathBuf,
     filter: crate::audit::read::Filter,
 ) -> Result<(), String> {
-    use std::io::Write;
-    if format != "jsonl" {
-        return Err(format!(
-            "export format {format:?} is not available yet; use --format jsonl"
-        ));
-    }
+    use crate::audit::progress::{total_bytes, Progress};
+    let format = ExportFormat::parse(format)?;
     let dir = trail.dir()?;
     let read_err = |e: std::io::Error| format!("cannot read the trail in {}: {e}", dir.display());
+    let files = crate::audit::read::files(&dir).map_err(read_err)?;
+    // Creating the output truncates it: never one of the trail's own files.
+    if let Ok(target) = std::fs::canonicalize(&out) {
+        if files
+            .iter()
+            .any(|f| std::fs::canonicalize(f).is_ok_and(|f| f == target))
+        {
+            return Err(format!(
+                "{} is a file of the trail itself; export to another file",
+                out.display()
+            ));
+        }
+    }
+    let total = total_bytes(&files);
     // Two passes: which sessions match, then their records, streamed.
-    let wanted: std::collections::HashSet<String> = crate::audit::read::sessions(&dir)
-        .map_err(read_err)?
-        .into_iter()
-        .filter(|s| filter.matches(s))
-        .map(|s| s.session_id)
-        .collect();
-    let file =
-        std::fs::File::create(&out).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
-    let mut writer = std::io::BufWriter::new(file);
+    let mut progress = Progress::new("reading sessions", total);
+    let wanted: std::collections::HashSet<String> =
+        crate::audit::read::sessions_with_progress(&dir, &mut |n| progress.update(n))
+            .map_err(read_err)?
+            .into_iter()
+            .filter(|s| filter.matches(s))
+            .map(|s| s.session_id)
+            .collect();
+    progress.finish();
+    let mut sink = ExportSink::create(&out, format)?;
     let mut written = 0u64;
     let mut failed = None;
     let started = std::time::Instant::now();
-    crate::audit::read::records(&dir, |raw, record| {
-        if failed.is_some()
-            || !record["session_id"]
+    let mut progress = Progress::new("exporting", total);
+    let walked = crate::audit::read::records_with_progress(
+        &dir,
+        |n| progress.update(n),
+        |raw, record| {
+            // The trail's own records (gaps, torn lines, pruning) belong to no session
+            // and are always exported: they say where records are missing.
+            let trail_event = record["event"]
                 .as_str()
-                .is_some_and(|id| wanted.contains(id))
-        {
-            return;
+                .is_some_and(|e| e.starts_with("trail."));
+            if failed.is_some()
+                || !(trail_event
+                    || record["session_id"]
+                        .as_str()
+                        .is_some_and(|id| wanted.contains(id)))
+            {
+                return;
+            }
+            match sink.push(raw, &record) {
+                Ok(()) => written += 1,
+                Err(e) => failed = Some(e),
+            }
+        },
+    );
+    progress.finish();
+    let finished = match (walked, failed) {
+        (Err(e), _) => {
+            drop(sink);
+            Err(read_err(e))
         }
-        // The line as written, so exported records still hash to their chain.
-        match writer.write_all(raw).and_then(|_| writer.write_all(b"\n")) {
-            Ok(()) => written += 1,
-            Err(e) => failed = Some(e),
+        (Ok(()), Some(e)) => {
+            drop(sink);
+            Err(format!("cannot write {}: {e}", out.display()))
         }
-    })
-    .map_err(read_err)?;
-    if let Some(e) = failed {
-        return Err(format!("cannot write {}: {e}", out.display()));
+        (Ok(()), None) => sink
+            .finish()
+            .map_err(|e| format!("cannot write {}: {e}", out.display())),
+    };
+    if let Err(e) = finished {
+        // A partial export (for Parquet and Arrow, one without its footer) is not left
+        // behind to be taken for a whole one.
+        let _ = std::fs::remove_file(&out);
+        return Err(e);
     }
-    writer
-        .flush()
-        .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
     let secs = started.elapsed().as_secs_f64().max(1e-6);
     eprintln!(
         "exported {written} records of {} sessions to {} ({:.0} records/s)",
@@ -413,9 +511,14 @@ fn audit_replay(session: String, trail: TrailArgs, html: Option<PathBuf>) -> Res
 }
 
 fn audit_verify(trail: TrailArgs) -> Result<(), String> {
+    use crate::audit::progress::{total_bytes, Progress};
     let dir = trail.dir()?;
-    let report = crate::audit::verify::verify(&dir)
-        .map_err(|e| format!("cannot read the trail in {}: {e}", dir.display()))?;
+    let read_err = |e: std::io::Error| format!("cannot read the trail in {}: {e}", dir.display());
+    let files = crate::audit::verify::files(&dir).map_err(read_err)?;
+    let mut progress = Progress::new("verifying", total_bytes(&files));
+    let report = crate::audit::verify::verify_with_progress(&dir, |n| progress.update(n))
+        .map_err(read_err)?;
+    progress.finish();
     for w in &report.warnings {
         println!("warning: {w}");
     }

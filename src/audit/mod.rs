@@ -8,6 +8,8 @@
 //! to this file. (Hash chaining, export and replay are a later issue; the record shape
 //! already carries what they need: time, session, grant, subject, decision.)
 
+pub mod export;
+pub mod progress;
 pub mod read;
 pub mod replay;
 pub mod verify;

@@ -7,25 +7,43 @@
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-/// Calls `each` with every record of the trail in `dir`, oldest first: its line (as
-/// written, without the newline) and its value.
-pub fn records(dir: &Path, mut each: impl FnMut(&[u8], Value)) -> std::io::Result<()> {
+/// The trail's files in chain order: the closed segments, then the active one (if any).
+pub fn files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files = super::closed_segments(dir)?;
     let active = dir.join("audit.jsonl");
     if active.exists() {
         files.push(active);
     }
-    for path in files {
+    Ok(files)
+}
+
+/// Calls `each` with every record of the trail in `dir`, oldest first: its line (as
+/// written, without the newline) and its value.
+pub fn records(dir: &Path, each: impl FnMut(&[u8], Value)) -> std::io::Result<()> {
+    records_with_progress(dir, |_| {}, each)
+}
+
+/// [`records`], also calling `progress` after every line with the bytes read so far
+/// (of all the files of [`files`], in order): what drives a progress line.
+pub fn records_with_progress(
+    dir: &Path,
+    mut progress: impl FnMut(u64),
+    mut each: impl FnMut(&[u8], Value),
+) -> std::io::Result<()> {
+    let mut read = 0u64;
+    for path in files(dir)? {
         let reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&path)?);
         for line in reader.split(b'\n') {
             let line = line?;
+            read += line.len() as u64 + 1;
             if let Ok(value @ Value::Object(_)) = serde_json::from_slice::<Value>(&line) {
                 each(&line, value);
             }
+            progress(read);
         }
     }
     Ok(())
@@ -104,18 +122,31 @@ impl Filter {
 
 /// The sessions of a trail, by start (without their records).
 pub fn sessions(dir: &Path) -> std::io::Result<Vec<Session>> {
-    collect(dir, None)
+    collect(dir, None, &mut |_| {})
+}
+
+/// [`sessions`], calling `progress` with the bytes read so far (see
+/// [`records_with_progress`]).
+pub fn sessions_with_progress(
+    dir: &Path,
+    progress: &mut dyn FnMut(u64),
+) -> std::io::Result<Vec<Session>> {
+    collect(dir, None, progress)
 }
 
 /// One session with its records, read in one pass that keeps nothing else.
 pub fn session(dir: &Path, id: &str) -> std::io::Result<Option<Session>> {
-    Ok(collect(dir, Some(id))?.into_iter().next())
+    Ok(collect(dir, Some(id), &mut |_| {})?.into_iter().next())
 }
 
-fn collect(dir: &Path, only: Option<&str>) -> std::io::Result<Vec<Session>> {
+fn collect(
+    dir: &Path,
+    only: Option<&str>,
+    progress: &mut dyn FnMut(u64),
+) -> std::io::Result<Vec<Session>> {
     let keep_records = only.is_some();
     let mut by_id: BTreeMap<String, Session> = BTreeMap::new();
-    records(dir, |_, v| {
+    records_with_progress(dir, progress, |_, v| {
         let Some(id) = text(&v, "session_id").filter(|id| id != "-") else {
             return;
         };

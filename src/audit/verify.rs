@@ -58,15 +58,28 @@ const MAX_PROBLEMS: usize = 50;
 
 /// Verifies the trail in `dir`: its closed segments in order, then the active one.
 pub fn verify(dir: &Path) -> std::io::Result<Report> {
+    verify_with_progress(dir, |_| {})
+}
+
+/// The files [`verify`] walks, in order (the active segment even when missing, if there
+/// is nothing else: an empty trail is an error to report, not a silent OK).
+pub fn files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files = super::closed_segments(dir)?;
     let active = dir.join("audit.jsonl");
     if active.exists() || files.is_empty() {
         files.push(active);
     }
+    Ok(files)
+}
+
+/// [`verify`], calling `progress` after every line with the bytes read so far (of all
+/// the files of [`files`], in order).
+pub fn verify_with_progress(dir: &Path, mut progress: impl FnMut(u64)) -> std::io::Result<Report> {
+    let files = files(dir)?;
     let mut walk = Walk::default();
     let active_path = dir.join("audit.jsonl");
     for path in files {
-        walk.file(&path, path != active_path)?;
+        walk.file(&path, path != active_path, &mut progress)?;
         if walk.report.problems.len() >= MAX_PROBLEMS {
             break;
         }
@@ -105,10 +118,17 @@ struct Walk {
     /// Where a retention cut starts the walk: (line, last removed seq, its hash, file).
     start_cut: Option<(u64, u64, String, PathBuf)>,
     cut_confirmed: bool,
+    /// Bytes read so far, over all files.
+    read: u64,
 }
 
 impl Walk {
-    fn file(&mut self, path: &Path, is_closed_segment: bool) -> std::io::Result<()> {
+    fn file(
+        &mut self,
+        path: &Path,
+        is_closed_segment: bool,
+        progress: &mut dyn FnMut(u64),
+    ) -> std::io::Result<()> {
         let file = std::fs::File::open(path)?;
         let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
         let report = &mut self.report;
@@ -129,9 +149,12 @@ impl Walk {
         };
         loop {
             line.clear();
-            if reader.read_until(b'\n', &mut line)? == 0 {
+            let n = reader.read_until(b'\n', &mut line)?;
+            if n == 0 {
                 break;
             }
+            self.read += n as u64;
+            progress(self.read);
             line_no += 1;
             let complete = line.last() == Some(&b'\n');
             let body = if complete {
