@@ -220,7 +220,7 @@ if [[ $SKIP_SQLGATE != 1 ]]; then
         >"$TMP/openssl.log" 2>&1 || { cat "$TMP/openssl.log" >&2; die "openssl failed"; }
     mkdir -p "$TMP/audit"
 
-    # start_gateway NAME PORT AUDIT_LINES [ENV=VALUE...]: one gateway, its config in $TMP/NAME.toml.
+    # start_gateway NAME PORT AUDIT_LINES [SERVE_FLAGS...]: one gateway, its config in $TMP/NAME.toml.
     start_gateway() {
         local name=$1 port=$2 audit_lines=$3; shift 3
         mkdir -p "$TMP/audit-$name"
@@ -254,7 +254,7 @@ dir = "audit-$name"
 $audit_lines
 EOF
         log "starting $name on 127.0.0.1:$port"
-        env "$@" "$SQLGATE_BIN" serve --config "$TMP/$name.toml" >"$TMP/$name.log" 2>&1 &
+        "$SQLGATE_BIN" serve --config "$TMP/$name.toml" "$@" >"$TMP/$name.log" 2>&1 &
         PIDS+=($!)
         wait_port "$name" "$port" "$!"
     }
@@ -278,7 +278,7 @@ EOF
         BATCHED_PORT=$(free_port $((SQLGATE_PORT + 1)))
         start_gateway sqlgate-batched "$BATCHED_PORT" $'durability = "batched"\nbatch_interval = "200ms"'
         NOAUDIT_PORT=$(free_port $((BATCHED_PORT + 1)))
-        start_gateway sqlgate-noaudit "$NOAUDIT_PORT" "" SQLGATE_BENCH_DISCARD_AUDIT=1
+        start_gateway sqlgate-noaudit "$NOAUDIT_PORT" "" --bench-discard-audit
         add_target sqlgate-batched "PGSSLMODE=disable PGPASSWORD=\$TOKEN" "-h 127.0.0.1 -p $BATCHED_PORT -U bench-agent bench"
         add_target sqlgate-noaudit "PGSSLMODE=disable PGPASSWORD=\$TOKEN" "-h 127.0.0.1 -p $NOAUDIT_PORT -U bench-agent bench"
     fi

@@ -35,6 +35,10 @@ pub enum Command {
     Serve {
         #[arg(long, short, default_value = "gateway.toml")]
         config: PathBuf,
+        /// Benchmarks only: build audit records and drop them unwritten, to measure
+        /// what the trail costs (bench/pgbench.sh AUDIT_VARIANTS=1).
+        #[arg(long, hide = true)]
+        bench_discard_audit: bool,
     },
     /// Validate a config file and print who may reach what.
     Check {
@@ -132,7 +136,10 @@ pub enum Command {
 /// Runs a parsed command line; returns the process exit code.
 pub async fn run(cli: Cli) -> i32 {
     let result = match cli.command {
-        Command::Serve { config } => serve(config).await,
+        Command::Serve {
+            config,
+            bench_discard_audit,
+        } => serve(config, bench_discard_audit).await,
         Command::Check { config, connect } => check(config, connect).await,
         Command::Audit { command } => match command {
             AuditCommand::Verify { trail } => audit_verify(trail),
@@ -202,8 +209,11 @@ pub async fn run(cli: Cli) -> i32 {
     }
 }
 
-async fn serve(path: PathBuf) -> Result<(), String> {
-    let config = Config::load(&path).map_err(|e| e.to_string())?;
+async fn serve(path: PathBuf, bench_discard_audit: bool) -> Result<(), String> {
+    let mut config = Config::load(&path).map_err(|e| e.to_string())?;
+    if bench_discard_audit {
+        config.audit_durability = crate::audit::Durability::DiscardForBenchmarks;
+    }
     let gateway = Gateway::start(config, None)
         .await
         .map_err(|e| e.to_string())?;

@@ -289,3 +289,218 @@ async fn a_pipeline_longer_than_the_in_flight_cap_is_answered_and_recorded() {
         .count();
     assert_eq!(ok, n as usize);
 }
+
+mod raw_extended {
+    //! Red-team findings on the Postgres extended protocol: the trail must never name a
+    //! statement other than the one the server ran.
+    use super::*;
+    use bytes::BytesMut;
+    use common::Raw;
+    use postgres_protocol::message::frontend;
+
+    fn parse(name: &str, text: &str, out: &mut BytesMut) {
+        frontend::parse(name, text, std::iter::empty(), out).unwrap();
+    }
+
+    fn bind_execute(portal: &str, statement: &str, out: &mut BytesMut) {
+        frontend::bind(
+            portal,
+            statement,
+            std::iter::empty::<i16>(),
+            std::iter::empty::<Option<&[u8]>>(),
+            |_: Option<&[u8]>, _: &mut BytesMut| Ok(postgres_protocol::IsNull::Yes),
+            [0i16],
+            out,
+        )
+        .map_err(|_| "bind")
+        .unwrap();
+        frontend::execute(portal, 0, out).unwrap();
+    }
+
+    fn sync(out: &mut BytesMut) {
+        frontend::sync(out);
+    }
+
+    /// Sends `out`, reads to the `n`th ReadyForQuery; returns the DataRow bodies' text.
+    async fn exchange(raw: &mut Raw, out: &[u8], n: usize) -> String {
+        use tokio::io::AsyncWriteExt;
+        raw.stream.write_all(out).await.unwrap();
+        let mut seen = String::new();
+        let mut ready = 0;
+        while ready < n {
+            let (tag, body) = raw.next().await;
+            match tag {
+                b'D' => seen.push_str(&String::from_utf8_lossy(&body[5..])),
+                b'E' => seen.push_str(&format!("<E {}>", String::from_utf8_lossy(&body[5..]))),
+                b'Z' => ready += 1,
+                _ => {}
+            }
+        }
+        seen
+    }
+
+    async fn login(gw: &TestGateway) -> Raw {
+        Raw::login(
+            gw.port(),
+            "agent-7",
+            "reporting",
+            Some(&gw.token(&["analytics-agents"])),
+        )
+        .await
+    }
+
+    /// The texts recorded for Executes whose answer carried `marker`.
+    fn execute_records(records: &[Value], session_marker: &str) -> Vec<String> {
+        let _ = session_marker;
+        records
+            .iter()
+            .filter(|r| r["event"] == "statement" && r["decision"] == "allow")
+            .filter_map(|r| r["statement"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_named_parse_over_an_existing_name_is_not_taken_for_what_runs() {
+        let gw = TestGateway::start().await;
+        let mut raw = login(&gw).await;
+        let mut out = BytesMut::new();
+        parse("s1", "SELECT 'secret-one'", &mut out);
+        sync(&mut out);
+        // The server refuses the second Parse (42P05) and keeps the first.
+        parse("s1", "SELECT 'decoy-one'", &mut out);
+        sync(&mut out);
+        bind_execute("", "s1", &mut out);
+        sync(&mut out);
+        let seen = exchange(&mut raw, &out, 3).await;
+        assert!(
+            seen.contains("secret-one") && seen.contains("42P05"),
+            "{seen}"
+        );
+        let texts = execute_records(&gw.audit().await, "");
+        assert!(texts.iter().any(|t| t.contains("secret-one")), "{texts:?}");
+        assert!(!texts.iter().any(|t| t.contains("decoy-one")), "{texts:?}");
+    }
+
+    #[tokio::test]
+    async fn what_an_errored_batch_made_is_not_taken_for_what_runs() {
+        let gw = TestGateway::start().await;
+        let mut raw = login(&gw).await;
+        let mut out = BytesMut::new();
+        parse("", "SELECT 'secret-two'", &mut out);
+        sync(&mut out);
+        // An error first: the server skips the Parse that follows.
+        bind_execute("", "no_such_statement", &mut out);
+        parse("", "SELECT 'decoy-two'", &mut out);
+        sync(&mut out);
+        bind_execute("", "", &mut out);
+        sync(&mut out);
+        let seen = exchange(&mut raw, &out, 3).await;
+        assert!(seen.contains("secret-two"), "{seen}");
+        let texts = execute_records(&gw.audit().await, "");
+        assert!(!texts.iter().any(|t| t.contains("decoy-two")), "{texts:?}");
+    }
+
+    #[tokio::test]
+    async fn sql_level_prepare_is_not_taken_for_a_protocol_statement() {
+        let gw = TestGateway::start().await;
+        let mut raw = login(&gw).await;
+        let mut out = BytesMut::new();
+        parse("s1", "SELECT 'decoy-three'", &mut out);
+        sync(&mut out);
+        frontend::query(
+            "DEALLOCATE s1; PREPARE s1 AS SELECT 'secret-three'",
+            &mut out,
+        )
+        .unwrap();
+        bind_execute("", "s1", &mut out);
+        sync(&mut out);
+        let seen = exchange(&mut raw, &out, 3).await;
+        assert!(seen.contains("secret-three"), "{seen}");
+        let records = gw.audit().await;
+        let executes: Vec<&Value> = records
+            .iter()
+            .filter(|r| r["event"] == "statement" && r["kind"] == "EXECUTE")
+            .collect();
+        assert_eq!(executes.len(), 1, "{executes:?}");
+        assert!(
+            !executes[0]["statement"]
+                .as_str()
+                .unwrap()
+                .contains("decoy-three"),
+            "{}",
+            executes[0]
+        );
+        // The text that ran is in the trail, from the PREPARE.
+        assert!(records.iter().any(|r| r["statement"]
+            .as_str()
+            .is_some_and(|s| s.contains("secret-three"))));
+    }
+
+    #[tokio::test]
+    async fn names_longer_than_the_server_compares_are_refused() {
+        let gw = TestGateway::start().await;
+        // The neighbour: a 63-byte name works.
+        let mut raw = login(&gw).await;
+        let name = "n".repeat(63);
+        let mut out = BytesMut::new();
+        parse(&name, "SELECT 'fine'", &mut out);
+        bind_execute("", &name, &mut out);
+        sync(&mut out);
+        assert!(exchange(&mut raw, &out, 1).await.contains("fine"));
+        // 64 bytes: the session ends with a clear error.
+        let mut out = BytesMut::new();
+        parse(&"n".repeat(64), "SELECT 1", &mut out);
+        sync(&mut out);
+        use tokio::io::AsyncWriteExt;
+        raw.stream.write_all(&out).await.unwrap();
+        let (tag, body) = raw.next().await;
+        assert_eq!(tag, b'E');
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            text.contains("54000") && text.contains("63 bytes"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_simple_query_inside_an_unfinished_batch_ends_the_session() {
+        let gw = TestGateway::start().await;
+        let mut raw = login(&gw).await;
+        // The neighbour: Query after Sync.
+        let mut out = BytesMut::new();
+        parse("", "SELECT 1", &mut out);
+        bind_execute("", "", &mut out);
+        sync(&mut out);
+        frontend::query("SELECT 'after-sync'", &mut out).unwrap();
+        assert!(exchange(&mut raw, &out, 2).await.contains("after-sync"));
+        let mut out = BytesMut::new();
+        bind_execute("", "no_such_statement", &mut out);
+        frontend::query("SELECT 1", &mut out).unwrap();
+        use tokio::io::AsyncWriteExt;
+        raw.stream.write_all(&out).await.unwrap();
+        loop {
+            let (tag, body) = raw.next().await;
+            if tag == b'E' && String::from_utf8_lossy(&body).contains("08P01") {
+                assert!(String::from_utf8_lossy(&body).contains("Sync"));
+                break;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_error_too_large_to_hold_is_still_its_statements_ending() {
+        let gw = TestGateway::start().await;
+        let client = gw.agent().await;
+        let err = client
+            .simple_query("SELECT (repeat('x', 70000))::int AS big_error")
+            .await
+            .unwrap_err();
+        assert_eq!(err.code().unwrap().code(), "22P02");
+        drop(client);
+        let records = gw.audit().await;
+        let found = executions(&records, "big_error");
+        let result = found[0].1.expect("a result");
+        assert_eq!(result["status"], "error", "{result}");
+        assert_eq!(result["error_code"], "22P02", "{result}");
+    }
+}

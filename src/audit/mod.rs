@@ -241,6 +241,9 @@ pub enum Durability {
     /// Within this bound: the writer syncs at least this often; a crash can lose the
     /// records of the last interval.
     Batched(std::time::Duration),
+    /// Benchmarks only (`sqlgate serve --bench-discard-audit`, never from a config
+    /// file): records are built and dropped unwritten, to measure what the trail costs.
+    DiscardForBenchmarks,
 }
 
 impl Durability {
@@ -248,7 +251,9 @@ impl Durability {
     /// ends) — in strict mode too.
     fn sync_interval(self) -> std::time::Duration {
         match self {
-            Durability::Strict => std::time::Duration::from_secs(1),
+            Durability::Strict | Durability::DiscardForBenchmarks => {
+                std::time::Duration::from_secs(1)
+            }
             Durability::Batched(bound) => bound,
         }
     }
@@ -372,11 +377,11 @@ impl AuditLog {
             healthy: healthy.clone(),
         };
         // Benchmarks only (bench/pgbench.sh AUDIT_VARIANTS=1): measure the gateway
-        // without the trail's cost. Never set in production; it is loud in the log.
-        let discard = std::env::var_os(BENCH_DISCARD_ENV).is_some_and(|v| v == "1");
+        // without the trail's cost. Loud in the log.
+        let discard = durability == Durability::DiscardForBenchmarks;
         if discard {
             tracing::error!(
-                "{BENCH_DISCARD_ENV}=1: audit records are DISCARDED, not written (benchmark mode)"
+                "--bench-discard-audit: audit records are DISCARDED, not written (benchmark mode)"
             );
         }
         std::thread::Builder::new()
@@ -475,10 +480,12 @@ impl AuditLog {
                     Err(_) => Durable::failed(),
                 }
             }
-            Durability::Batched(_) => match self.record(record).await {
-                Ok(()) => Durable::done(),
-                Err(_) => Durable::failed(),
-            },
+            Durability::Batched(_) | Durability::DiscardForBenchmarks => {
+                match self.record(record).await {
+                    Ok(()) => Durable::done(),
+                    Err(_) => Durable::failed(),
+                }
+            }
         }
     }
 
@@ -733,10 +740,6 @@ fn chain_line(chain: &mut Chain, record: &mut AuditRecord, buf: &mut Vec<u8>) {
     buf.push(b'\n');
 }
 
-/// The environment variable that makes the writer drop every record unwritten, for
-/// measuring what the trail costs (bench/pgbench.sh `AUDIT_VARIANTS=1`).
-pub const BENCH_DISCARD_ENV: &str = "SQLGATE_BENCH_DISCARD_AUDIT";
-
 /// The writer in benchmark mode: acknowledges everything, writes nothing.
 fn discard_all(mut rx: mpsc::Receiver<Command>) {
     while let Some(command) = rx.blocking_recv() {
@@ -748,6 +751,9 @@ fn discard_all(mut rx: mpsc::Receiver<Command>) {
         }
     }
 }
+
+/// Bytes of records the writer gathers into one write.
+const MAX_BATCH_BYTES: usize = 8 << 20;
 
 fn writer(mut trail: Trail, mut rx: mpsc::Receiver<Command>, mut chain: Chain, torn: Option<Torn>) {
     use std::io::Write;
@@ -761,8 +767,9 @@ fn writer(mut trail: Trail, mut rx: mpsc::Receiver<Command>, mut chain: Chain, t
     let mut torn = torn;
     let mut lost: u64 = 0;
     let mut pruned: Option<Pruned> = None;
-    // Records written but not yet synced.
+    // Records written but not yet synced, and how many.
     let mut unsynced = false;
+    let mut unsynced_records: u64 = 0;
     while let Some(first) = rx.blocking_recv() {
         let before = chain.clone();
         if let Some(t) = &torn {
@@ -784,7 +791,7 @@ fn writer(mut trail: Trail, mut rx: mpsc::Receiver<Command>, mut chain: Chain, t
         if lost > 0 {
             let mut rec = AuditRecord::new(AuditEvent::TrailGap, "-", "", "");
             rec.reason = Some(format!(
-                "{lost} record(s) could not be written (the trail was not writable) and are lost"
+                "{lost} record(s) could not be written, or synced, when the trail was not writable and may be lost"
             ));
             rec.lost_records = Some(lost);
             chain_line(&mut chain, &mut rec, &mut buf);
@@ -814,7 +821,12 @@ fn writer(mut trail: Trail, mut rx: mpsc::Receiver<Command>, mut chain: Chain, t
                 Command::Sync(ack) => acks.push(ack),
                 Command::Flush => flush = true,
             }
-            next = rx.try_recv().ok();
+            // A batch stops growing past MAX_BATCH_BYTES; the rest is the next batch.
+            next = if buf.len() < MAX_BATCH_BYTES {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
         }
         let must_sync = !acks.is_empty()
             || torn.is_some()
@@ -838,7 +850,15 @@ fn writer(mut trail: Trail, mut rx: mpsc::Receiver<Command>, mut chain: Chain, t
             Ok::<(), std::io::Error>(())
         })();
         match &result {
+            Ok(()) if unsynced => {
+                unsynced_records += records;
+                chain.good_len = before.good_len + buf.len() as u64;
+                torn = None;
+                lost = 0;
+                pruned = None;
+            }
             Ok(()) => {
+                unsynced_records = 0;
                 chain.good_len = before.good_len + buf.len() as u64;
                 torn = None;
                 lost = 0;
@@ -849,7 +869,10 @@ fn writer(mut trail: Trail, mut rx: mpsc::Receiver<Command>, mut chain: Chain, t
                 // and the next write says how many records are missing.
                 chain = before;
                 dirty = true;
-                lost += records;
+                // Records written earlier but never synced may be lost too (a failed
+                // sync is reported once): counted, to be safe.
+                lost += records + unsynced_records;
+                unsynced_records = 0;
                 tracing::error!(path = %path.display(), error = %e, lost, "audit write failed; statements are refused until it recovers");
             }
         }

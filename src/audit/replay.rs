@@ -14,14 +14,19 @@ fn field<'a>(v: &'a Value, key: &str) -> &'a str {
 }
 
 /// `text` safe for a terminal: control characters (escape sequences, newlines,
-/// carriage returns an agent put in a statement) are shown escaped, never obeyed.
+/// carriage returns an agent put in a statement) and the invisible characters that
+/// reorder text (bidirectional overrides and isolates) are shown escaped, never obeyed.
 pub fn plain(text: &str) -> String {
-    if !text.chars().any(char::is_control) {
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(hidden) {
         return text.to_owned();
     }
     text.chars()
         .map(|c| {
-            if c.is_control() {
+            if hidden(c) {
                 c.escape_default().to_string()
             } else {
                 c.to_string()
@@ -119,7 +124,8 @@ fn parameters(r: &Value) -> Option<String> {
             values
                 .iter()
                 .map(|v| match v {
-                    Value::String(s) => format!("'{s}'"),
+                    // Quoted and escaped: a value cannot pass for two.
+                    Value::String(s) => format!("{s:?}"),
                     _ => "NULL".into(),
                 })
                 .collect::<Vec<_>>()

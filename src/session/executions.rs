@@ -231,7 +231,11 @@ fn result_record(
     rec.bytes = Some(execution.bytes);
     if let Some((code, message)) = error {
         rec.error_code = Some(code);
-        rec.error_message = Some(super::gate::truncate(&message, 2048));
+        // Error messages quote values ("invalid input syntax for type integer:
+        // \"hunter2\""): redacted with the parameters.
+        if !gate.services.config.audit_redact_parameters {
+            rec.error_message = Some(super::gate::truncate(&message, 2048));
+        }
     }
     rec
 }

@@ -5,13 +5,25 @@
 //! prepared statement and parameter values; an Execute runs a portal. The relay
 //! forwards Bind, Execute and Close as they are (they only refer to statements that
 //! passed a Parse) and tells [`Portals`] about them, so each Execute gets its own
-//! `statement` record with the text and the parameters. Names the gateway never saw
-//! parsed (an SQL-level `PREPARE`, or a statement whose Parse was denied and so does
-//! not exist upstream) are recorded by name: every forwarded Execute has a record.
+//! `statement` record with the text and the parameters.
 //!
-//! Memory is bounded: prepared statement texts by [`MAX_PREPARED_BYTES`] (a Parse
-//! beyond it is denied), named portals by [`MAX_PORTALS`] (a Bind beyond it ends the
-//! session; no driver keeps that many open).
+//! The tracker follows what the client asked for; the server may not have done it. So
+//! it never guesses (every forwarded Execute has a record, by name when the text is not
+//! known for sure):
+//! - names are at most [`MAX_NAME`] bytes (the server compares only that many);
+//! - a named Parse over an existing name is refused by the server (42P05) and keeps
+//!   the old statement, as here; a denied Parse drops only the unnamed statement;
+//! - every entry remembers its batch (the Sync that ends it); an error in a batch
+//!   makes the server skip the rest of it, so the entries made in an errored batch are
+//!   forgotten ([`Portals::errored`]); an Execute that relies on an entry of an earlier
+//!   batch the server has not answered yet waits for that answer first (the relay);
+//! - SQL-level `PREPARE`, `DEALLOCATE` and `DISCARD` share the names: after one, every
+//!   tracked statement is forgotten; any statement that can end a transaction or open
+//!   or close a cursor forgets the named portals ([`Portals::ran`]).
+//!
+//! Memory is bounded: prepared statement text and names by [`MAX_PREPARED_BYTES`] (a
+//! Parse beyond it is denied), named portals by [`MAX_PORTALS`] (a Bind beyond it ends
+//! the session), bound parameters by a budget per Bind ([`Portals::bound`]).
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -19,23 +31,30 @@ use std::sync::Arc;
 
 use sqlgate_postgres::frontend::BindMessage;
 
-/// Text of prepared statements held per session, in bytes.
+/// Text and names of prepared statements held per session, in bytes.
 pub const MAX_PREPARED_BYTES: usize = 32 << 20;
 /// Named portals open at once per session.
-pub const MAX_PORTALS: usize = 4096;
+pub const MAX_PORTALS: usize = 256;
+/// Longest statement or portal name: Postgres compares names by their first 63 bytes
+/// (NAMEDATALEN - 1), so two longer names could be one to the server and two here.
+pub const MAX_NAME: usize = 63;
 
 /// A prepared statement the gate allowed: its text and kind.
 #[derive(Debug, Clone)]
 pub struct Statement {
     pub text: Arc<str>,
     pub kind: Arc<str>,
+    /// The batch (ReadyForQuery number) whose Sync ends the Parse that made it.
+    pub batch: u64,
 }
 
 /// What an Execute of a portal runs.
 #[derive(Debug, Clone)]
 pub struct Portal {
     pub statement: Statement,
-    pub params: Vec<Option<String>>,
+    pub params: Arc<Vec<Option<String>>>,
+    /// The batch of the Bind that made it.
+    pub batch: u64,
 }
 
 #[derive(Default)]
@@ -45,38 +64,75 @@ pub struct Portals {
     portals: HashMap<String, Portal>,
 }
 
+/// Refuses a name the server could read differently.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.len() > MAX_NAME {
+        return Err(format!(
+            "statement and portal names longer than {MAX_NAME} bytes are not relayed (the server compares only the first {MAX_NAME})"
+        ));
+    }
+    Ok(())
+}
+
 impl Portals {
     /// Whether a Parse of `text` under `name` fits the bound.
     pub fn fits(&self, name: &str, text: &str) -> bool {
-        let replaced = self.statements.get(name).map_or(0, |s| s.text.len());
-        self.statement_bytes - replaced + text.len() <= MAX_PREPARED_BYTES
+        self.statement_bytes + name.len() + text.len() <= MAX_PREPARED_BYTES
     }
 
-    /// An allowed Parse.
-    pub fn parsed(&mut self, name: &str, text: &str, kind: &str) {
+    /// An allowed Parse, in `batch`.
+    pub fn parsed(&mut self, name: &str, text: &str, kind: &str, batch: u64) {
+        if !name.is_empty() && self.statements.contains_key(name) {
+            // The server refuses to replace a named statement (42P05): the old one stays.
+            return;
+        }
         self.forget_statement(name);
-        self.statement_bytes += text.len();
+        self.statement_bytes += name.len() + text.len();
         self.statements.insert(
             name.to_owned(),
             Statement {
                 text: text.into(),
                 kind: kind.into(),
+                batch,
             },
         );
     }
 
-    /// A denied Parse: the name no longer refers to anything upstream.
-    pub fn forget_statement(&mut self, name: &str) {
-        if let Some(old) = self.statements.remove(name) {
-            self.statement_bytes -= old.text.len();
+    /// A denied Parse (the server got a probe that fails to parse): the server drops
+    /// the unnamed statement before parsing, and keeps a named one.
+    pub fn parse_denied(&mut self, name: &str) {
+        if name.is_empty() {
+            self.forget_statement(name);
         }
     }
 
-    /// A Bind; `Err` when it would open more than [`MAX_PORTALS`] named portals.
-    pub fn bound(&mut self, bind: &BindMessage<'_>) -> Result<(), String> {
+    fn forget_statement(&mut self, name: &str) {
+        if let Some(old) = self.statements.remove(name) {
+            self.statement_bytes -= name.len() + old.text.len();
+        }
+    }
+
+    /// The batch of what a Bind of `statement` relies on.
+    pub fn statement_batch(&self, statement: &str) -> Option<u64> {
+        self.statements.get(statement).map(|s| s.batch)
+    }
+
+    /// The batch of what an Execute of `portal` relies on.
+    pub fn portal_batch(&self, portal: &str) -> Option<u64> {
+        self.portals.get(portal).map(|p| p.batch)
+    }
+
+    /// A Bind in `batch`; parameters are rendered once, within `budget` bytes in all.
+    /// `Err` when it would open more than [`MAX_PORTALS`] named portals.
+    pub fn bound(
+        &mut self,
+        bind: &BindMessage<'_>,
+        batch: u64,
+        budget: usize,
+    ) -> Result<(), String> {
         if !bind.portal.is_empty()
             && !self.portals.contains_key(bind.portal)
-            && self.portals.len() >= MAX_PORTALS
+            && self.portals.len() - usize::from(self.portals.contains_key("")) >= MAX_PORTALS
         {
             return Err(format!(
                 "more than {MAX_PORTALS} portals are open; close portals (or end the transaction) before binding more"
@@ -89,26 +145,39 @@ impl Portals {
             .unwrap_or_else(|| Statement {
                 text: unknown_statement(bind.statement).into(),
                 kind: "EXECUTE".into(),
+                batch,
             });
+        let mut left = budget;
         let params = bind
             .params
             .iter()
-            .map(|(value, binary)| value.map(|v| render(v, *binary)))
+            .map(|(value, binary)| value.map(|v| render(v, *binary, &mut left)))
             .collect();
-        self.portals
-            .insert(bind.portal.to_owned(), Portal { statement, params });
+        self.portals.insert(
+            bind.portal.to_owned(),
+            Portal {
+                statement,
+                params: Arc::new(params),
+                batch,
+            },
+        );
         Ok(())
     }
 
-    /// What an Execute of `portal` runs (a portal the gateway never saw bound is
-    /// recorded by name).
+    /// What an Execute of `portal` runs (a portal the gateway never saw bound, or no
+    /// longer knows for sure, is recorded by name).
     pub fn execute(&self, portal: &str) -> Portal {
         self.portals.get(portal).cloned().unwrap_or_else(|| Portal {
             statement: Statement {
-                text: format!("<portal {portal:?}, not bound in this session>").into(),
+                text: format!(
+                    "<portal {portal:?}: not bound in this session, or not known for sure (an error or a cursor statement came between)>"
+                )
+                .into(),
                 kind: "EXECUTE".into(),
+                batch: 0,
             },
-            params: Vec::new(),
+            params: Arc::default(),
+            batch: 0,
         })
     }
 
@@ -121,26 +190,83 @@ impl Portals {
             }
         }
     }
+
+    /// The server reported an error in `batch`: it skipped the rest of that batch, so
+    /// what the batch made is not known for sure.
+    pub fn errored(&mut self, batch: u64) {
+        let stale: Vec<String> = self
+            .statements
+            .iter()
+            .filter(|(_, s)| s.batch == batch)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in stale {
+            self.forget_statement(&name);
+        }
+        self.portals.retain(|_, p| p.batch != batch);
+    }
+
+    /// A statement of `kind` was forwarded to run: SQL-level statement names and cursors
+    /// share the protocol's names, and transactions end portals.
+    pub fn ran(&mut self, kind: &str) {
+        let touches_statements = ["PREPARE", "DEALLOCATE", "DISCARD"]
+            .iter()
+            .any(|k| kind.contains(k));
+        if touches_statements {
+            self.statements.clear();
+            self.statement_bytes = 0;
+        }
+        let keeps_portals = kind.split(", ").all(|k| {
+            matches!(
+                k,
+                "SELECT" | "SHOW" | "EXPLAIN" | "EXPLAIN ANALYZE" | "FETCH" | "SET" | "RESET"
+            )
+        });
+        if !keeps_portals {
+            self.portals.retain(|name, _| name.is_empty());
+        }
+    }
 }
 
 fn unknown_statement(name: &str) -> String {
-    format!("<prepared statement {name:?}: not prepared by a Parse the gateway allowed (SQL PREPARE, or a denied Parse)>")
+    format!("<prepared statement {name:?}: not prepared by a Parse the gateway allowed, or not known for sure (SQL PREPARE, a denied Parse, an error)>")
 }
 
 /// A parameter value as the trail shows it: text-format values as text, binary ones
-/// as `\x` and hex.
-fn render(value: &[u8], binary: bool) -> String {
+/// as `\x` and hex; cut (with "...") when `left` runs out, control characters counted
+/// as the six bytes JSON escapes them to.
+fn render(value: &[u8], binary: bool, left: &mut usize) -> String {
+    let mut out = String::new();
+    let mut push = |out: &mut String, c: char, cost: usize| {
+        if cost > *left {
+            return false;
+        }
+        *left -= cost;
+        out.push(c);
+        true
+    };
     if !binary {
         if let Ok(text) = std::str::from_utf8(value) {
-            return text.to_owned();
+            for c in text.chars() {
+                let cost = if c.is_control() { 6 } else { c.len_utf8() };
+                if !push(&mut out, c, cost) {
+                    out.push_str("...");
+                    return out;
+                }
+            }
+            return out;
         }
     }
-    let mut hex = String::with_capacity(2 + value.len() * 2);
-    hex.push_str("\\x");
+    out.push_str("\\x");
     for b in value {
-        let _ = write!(hex, "{b:02x}");
+        if *left < 2 {
+            out.push_str("...");
+            return out;
+        }
+        *left -= 2;
+        let _ = write!(out, "{b:02x}");
     }
-    hex
+    out
 }
 
 #[cfg(test)]
@@ -150,7 +276,7 @@ mod tests {
     #[test]
     fn executes_are_tied_to_their_statement_and_parameters() {
         let mut p = Portals::default();
-        p.parsed("s1", "SELECT $1::int", "SELECT");
+        p.parsed("s1", "SELECT $1::int", "SELECT", 1);
         let bind = BindMessage {
             portal: "",
             statement: "s1",
@@ -160,16 +286,27 @@ mod tests {
                 (Some(&[0, 1][..]), true),
             ],
         };
-        p.bound(&bind).unwrap();
+        p.bound(&bind, 2, 1024).unwrap();
         let run = p.execute("");
         assert_eq!(&*run.statement.text, "SELECT $1::int");
         assert_eq!(
-            run.params,
+            *run.params,
             vec![Some("42".into()), None, Some("\\x0001".into())]
         );
         assert!(p.execute("other").statement.text.contains("not bound"));
-        p.forget_statement("s1");
-        p.bound(&bind).unwrap();
+        // A named Parse over an existing name keeps the old statement (42P05).
+        p.parsed("s1", "SELECT 'other'", "SELECT", 3);
+        assert_eq!(&*p.execute("").statement.text, "SELECT $1::int");
+        // A denied named Parse keeps it too; a denied unnamed one drops the unnamed.
+        p.parse_denied("s1");
+        assert_eq!(p.statement_batch("s1"), Some(1));
+        // An error in batch 2 forgets what batch 2 bound, not what batch 1 parsed.
+        p.errored(2);
+        assert!(p.execute("").statement.text.contains("not known for sure"));
+        assert_eq!(p.statement_batch("s1"), Some(1));
+        // SQL-level DEALLOCATE shares the names: nothing is known for sure after it.
+        p.ran("DEALLOCATE");
+        p.bound(&bind, 4, 1024).unwrap();
         assert!(p.execute("").statement.text.contains("not prepared"));
         assert_eq!(p.statement_bytes, 0);
     }
@@ -177,12 +314,24 @@ mod tests {
     #[test]
     fn prepared_text_and_portals_are_bounded() {
         let mut p = Portals::default();
-        let big = "x".repeat(MAX_PREPARED_BYTES / 2);
-        p.parsed("a", &big, "SELECT");
-        assert!(p.fits("a", &big));
-        p.parsed("b", &big, "SELECT");
+        let big = "x".repeat(MAX_PREPARED_BYTES / 2 - 1);
+        p.parsed("a", &big, "SELECT", 1);
+        assert!(p.fits("b", &big));
+        p.parsed("b", &big, "SELECT", 1);
         assert!(!p.fits("c", "SELECT 1"));
-        assert!(p.fits("b", "SELECT 1"));
+        assert!(check_name(&"n".repeat(63)).is_ok());
+        assert!(check_name(&"n".repeat(64)).is_err());
+        // Parameters are cut to the budget of their Bind, whatever their number.
+        let huge = vec![b'\x01'; 70_000];
+        let many: Vec<(Option<&[u8]>, bool)> = (0..100).map(|_| (Some(&huge[..]), false)).collect();
+        let bind = BindMessage {
+            portal: "",
+            statement: "a",
+            params: many,
+        };
+        p.bound(&bind, 2, 16 << 10).unwrap();
+        let rendered: usize = p.execute("").params.iter().flatten().map(|v| v.len()).sum();
+        assert!(rendered < 16 << 10, "{rendered}");
         for i in 0..MAX_PORTALS {
             let name = format!("p{i}");
             let bind = BindMessage {
@@ -190,13 +339,13 @@ mod tests {
                 statement: "a",
                 params: vec![],
             };
-            p.bound(&bind).unwrap();
+            p.bound(&bind, 3, 1024).unwrap();
         }
         let bind = BindMessage {
             portal: "one-more",
             statement: "a",
             params: vec![],
         };
-        assert!(p.bound(&bind).is_err());
+        assert!(p.bound(&bind, 3, 1024).is_err());
     }
 }

@@ -38,7 +38,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use super::clock::{self, Due, Sent, SessionClock};
 use super::executions::{Ending, Execution, InFlight};
 use super::gate::{Classified, Denied, Gate, TextDecision, VerdictCache};
-use super::portals::Portals;
+use super::portals::{check_name, Portals};
 use super::tripwire::Tripwire;
 use super::{cancel, new_session_id, upstream, Admission, BoxStream, EndReason, Refusal};
 use crate::audit::{rfc3339, AuditEvent, AuditRecord, Decision};
@@ -603,9 +603,11 @@ impl Session {
         let (mut up_r, mut up_w) = tokio::io::split(upstream.stream);
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         let (exec_tx, exec_rx) = mpsc::unbounded_channel();
+        let errored: Arc<std::sync::Mutex<Vec<u64>>> = Arc::default();
         let mut answers = Answers {
             execs: exec_rx,
             inflight: InFlight::default(),
+            errored: errored.clone(),
         };
         let (ready_tx, ready_rx) = watch::channel(0u64);
         let (sent_tx, sent_rx) = watch::channel(Sent::default());
@@ -644,6 +646,7 @@ impl Session {
                 in_flight: Arc::new(tokio::sync::Semaphore::new(
                     super::executions::MAX_IN_FLIGHT,
                 )),
+                errored,
             },
             &ctx,
         );
@@ -793,6 +796,9 @@ struct ClientSide {
     execs: mpsc::UnboundedSender<Execution>,
     /// Places for statements in flight ([`super::executions::MAX_IN_FLIGHT`]).
     in_flight: Arc<tokio::sync::Semaphore>,
+    /// Batches (ReadyForQuery numbers) the server reported an error in, from the
+    /// answer side.
+    errored: Arc<std::sync::Mutex<Vec<u64>>>,
 }
 
 /// What the upstream → client direction owns.
@@ -809,6 +815,8 @@ struct UpstreamSide {
 struct Answers {
     execs: mpsc::UnboundedReceiver<Execution>,
     inflight: InFlight,
+    /// Batches the server reported an error in, for the client side's tracker.
+    errored: Arc<std::sync::Mutex<Vec<u64>>>,
 }
 
 impl Answers {
@@ -1007,54 +1015,119 @@ async fn client_to_upstream(
                     pipeline.sync();
                     continue;
                 }
-                frontend::BIND | frontend::EXECUTE | frontend::CLOSE => {
-                    // These refer only to statements that passed a Parse (a denied
-                    // Parse never reached the upstream), so they are safe to forward;
-                    // the trail records each Execute with its statement and parameters.
-                    let tracked = match frame.tag {
-                        frontend::BIND => frontend::bind_message(frame.body())
-                            .map_err(invalid_message)
-                            .and_then(|bind| {
-                                portals.bound(&bind).map_err(|why| {
-                                    PgError::fatal(
-                                        sqlstate::PROGRAM_LIMIT_EXCEEDED,
-                                        format!("sqlgate: session ended: {why}"),
-                                    )
-                                })
-                            }),
-                        frontend::CLOSE => frontend::close_target(frame.body())
-                            .map(|(kind, name)| portals.closed(kind, name))
-                            .map_err(invalid_message),
-                        _ => match frontend::execute_portal(frame.body()) {
-                            Ok(name) => {
-                                let run = portals.execute(name);
-                                let permit =
-                                    match in_flight_place(upstream, &mut out, &side, &pipeline)
-                                        .await
-                                    {
-                                        Ok(permit) => permit,
-                                        Err(end) => return end,
-                                    };
-                                let execution = ctx
-                                    .gate
-                                    .forwarding(
-                                        &run.statement.text,
-                                        &run.statement.kind,
-                                        Some(run.params),
-                                        pipeline.sync_points + 1,
-                                        pipeline.uncertain,
-                                    )
-                                    .await
-                                    .holding(permit);
-                                let _ = side.execs.send(execution);
-                                Ok(())
-                            }
-                            Err(e) => Err(invalid_message(e)),
-                        },
+                frontend::BIND => {
+                    // Bind, Execute and Close refer only to statements that passed a
+                    // Parse (a denied Parse never reached the upstream), so they are
+                    // forwarded; the tracker ties each Execute to its statement text
+                    // and parameters for the trail (see `portals`).
+                    let bind = match frontend::bind_message(frame.body()) {
+                        Ok(bind) => bind,
+                        Err(e) => {
+                            fatal = Some(invalid_message(e));
+                            break;
+                        }
                     };
-                    if let Err(error) = tracked {
-                        fatal = Some(error);
+                    if let Err(why) =
+                        check_name(bind.portal).and_then(|()| check_name(bind.statement))
+                    {
+                        fatal = Some(PgError::fatal(
+                            sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                            format!("sqlgate: {why}"),
+                        ));
                         break;
+                    }
+                    if let Some(batch) = portals.statement_batch(bind.statement) {
+                        if let Err(end) = settle(upstream, &mut out, &side, &pipeline, batch).await
+                        {
+                            return end;
+                        }
+                    }
+                    forget_errored(&mut portals, &side);
+                    let budget = ctx.gate.services.config.audit_max_statement_bytes / 4;
+                    if let Err(why) = portals.bound(&bind, pipeline.sync_points + 1, budget) {
+                        fatal = Some(PgError::fatal(
+                            sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                            format!("sqlgate: session ended: {why}"),
+                        ));
+                        break;
+                    }
+                    out.extend_from_slice(&frame.raw);
+                    pipeline.extended_since_sync = true;
+                    continue;
+                }
+                frontend::EXECUTE => {
+                    let name = match frontend::execute_portal(frame.body()) {
+                        Ok(name) => name,
+                        Err(e) => {
+                            fatal = Some(invalid_message(e));
+                            break;
+                        }
+                    };
+                    if let Err(why) = check_name(name) {
+                        fatal = Some(PgError::fatal(
+                            sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                            format!("sqlgate: {why}"),
+                        ));
+                        break;
+                    }
+                    if !ctx.gate.services.audit.healthy() {
+                        // An Execute cannot be answered with a probe; nothing runs
+                        // unrecorded, so the session ends.
+                        fatal = Some(
+                            PgError::fatal(
+                                sqlstate::SYSTEM_IO_ERROR,
+                                "sqlgate: session ended: the audit trail cannot be written, so nothing may run",
+                            )
+                            .with_hint("ask the operator to check the audit directory"),
+                        );
+                        break;
+                    }
+                    if let Some(batch) = portals.portal_batch(name) {
+                        if let Err(end) = settle(upstream, &mut out, &side, &pipeline, batch).await
+                        {
+                            return end;
+                        }
+                    }
+                    forget_errored(&mut portals, &side);
+                    let run = portals.execute(name);
+                    let permit =
+                        match in_flight_places(upstream, &mut out, &side, &pipeline, 1).await {
+                            Ok(permit) => permit,
+                            Err(end) => return end,
+                        };
+                    let execution = ctx
+                        .gate
+                        .forwarding(
+                            &run.statement.text,
+                            &run.statement.kind,
+                            Some(run.params.to_vec()),
+                            pipeline.sync_points + 1,
+                            pipeline.uncertain,
+                        )
+                        .await
+                        .holding(permit);
+                    let _ = side.execs.send(execution);
+                    portals.ran(&run.statement.kind);
+                    out.extend_from_slice(&frame.raw);
+                    pipeline.extended_since_sync = true;
+                    continue;
+                }
+                frontend::CLOSE => {
+                    match frontend::close_target(frame.body()) {
+                        Ok((kind, name)) => {
+                            if let Err(why) = check_name(name) {
+                                fatal = Some(PgError::fatal(
+                                    sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                                    format!("sqlgate: {why}"),
+                                ));
+                                break;
+                            }
+                            portals.closed(kind, name);
+                        }
+                        Err(e) => {
+                            fatal = Some(invalid_message(e));
+                            break;
+                        }
                     }
                     out.extend_from_slice(&frame.raw);
                     pipeline.extended_since_sync = true;
@@ -1085,6 +1158,25 @@ async fn client_to_upstream(
                     break;
                 }
             };
+            if let Some(Err(why)) = parse_name.map(check_name) {
+                fatal = Some(PgError::fatal(
+                    sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                    format!("sqlgate: {why}"),
+                ));
+                break;
+            }
+            if parse_name.is_none() && pipeline.extended_since_sync {
+                // The server drops a Query while it skips to Sync after an error, and
+                // nothing tells when: answers could no longer be matched to statements.
+                fatal = Some(
+                    PgError::fatal(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        "sqlgate: a simple Query inside an unfinished extended-protocol batch",
+                    )
+                    .with_hint("send Sync before a simple Query"),
+                );
+                break;
+            }
 
             // Text that a changed setting could make the server read differently is
             // parsed upstream only once everything before it has been answered.
@@ -1143,6 +1235,27 @@ async fn client_to_upstream(
                         .await;
                 }
             }
+            forget_errored(&mut portals, &side);
+            if let (None, TextDecision::Allow(allowed)) = (parse_name, &decision) {
+                if allowed.parts.len() > super::executions::MAX_IN_FLIGHT {
+                    let reason = format!(
+                        "a Query of more than {} statements",
+                        super::executions::MAX_IN_FLIGHT
+                    );
+                    decision = TextDecision::Deny {
+                        denied: Denied::Front {
+                            reason: reason.clone(),
+                            hint: "send fewer statements per Query".into(),
+                        },
+                        parts: vec![Classified {
+                            text: text.to_owned(),
+                            kind: "multi-statement".into(),
+                            verdict: Verdict::Deny { reason },
+                        }],
+                        catalog_miss: false,
+                    };
+                }
+            }
             if let (Some(name), TextDecision::Allow(_)) = (parse_name, &decision) {
                 if !portals.fits(name, text) {
                     let reason = format!(
@@ -1182,18 +1295,34 @@ async fn client_to_upstream(
             }
             match decision {
                 TextDecision::Allow(allowed) => {
+                    // Places for every statement of a Query before any of it goes
+                    // upstream: each is handed to the answer side before its answer
+                    // can arrive.
+                    let mut permits = match parse_name {
+                        None => match in_flight_places(
+                            upstream,
+                            &mut out,
+                            &side,
+                            &pipeline,
+                            allowed.parts.len(),
+                        )
+                        .await
+                        {
+                            Ok(permits) => Some(permits),
+                            Err(end) => return end,
+                        },
+                        Some(_) => None,
+                    };
                     out.extend_from_slice(&frame.raw);
                     match parse_name {
                         None => {
                             pipeline.query();
                             for (text, kind) in allowed.parts.iter() {
-                                let permit =
-                                    match in_flight_place(upstream, &mut out, &side, &pipeline)
-                                        .await
-                                    {
-                                        Ok(permit) => permit,
-                                        Err(end) => return end,
-                                    };
+                                let permit = match permits.as_mut().and_then(|p| p.split(1)) {
+                                    Some(permit) => permit,
+                                    None => break,
+                                };
+                                portals.ran(kind);
                                 let execution = ctx
                                     .gate
                                     .forwarding(
@@ -1213,7 +1342,7 @@ async fn client_to_upstream(
                             pipeline.extended_since_sync = true;
                             let kinds: Vec<&str> =
                                 allowed.parts.iter().map(|(_, k)| k.as_str()).collect();
-                            portals.parsed(name, text, &kinds.join(", "));
+                            portals.parsed(name, text, &kinds.join(", "), pipeline.sync_points + 1);
                         }
                     }
                 }
@@ -1234,7 +1363,7 @@ async fn client_to_upstream(
                         Some(name) => {
                             probe_parse(&token, name, &mut out);
                             pipeline.extended_since_sync = true;
-                            portals.forget_statement(name);
+                            portals.parse_denied(name);
                         }
                     }
                     for part in &parts {
@@ -1271,23 +1400,58 @@ async fn client_to_upstream(
     }
 }
 
-/// A place for one more statement in flight; when the session has
-/// [`super::executions::MAX_IN_FLIGHT`], what is buffered goes upstream and the client
-/// waits until answers free one.
-async fn in_flight_place(
+/// Places for `n` more statements in flight; when the session has too many
+/// ([`super::executions::MAX_IN_FLIGHT`]), what is buffered goes upstream and the client
+/// waits until answers free some.
+async fn in_flight_places(
     upstream: &mut WriteHalf<BoxStream>,
     out: &mut BytesMut,
     side: &ClientSide,
     pipeline: &Pipeline,
+    n: usize,
 ) -> Result<tokio::sync::OwnedSemaphorePermit, EndReason> {
-    if let Ok(permit) = side.in_flight.clone().try_acquire_owned() {
+    let n = u32::try_from(n.max(1)).unwrap_or(u32::MAX);
+    if let Ok(permit) = side.in_flight.clone().try_acquire_many_owned(n) {
         return Ok(permit);
     }
     send_upstream(upstream, out, side, pipeline).await?;
-    match side.in_flight.clone().acquire_owned().await {
+    match side.in_flight.clone().acquire_many_owned(n).await {
         Ok(permit) => Ok(permit),
         // Never closed; if it were, the other direction is ending the session.
         Err(_) => std::future::pending().await,
+    }
+}
+
+/// Waits until the server has answered `batch` (the ReadyForQuery that ends it), when
+/// it is an earlier batch than the one being sent: what an Execute runs depends on
+/// whether that batch's Parse and Bind succeeded.
+async fn settle(
+    upstream: &mut WriteHalf<BoxStream>,
+    out: &mut BytesMut,
+    side: &ClientSide,
+    pipeline: &Pipeline,
+    batch: u64,
+) -> Result<(), EndReason> {
+    if batch > pipeline.sync_points || *side.ready.borrow() >= batch {
+        return Ok(());
+    }
+    send_upstream(upstream, out, side, pipeline).await?;
+    if side.ready.clone().wait_for(|n| *n >= batch).await.is_err() {
+        // The other direction ended the session.
+        std::future::pending::<()>().await;
+    }
+    Ok(())
+}
+
+/// Forgets what batches the server reported errors in made (it skipped the rest of
+/// each such batch).
+fn forget_errored(portals: &mut Portals, side: &ClientSide) {
+    let batches: Vec<u64> = match side.errored.lock() {
+        Ok(mut errored) => errored.drain(..).collect(),
+        Err(_) => return,
+    };
+    for batch in batches {
+        portals.errored(batch);
     }
 }
 
@@ -1453,6 +1617,25 @@ async fn upstream_to_client(
                 // Nothing to read in it (a denial's probe error is short): pass it on
                 // as it streams.
                 answers.inflight.answer(total, tag == backend::DATA_ROW);
+                if tag == backend::ERROR_RESPONSE {
+                    // An error too large to hold is still its statement's ending; its
+                    // code and the start of its message are in what has arrived.
+                    if let Ok(mut errored) = answers.errored.lock() {
+                        if errored.last() != Some(&(ready_count + 1)) {
+                            errored.push(ready_count + 1);
+                        }
+                    }
+                    let arrived =
+                        &buf[(pos + HEADER_LEN).min(buf.len())..(pos + total).min(buf.len())];
+                    let fields = backend::ErrorFields::parse_prefix(arrived);
+                    let ending = Ending {
+                        rows: None,
+                        error: Some((fields.code, fields.message)),
+                    };
+                    for rec in answers.finish(ctx, ready_count, ending) {
+                        ctx.gate.audit(rec).await;
+                    }
+                }
                 streaming = total;
                 continue;
             }
@@ -1472,6 +1655,11 @@ async fn upstream_to_client(
             let mut results = Vec::new();
             match tag {
                 backend::ERROR_RESPONSE => {
+                    if let Ok(mut errored) = answers.errored.lock() {
+                        if errored.last() != Some(&(ready_count + 1)) {
+                            errored.push(ready_count + 1);
+                        }
+                    }
                     let replacement =
                         replacement_error(body, &mut side, &mut pending, timers.clock, ctx);
                     let fields = backend::ErrorFields::parse(body).unwrap_or_default();

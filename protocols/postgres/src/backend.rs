@@ -175,6 +175,29 @@ pub struct ErrorFields {
 }
 
 impl ErrorFields {
+    /// The fields found in the first part of an ErrorResponse body (one too large to
+    /// hold): the code and as much of the message as arrived.
+    pub fn parse_prefix(body: &[u8]) -> ErrorFields {
+        let mut fields = ErrorFields::default();
+        let mut rest = body;
+        while let Some((&kind, after)) = rest.split_first() {
+            if kind == 0 {
+                break;
+            }
+            let end = after.iter().position(|&b| b == 0).unwrap_or(after.len());
+            let text = String::from_utf8_lossy(&after[..end]).into_owned();
+            match kind {
+                b'V' => fields.severity = text,
+                b'S' if fields.severity.is_empty() => fields.severity = text,
+                b'C' => fields.code = text,
+                b'M' => fields.message = text,
+                _ => {}
+            }
+            rest = after.get(end + 1..).unwrap_or_default();
+        }
+        fields
+    }
+
     /// Reads an ErrorResponse body: (type byte, NUL-terminated text)*, then a 0 byte.
     /// Unknown field types are skipped, as the protocol requires.
     pub fn parse(body: &[u8]) -> Option<ErrorFields> {

@@ -87,7 +87,7 @@ pub(super) struct Prepared {
     types: Option<ParamTypes>,
     /// Data streamed with COM_STMT_SEND_LONG_DATA since the last execution, per
     /// parameter; kept up to `audit.max_statement_bytes` each, for the record.
-    long_data: Vec<(usize, Vec<u8>)>,
+    long_data: Vec<(usize, Vec<u8>, usize)>,
 }
 
 /// One logged-in session.
@@ -400,7 +400,7 @@ impl Session {
                 let long_data: Vec<(usize, &[u8])> = prepared
                     .long_data
                     .iter()
-                    .map(|(i, d)| (*i, d.as_slice()))
+                    .map(|(i, d, _)| (*i, d.as_slice()))
                     .collect();
                 let decoded = sqlgate_mysql::params::decode_execute_params_with_long_data(
                     &packet.payload,
@@ -408,7 +408,7 @@ impl Session {
                     prepared.types.as_ref(),
                     &long_data,
                 );
-                let (params, types) = match decoded {
+                let (mut params, types) = match decoded {
                     Ok(decoded) => decoded,
                     Err(e) => {
                         let message = format!(
@@ -425,6 +425,14 @@ impl Session {
                         return self.deny(codes::STATEMENT_DENIED, &message).await;
                     }
                 };
+                // Long data kept only in part says so, with its whole length.
+                for (index, kept, total) in &prepared.long_data {
+                    if kept.len() < *total {
+                        if let Some(Some(value)) = params.get_mut(*index) {
+                            value.push_str(&format!("... ({total} bytes in all)"));
+                        }
+                    }
+                }
                 let (text, kind) = (prepared.text.clone(), format!("EXECUTE {}", prepared.kind));
                 if let Some(prepared) = self.prepared.get_mut(&stmt_id) {
                     prepared.types = Some(types);
@@ -452,13 +460,17 @@ impl Session {
                     };
                     // What is kept for the record is bounded per statement, not per
                     // parameter: 65,535 parameters must not mean 65,535 copies.
-                    let kept: usize = prepared.long_data.iter().map(|(_, d)| d.len()).sum();
+                    let kept: usize = prepared.long_data.iter().map(|(_, d, _)| d.len()).sum();
                     let room = keep.saturating_sub(kept);
+                    let whole = data.len();
                     let data = &data[..data.len().min(room)];
-                    match prepared.long_data.iter_mut().find(|(i, _)| *i == index) {
-                        Some((_, kept)) => kept.extend_from_slice(data),
+                    match prepared.long_data.iter_mut().find(|(i, _, _)| *i == index) {
+                        Some((_, kept, total)) => {
+                            kept.extend_from_slice(data);
+                            *total += whole;
+                        }
                         None if index < prepared.params => {
-                            prepared.long_data.push((index, data.to_vec()))
+                            prepared.long_data.push((index, data.to_vec(), whole))
                         }
                         // The server refuses it at execution; nothing to keep.
                         None => {}
@@ -480,6 +492,12 @@ impl Session {
                     return self.unknown_statement(stmt_id, "COM_STMT_RESET").await;
                 };
                 prepared.long_data.clear();
+                if !self
+                    .audit_command(&format!("COM_STMT_RESET {stmt_id}"))
+                    .await?
+                {
+                    return Ok(());
+                }
                 self.forward(packet, Expect::One, shutdown).await?;
                 Ok(())
             }
@@ -506,7 +524,13 @@ impl Session {
                     self.gate.audit(rec).await;
                     return self.deny(codes::DATABASE_DENIED, &message).await;
                 }
-                self.audit_command(&format!("COM_INIT_DB {db}")).await;
+                let database = self.conn.database.clone();
+                if !self
+                    .audit_command(&format!("COM_INIT_DB {database}"))
+                    .await?
+                {
+                    return Ok(());
+                }
                 let mut payload = vec![command::COM_INIT_DB];
                 payload.extend_from_slice(self.conn.database.as_bytes());
                 let rewritten = Packet {
@@ -517,12 +541,25 @@ impl Session {
                 self.forward(&rewritten, Expect::One, shutdown).await?;
                 Ok(())
             }
-            ClientCommand::Ping | ClientCommand::SetOption(_) => {
+            ClientCommand::Ping => {
+                // Runs nothing: not recorded.
+                self.forward(packet, Expect::One, shutdown).await?;
+                Ok(())
+            }
+            ClientCommand::SetOption(option) => {
+                if !self
+                    .audit_command(&format!("COM_SET_OPTION {option}"))
+                    .await?
+                {
+                    return Ok(());
+                }
                 self.forward(packet, Expect::One, shutdown).await?;
                 Ok(())
             }
             ClientCommand::Statistics => {
-                self.audit_command("COM_STATISTICS").await;
+                if !self.audit_command("COM_STATISTICS").await? {
+                    return Ok(());
+                }
                 self.forward(packet, Expect::Text, shutdown).await?;
                 Ok(())
             }
@@ -535,11 +572,19 @@ impl Session {
                         )
                         .await;
                 }
-                self.audit_command(&format!("COM_FIELD_LIST {table}")).await;
+                if !self
+                    .audit_command(&format!("COM_FIELD_LIST {table}"))
+                    .await?
+                {
+                    return Ok(());
+                }
                 self.forward(packet, Expect::FieldList, shutdown).await?;
                 Ok(())
             }
             ClientCommand::ResetConnection => {
+                if !self.audit_command("COM_RESET_CONNECTION").await? {
+                    return Ok(());
+                }
                 // The server's OK is not relayed: the client gets the answer after the re-pin.
                 self.send_upstream(packet).await?;
                 let tracker = self.relay_answer(Expect::One, shutdown, false).await?;
@@ -597,10 +642,20 @@ impl Session {
     }
 
     /// Audits a command that carries no statement but is forwarded (its answer is
-    /// recorded too).
-    async fn audit_command(&mut self, what: &str) {
+    /// recorded too). `Ok(false)`: the trail cannot be written, the command was
+    /// answered with an error and must not be forwarded.
+    async fn audit_command(&mut self, what: &str) -> Result<bool, (EndReason, bool)> {
+        if !self.gate.services.audit.healthy() {
+            self.deny(
+                codes::UNAVAILABLE,
+                "sqlgate: statement denied: the audit trail cannot be written",
+            )
+            .await?;
+            return Ok(false);
+        }
         let execution = self.gate.forwarding(what, what, None, 0, false).await;
         self.inflight.push(execution);
+        Ok(true)
     }
 
     /// Answers the current command with an ERR; the session goes on.
