@@ -22,7 +22,7 @@ const SQLGATE: &str = env!("CARGO_BIN_EXE_sqlgate");
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_no_record_of_an_answer_a_client_saw() {
     let files = GatewayFiles::write(Setup::default()).await;
-    let mut child = Command::new(SQLGATE)
+    let child = Command::new(SQLGATE)
         .args(["--log-format", "json", "serve", "--config"])
         .arg(&files.config)
         .current_dir(files.dir.path())
@@ -30,8 +30,10 @@ async fn kill_9_loses_no_record_of_an_answer_a_client_saw() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Killed however the test ends, so a failed run leaves no gateway behind.
+    let mut child = KillOnDrop(child);
     // The listener's address, from the log.
-    let stderr = child.stderr.take().unwrap();
+    let stderr = child.0.stderr.take().unwrap();
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stderr)
@@ -78,8 +80,8 @@ async fn kill_9_loses_no_record_of_an_answer_a_client_saw() {
     while seen.lock().unwrap().len() < 2000 && started.elapsed() < Duration::from_secs(20) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    child.0.kill().unwrap(); // SIGKILL
+    child.0.wait().unwrap();
     for agent in agents {
         agent.await.unwrap();
     }
@@ -125,6 +127,15 @@ async fn kill_9_loses_no_record_of_an_answer_a_client_saw() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// A small filesystem for the trail: tmpfs, unmounted on drop.
