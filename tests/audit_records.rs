@@ -504,3 +504,143 @@ mod raw_extended {
         assert_eq!(result["error_code"], "22P02", "{result}");
     }
 }
+
+mod raw_extended_second_pass {
+    //! Second red-team pass: every text the server may run is in the trail, and an
+    //! Execute's record never names a statement the server did not run.
+    use super::*;
+    use bytes::BytesMut;
+    use common::Raw;
+    use postgres_protocol::message::frontend;
+    use tokio::io::AsyncWriteExt;
+
+    async fn login(gw: &TestGateway) -> Raw {
+        Raw::login(
+            gw.port(),
+            "agent-7",
+            "reporting",
+            Some(&gw.token(&["analytics-agents"])),
+        )
+        .await
+    }
+
+    fn bind_execute(portal: &str, statement: &str, out: &mut BytesMut) {
+        frontend::bind(
+            portal,
+            statement,
+            std::iter::empty::<i16>(),
+            std::iter::empty::<Option<&[u8]>>(),
+            |_: Option<&[u8]>, _: &mut BytesMut| Ok(postgres_protocol::IsNull::Yes),
+            [0i16],
+            out,
+        )
+        .map_err(|_| "bind")
+        .unwrap();
+        frontend::execute(portal, 0, out).unwrap();
+    }
+
+    /// Reads to the `n`th ReadyForQuery (or the first ErrorResponse when `n` is 0);
+    /// returns the DataRow text seen.
+    async fn read(raw: &mut Raw, n: usize) -> String {
+        let mut seen = String::new();
+        let mut ready = 0;
+        loop {
+            let (tag, body) = raw.next().await;
+            match tag {
+                b'D' => seen.push_str(&String::from_utf8_lossy(&body[5..])),
+                b'E' if n == 0 => return seen,
+                b'Z' => {
+                    ready += 1;
+                    if ready == n {
+                        return seen;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn messages_sent_after_an_error_is_seen_are_not_trusted() {
+        let gw = TestGateway::start().await;
+        let mut raw = login(&gw).await;
+        let mut out = BytesMut::new();
+        frontend::parse("", "SELECT 'vault-one'", std::iter::empty(), &mut out).unwrap();
+        frontend::sync(&mut out);
+        raw.stream.write_all(&out).await.unwrap();
+        read(&mut raw, 1).await;
+        // An error, seen by the client before the batch ends ...
+        let mut out = BytesMut::new();
+        frontend::describe(b'S', "no_such_statement", &mut out).unwrap();
+        frontend::flush(&mut out);
+        raw.stream.write_all(&out).await.unwrap();
+        read(&mut raw, 0).await;
+        // ... then a Parse the server skips, and an Execute of the old statement.
+        let mut out = BytesMut::new();
+        frontend::parse("", "SELECT 'decoy-one'", std::iter::empty(), &mut out).unwrap();
+        frontend::sync(&mut out);
+        bind_execute("", "", &mut out);
+        frontend::sync(&mut out);
+        raw.stream.write_all(&out).await.unwrap();
+        let seen = read(&mut raw, 2).await;
+        assert!(seen.contains("vault-one"), "{seen}");
+        let records = gw.audit().await;
+        let executes: Vec<&Value> = records
+            .iter()
+            .filter(|r| r["event"] == "statement" && r["decision"] == "allow")
+            .collect();
+        assert!(
+            executes
+                .iter()
+                .all(|r| !r["statement"].as_str().unwrap().contains("decoy-one")),
+            "{executes:?}"
+        );
+        // The text that ran is in the trail.
+        assert!(records.iter().any(|r| r["event"] == "statement.prepared"
+            && r["statement"]
+                .as_str()
+                .is_some_and(|s| s.contains("vault-one"))));
+    }
+
+    #[tokio::test]
+    async fn sql_execute_of_a_protocol_statement_leaves_its_text_in_the_trail() {
+        let gw = TestGateway::start().await;
+        let mut raw = login(&gw).await;
+        let mut out = BytesMut::new();
+        frontend::parse("s1", "SELECT 'vault-two'", std::iter::empty(), &mut out).unwrap();
+        frontend::sync(&mut out);
+        frontend::query("EXECUTE s1", &mut out).unwrap();
+        raw.stream.write_all(&out).await.unwrap();
+        let seen = read(&mut raw, 2).await;
+        assert!(seen.contains("vault-two"), "{seen}");
+        let records = gw.audit().await;
+        let prepared = records
+            .iter()
+            .find(|r| r["event"] == "statement.prepared")
+            .expect("the Parse is recorded");
+        assert_eq!(prepared["prepared_name"], "s1");
+        assert!(prepared["statement"]
+            .as_str()
+            .unwrap()
+            .contains("vault-two"));
+    }
+
+    #[tokio::test]
+    async fn a_function_call_inside_an_unfinished_batch_ends_the_session() {
+        let gw = TestGateway::start().await;
+        let mut raw = login(&gw).await;
+        let mut out = BytesMut::new();
+        frontend::describe(b'S', "no_such_statement", &mut out).unwrap();
+        // A FunctionCall message: function 0, no arguments, text result.
+        out.extend_from_slice(&[b'F', 0, 0, 0, 14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        raw.stream.write_all(&out).await.unwrap();
+        loop {
+            let (tag, body) = raw.next().await;
+            let text = String::from_utf8_lossy(&body).into_owned();
+            if tag == b'E' && text.contains("08P01") {
+                assert!(text.contains("FunctionCall"), "{text}");
+                break;
+            }
+        }
+    }
+}

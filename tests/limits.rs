@@ -490,7 +490,7 @@ async fn denials_the_server_never_answers_cannot_pile_up() {
     let token = gw.token(&["analytics-agents"]);
     let mut raw = raw_login(gw.port(), &token, 1 << 20).await;
     // A Bind of an unknown statement puts the server into skip-until-Sync; every
-    // FunctionCall after it is denied with a probe the server never answers.
+    // denied Parse after it is answered with a probe the server never answers.
     let mut out = bytes::BytesMut::new();
     postgres_protocol::message::frontend::bind(
         "",
@@ -508,7 +508,13 @@ async fn denials_the_server_never_answers_cannot_pile_up() {
     .map_err(|_| ())
     .unwrap();
     for _ in 0..5000 {
-        out.extend_from_slice(&[b'F', 0, 0, 0, 4]);
+        postgres_protocol::message::frontend::parse(
+            "",
+            "DELETE FROM items",
+            std::iter::empty(),
+            &mut out,
+        )
+        .unwrap();
     }
     raw.write_all(&out).await.unwrap();
     let mut reply = Vec::new();

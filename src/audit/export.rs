@@ -77,6 +77,8 @@ const COLUMNS: &[(&str, Kind)] = &[
     ("statement_length", Kind::Count),
     ("statement_sha256", Kind::Text),
     ("statement_seq", Kind::Count),
+    ("prepared_name", Kind::Text),
+    ("portal", Kind::Text),
     ("parameters", Kind::List),
     ("parameter_count", Kind::Count),
     ("status", Kind::Text),
@@ -158,10 +160,13 @@ fn data_type(kind: Kind) -> DataType {
 /// - `statement_sha256` Utf8: when the text was cut, the whole text's SHA-256 (hex).
 /// - `statement_seq` UInt64: the statement's number in its session (from 1); ties a
 ///   statement.result to its statement.
+/// - `prepared_name` Utf8: the prepared statement's name (statement.prepared, portal.bound,
+///   and a Postgres Execute).
+/// - `portal` Utf8: the portal's name (portal.bound, and a Postgres Execute).
 /// - `parameters` List<Utf8>: a prepared execution's bound parameters (text, or `\x`
 ///   and hex for binary values); a null element is an SQL NULL.
 /// - `parameter_count` UInt64: how many parameters were bound (also when redacted).
-/// - `status` Utf8: statement.result: ok, error, not_run or interrupted.
+/// - `status` Utf8: statement.result: ok, error, not_run, interrupted or unknown.
 /// - `duration_ms` Float64: statement.result: milliseconds from forwarding the
 ///   statement to its last answer.
 /// - `rows` UInt64: statement.result: rows returned to the client, or affected.

@@ -81,6 +81,12 @@ pub struct AuditRecord {
     /// (from 1), which ties a result to its statement.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub statement_seq: Option<u64>,
+    /// The prepared statement's and the portal's names (`statement.prepared`,
+    /// `portal.bound`, and the `statement` of a Postgres Execute).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prepared_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub portal: Option<String>,
     /// `statement` of a prepared execution: the bound parameters (text, or `\x` and
     /// hex for binary values; null for NULL), each cut like the statement text;
     /// absent when `audit.redact_parameters` is set.
@@ -135,6 +141,13 @@ pub enum AuditEvent {
     #[default]
     #[serde(rename = "statement")]
     Statement,
+    /// A Postgres Parse of a named statement was allowed (SQL `EXECUTE name` can run
+    /// it too, so its text is always in the trail).
+    #[serde(rename = "statement.prepared")]
+    StatementPrepared,
+    /// A Postgres Bind of a named portal (SQL `FETCH ... FROM name` can read it).
+    #[serde(rename = "portal.bound")]
+    PortalBound,
     /// How an allowed statement ended: status, duration, rows, bytes, error.
     #[serde(rename = "statement.result")]
     StatementResult,

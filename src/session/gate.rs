@@ -397,27 +397,69 @@ impl Gate {
         &self,
         text: &str,
         kind: &str,
-        params: Option<Vec<Option<String>>>,
+        params: Option<(Vec<Option<String>>, usize)>,
+        names: Option<(&str, &str)>,
         ready_at: u64,
         uncertain: bool,
     ) -> Execution {
         let mut rec = self.statement_record(text, kind, &Verdict::Allow);
-        if let Some(params) = params {
-            rec.parameter_count = Some(params.len());
-            let config = &self.services.config;
-            if !config.audit_redact_parameters {
-                let max = config.audit_max_statement_bytes;
-                rec.parameters = Some(
-                    params
-                        .into_iter()
-                        .map(|p| p.map(|v| if v.len() > max { truncate(&v, max) } else { v }))
-                        .collect(),
-                );
-            }
+        self.set_parameters(&mut rec, params);
+        if let Some((portal, prepared)) = names {
+            rec.portal = Some(portal.to_owned());
+            rec.prepared_name = Some(prepared.to_owned());
         }
         let seq = rec.statement_seq.unwrap_or(0);
         let durable = self.services.audit.record_statement(rec).await;
         Execution::new(seq, durable, ready_at, uncertain)
+    }
+
+    /// Bound parameters into `rec` (cut like statement text; only their count when
+    /// `audit.redact_parameters`).
+    fn set_parameters(&self, rec: &mut AuditRecord, params: Option<(Vec<Option<String>>, usize)>) {
+        let Some((params, count)) = params else {
+            return;
+        };
+        rec.parameter_count = Some(count);
+        let config = &self.services.config;
+        if !config.audit_redact_parameters {
+            let max = config.audit_max_statement_bytes;
+            rec.parameters = Some(
+                params
+                    .into_iter()
+                    .map(|p| p.map(|v| if v.len() > max { truncate(&v, max) } else { v }))
+                    .collect(),
+            );
+        }
+    }
+
+    /// A `statement.prepared` (a named statement's text) or `portal.bound` (a named
+    /// portal, its statement and parameters) record: SQL-level `EXECUTE` and `FETCH`
+    /// can reach these names, so what they hold is always in the trail.
+    pub async fn audit_names(
+        &self,
+        event: AuditEvent,
+        prepared_name: &str,
+        portal: Option<&str>,
+        text: &str,
+        kind: &str,
+        params: Option<(Vec<Option<String>>, usize)>,
+    ) {
+        let mut rec = AuditRecord::new(
+            event,
+            &self.session_id,
+            &self.grant.connection,
+            &self.client_addr,
+        );
+        rec.protocol = self.dialect.protocol();
+        rec.grant_id = Some(self.grant.id.clone());
+        rec.sub = Some(self.principal.subject.clone());
+        rec.decision = Some(Decision::Allow);
+        rec.set_statement(text, self.services.config.audit_max_statement_bytes);
+        rec.kind = Some(kind.to_owned());
+        rec.prepared_name = Some(prepared_name.to_owned());
+        rec.portal = portal.map(str::to_owned);
+        self.set_parameters(&mut rec, params);
+        self.audit(rec).await;
     }
 
     pub async fn audit(&self, rec: AuditRecord) {

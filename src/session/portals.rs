@@ -53,6 +53,10 @@ pub struct Statement {
 pub struct Portal {
     pub statement: Statement,
     pub params: Arc<Vec<Option<String>>>,
+    /// The name the Bind gave for the statement.
+    pub statement_name: Arc<str>,
+    /// How many parameters were bound (at most [`MAX_RECORDED_PARAMS`] are kept).
+    pub param_count: usize,
     /// The batch of the Bind that made it.
     pub batch: u64,
 }
@@ -62,10 +66,27 @@ pub struct Portals {
     statements: HashMap<String, Statement>,
     statement_bytes: usize,
     portals: HashMap<String, Portal>,
+    /// Batches the server reported an error in: it skipped the rest of each, and
+    /// its messages may still be arriving (the error is sent before the Sync).
+    failed: std::collections::BTreeSet<u64>,
 }
+
+/// What one tracked statement costs beyond its name and text (map slot, Arcs).
+const ENTRY_OVERHEAD: usize = 160;
+/// Failed batches remembered; past this the oldest half is dropped with every entry
+/// made up to it.
+const MAX_FAILED: usize = 1024;
+/// Parameters recorded per execution (all are counted in `parameter_count`).
+pub const MAX_RECORDED_PARAMS: usize = 256;
 
 /// Refuses a name the server could read differently.
 pub fn check_name(name: &str) -> Result<(), String> {
+    if !name.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        return Err(
+            "statement and portal names must be printable ASCII (the server compares them in its own encoding)"
+                .into(),
+        );
+    }
     if name.len() > MAX_NAME {
         return Err(format!(
             "statement and portal names longer than {MAX_NAME} bytes are not relayed (the server compares only the first {MAX_NAME})"
@@ -77,7 +98,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
 impl Portals {
     /// Whether a Parse of `text` under `name` fits the bound.
     pub fn fits(&self, name: &str, text: &str) -> bool {
-        self.statement_bytes + name.len() + text.len() <= MAX_PREPARED_BYTES
+        self.statement_bytes + name.len() + text.len() + ENTRY_OVERHEAD <= MAX_PREPARED_BYTES
     }
 
     /// An allowed Parse, in `batch`.
@@ -87,7 +108,11 @@ impl Portals {
             return;
         }
         self.forget_statement(name);
-        self.statement_bytes += name.len() + text.len();
+        if self.failed.contains(&batch) {
+            // Its batch already failed: the server may have skipped it.
+            return;
+        }
+        self.statement_bytes += name.len() + text.len() + ENTRY_OVERHEAD;
         self.statements.insert(
             name.to_owned(),
             Statement {
@@ -108,7 +133,7 @@ impl Portals {
 
     fn forget_statement(&mut self, name: &str) {
         if let Some(old) = self.statements.remove(name) {
-            self.statement_bytes -= name.len() + old.text.len();
+            self.statement_bytes -= name.len() + old.text.len() + ENTRY_OVERHEAD;
         }
     }
 
@@ -147,17 +172,29 @@ impl Portals {
                 kind: "EXECUTE".into(),
                 batch,
             });
+        if self.failed.contains(&batch) {
+            // Its batch already failed: the server may have skipped it.
+            self.portals.remove(bind.portal);
+            return Ok(());
+        }
+        // Each parameter costs at least a few bytes of the record, NULLs too.
         let mut left = budget;
         let params = bind
             .params
             .iter()
-            .map(|(value, binary)| value.map(|v| render(v, *binary, &mut left)))
+            .take(MAX_RECORDED_PARAMS)
+            .map(|(value, binary)| {
+                left = left.saturating_sub(8);
+                value.map(|v| render(v, *binary, &mut left))
+            })
             .collect();
         self.portals.insert(
             bind.portal.to_owned(),
             Portal {
                 statement,
                 params: Arc::new(params),
+                statement_name: bind.statement.into(),
+                param_count: bind.params.len(),
                 batch,
             },
         );
@@ -177,6 +214,8 @@ impl Portals {
                 batch: 0,
             },
             params: Arc::default(),
+            statement_name: "".into(),
+            param_count: 0,
             batch: 0,
         })
     }
@@ -191,9 +230,38 @@ impl Portals {
         }
     }
 
+    /// Whether the server reported an error in `batch` (as far as the relay has told).
+    pub fn has_failed(&self, batch: u64) -> bool {
+        self.failed.contains(&batch)
+    }
+
     /// The server reported an error in `batch`: it skipped the rest of that batch, so
     /// what the batch made is not known for sure.
     pub fn errored(&mut self, batch: u64) {
+        self.failed.insert(batch);
+        if self.failed.len() > MAX_FAILED {
+            // Forget the oldest half, and everything made up to it.
+            let keep = self.failed.split_off(
+                &self
+                    .failed
+                    .iter()
+                    .nth(MAX_FAILED / 2)
+                    .copied()
+                    .unwrap_or(batch),
+            );
+            let upto = self.failed.last().copied().unwrap_or(0);
+            self.failed = keep;
+            let stale: Vec<String> = self
+                .statements
+                .iter()
+                .filter(|(_, s)| s.batch <= upto)
+                .map(|(n, _)| n.clone())
+                .collect();
+            for name in stale {
+                self.forget_statement(&name);
+            }
+            self.portals.retain(|_, p| p.batch > upto);
+        }
         let stale: Vec<String> = self
             .statements
             .iter()
@@ -314,7 +382,7 @@ mod tests {
     #[test]
     fn prepared_text_and_portals_are_bounded() {
         let mut p = Portals::default();
-        let big = "x".repeat(MAX_PREPARED_BYTES / 2 - 1);
+        let big = "x".repeat(MAX_PREPARED_BYTES / 2 - ENTRY_OVERHEAD - 1);
         p.parsed("a", &big, "SELECT", 1);
         assert!(p.fits("b", &big));
         p.parsed("b", &big, "SELECT", 1);

@@ -981,6 +981,18 @@ async fn client_to_upstream(
                 frontend::PARSE => {
                     frontend::parse_message(frame.body()).map(|p| (p.query, Some(p.name)))
                 }
+                frontend::FUNCTION_CALL if pipeline.extended_since_sync => {
+                    // Answered by a probe Query, which the server drops while it skips
+                    // to Sync: as for a simple Query, the batch must end first.
+                    fatal = Some(
+                        PgError::fatal(
+                            sqlstate::PROTOCOL_VIOLATION,
+                            "sqlgate: a FunctionCall inside an unfinished extended-protocol batch",
+                        )
+                        .with_hint("send Sync first; FunctionCall messages are not allowed anyway"),
+                    );
+                    break;
+                }
                 frontend::FUNCTION_CALL => {
                     let error =
                         PgError::error("42501", "sqlgate: FunctionCall messages are not allowed")
@@ -1013,6 +1025,7 @@ async fn client_to_upstream(
                 frontend::SYNC => {
                     out.extend_from_slice(&frame.raw);
                     pipeline.sync();
+                    forget_errored(&mut portals, &side);
                     continue;
                 }
                 frontend::BIND => {
@@ -1050,6 +1063,19 @@ async fn client_to_upstream(
                             format!("sqlgate: session ended: {why}"),
                         ));
                         break;
+                    }
+                    if !bind.portal.is_empty() {
+                        let bound = portals.execute(bind.portal);
+                        ctx.gate
+                            .audit_names(
+                                AuditEvent::PortalBound,
+                                bind.statement,
+                                Some(bind.portal),
+                                &bound.statement.text,
+                                &bound.statement.kind,
+                                Some((bound.params.to_vec(), bound.param_count)),
+                            )
+                            .await;
                     }
                     out.extend_from_slice(&frame.raw);
                     pipeline.extended_since_sync = true;
@@ -1090,17 +1116,26 @@ async fn client_to_upstream(
                     }
                     forget_errored(&mut portals, &side);
                     let run = portals.execute(name);
-                    let permit =
-                        match in_flight_places(upstream, &mut out, &side, &pipeline, 1).await {
-                            Ok(permit) => permit,
-                            Err(end) => return end,
-                        };
+                    let permit = match in_flight_places(
+                        upstream,
+                        &mut out,
+                        &side,
+                        &pipeline,
+                        1,
+                        portals.has_failed(pipeline.sync_points + 1),
+                    )
+                    .await
+                    {
+                        Ok(permit) => permit,
+                        Err(end) => return end,
+                    };
                     let execution = ctx
                         .gate
                         .forwarding(
                             &run.statement.text,
                             &run.statement.kind,
-                            Some(run.params.to_vec()),
+                            Some((run.params.to_vec(), run.param_count)),
+                            Some((name, &run.statement_name)),
                             pipeline.sync_points + 1,
                             pipeline.uncertain,
                         )
@@ -1305,6 +1340,7 @@ async fn client_to_upstream(
                             &side,
                             &pipeline,
                             allowed.parts.len(),
+                            false,
                         )
                         .await
                         {
@@ -1329,6 +1365,7 @@ async fn client_to_upstream(
                                         text,
                                         kind,
                                         None,
+                                        None,
                                         pipeline.sync_points,
                                         pipeline.uncertain,
                                     )
@@ -1342,7 +1379,20 @@ async fn client_to_upstream(
                             pipeline.extended_since_sync = true;
                             let kinds: Vec<&str> =
                                 allowed.parts.iter().map(|(_, k)| k.as_str()).collect();
-                            portals.parsed(name, text, &kinds.join(", "), pipeline.sync_points + 1);
+                            let kind = kinds.join(", ");
+                            portals.parsed(name, text, &kind, pipeline.sync_points + 1);
+                            // Every text the server may run is in the trail, whatever an
+                            // Execute's record can tell of it.
+                            ctx.gate
+                                .audit_names(
+                                    AuditEvent::StatementPrepared,
+                                    name,
+                                    None,
+                                    text,
+                                    &kind,
+                                    None,
+                                )
+                                .await;
                         }
                     }
                 }
@@ -1409,16 +1459,41 @@ async fn in_flight_places(
     side: &ClientSide,
     pipeline: &Pipeline,
     n: usize,
+    batch_failed: bool,
 ) -> Result<tokio::sync::OwnedSemaphorePermit, EndReason> {
     let n = u32::try_from(n.max(1)).unwrap_or(u32::MAX);
     if let Ok(permit) = side.in_flight.clone().try_acquire_many_owned(n) {
         return Ok(permit);
     }
     send_upstream(upstream, out, side, pipeline).await?;
-    match side.in_flight.clone().acquire_many_owned(n).await {
-        Ok(permit) => Ok(permit),
-        // Never closed; if it were, the other direction is ending the session.
-        Err(_) => std::future::pending().await,
+    loop {
+        tokio::select! {
+            permit = side.in_flight.clone().acquire_many_owned(n) => match permit {
+                Ok(permit) => return Ok(permit),
+                // Never closed; if it were, the other direction is ending the session.
+                Err(_) => std::future::pending().await,
+            },
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                // After an error the server skips the rest of the batch and answers
+                // nothing until its Sync, which the client has not been read up to:
+                // waiting could not end.
+                let current = pipeline.sync_points + 1;
+                let failed =
+                    batch_failed || side.errored.lock().is_ok_and(|e| e.contains(&current));
+                if pipeline.extended_since_sync && failed {
+                    let why = format!(
+                        "more than {} statements are waiting in one batch after an error",
+                        super::executions::MAX_IN_FLIGHT
+                    );
+                    let _ = side.ctl.send(Control::Fatal(
+                        PgError::fatal(sqlstate::PROGRAM_LIMIT_EXCEEDED, format!("sqlgate: session ended: {why}"))
+                            .with_hint("send Sync sooner"),
+                        EndReason::ProtocolViolation(why),
+                    ));
+                    return std::future::pending().await;
+                }
+            }
+        }
     }
 }
 

@@ -434,13 +434,15 @@ impl Session {
                     }
                 }
                 let (text, kind) = (prepared.text.clone(), format!("EXECUTE {}", prepared.kind));
+                let count = params.len();
+                params.truncate(crate::session::portals::MAX_RECORDED_PARAMS);
                 if let Some(prepared) = self.prepared.get_mut(&stmt_id) {
                     prepared.types = Some(types);
                     prepared.long_data.clear();
                 }
                 let execution = self
                     .gate
-                    .forwarding(&text, &kind, Some(params), 0, false)
+                    .forwarding(&text, &kind, Some((params, count)), None, 0, false)
                     .await;
                 self.inflight.push(execution);
                 self.forward(packet, Expect::Results, shutdown).await?;
@@ -488,15 +490,18 @@ impl Session {
                 Ok(())
             }
             ClientCommand::Reset { stmt_id } => {
-                let Some(prepared) = self.prepared.get_mut(&stmt_id) else {
+                if !self.prepared.contains_key(&stmt_id) {
                     return self.unknown_statement(stmt_id, "COM_STMT_RESET").await;
-                };
-                prepared.long_data.clear();
+                }
                 if !self
                     .audit_command(&format!("COM_STMT_RESET {stmt_id}"))
                     .await?
                 {
                     return Ok(());
+                }
+                // Only once the reset goes to the server does its long data go.
+                if let Some(prepared) = self.prepared.get_mut(&stmt_id) {
+                    prepared.long_data.clear();
                 }
                 self.forward(packet, Expect::One, shutdown).await?;
                 Ok(())
@@ -653,7 +658,7 @@ impl Session {
             .await?;
             return Ok(false);
         }
-        let execution = self.gate.forwarding(what, what, None, 0, false).await;
+        let execution = self.gate.forwarding(what, what, None, None, 0, false).await;
         self.inflight.push(execution);
         Ok(true)
     }
@@ -713,7 +718,8 @@ impl Session {
                     // Preparing runs nothing: each execution is recorded, as in the
                     // Postgres extended protocol.
                     if !prepare {
-                        let execution = self.gate.forwarding(part, kind, None, 0, false).await;
+                        let execution =
+                            self.gate.forwarding(part, kind, None, None, 0, false).await;
                         self.inflight.push(execution);
                     }
                 }
