@@ -893,9 +893,15 @@ fn writer(mut trail: Trail, mut rx: mpsc::Receiver<Command>, mut chain: Chain, t
         if result.is_ok() && trail.due(&chain) {
             match trail.rotate(&mut chain) {
                 Ok(p) => pruned = p,
-                // The active segment just grows; the chain is unaffected.
+                // The active segment just grows; the chain is unaffected. Rotation syncs
+                // first: if that failed, what was not synced may be lost, and the next
+                // write says so (a failed sync is reported only once).
                 Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "cannot rotate the audit segment")
+                    tracing::error!(path = %path.display(), error = %e, "cannot rotate the audit segment");
+                    if unsynced {
+                        lost += unsynced_records;
+                        unsynced_records = 0;
+                    }
                 }
             }
         }

@@ -629,6 +629,20 @@ impl Session {
                     }
                 };
                 self.in_transaction = false;
+                // The gateway's own answer, too, waits for the command's record.
+                if let Err(e) = self.inflight.released().await {
+                    let reason = EndReason::Io(format!("audit trail: {e}"));
+                    return Err((
+                        self.end(
+                            self.reply_seq,
+                            codes::UNAVAILABLE,
+                            "sqlgate: session ended: the audit trail cannot be written",
+                            reason,
+                        )
+                        .await,
+                        false,
+                    ));
+                }
                 self.answer(&answer).await
             }
             ClientCommand::Other { name, .. } => {
