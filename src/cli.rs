@@ -751,6 +751,25 @@ pub fn describe(config: &Config) -> String {
             humantime::format_duration(g.idle_in_transaction_timeout),
             g.max_sessions_per_identity
         );
+        for rule in &g.rules.rules {
+            let mut denies: Vec<String> = Vec::new();
+            if !rule.deny_functions.is_empty() {
+                let names: Vec<String> =
+                    rule.deny_functions.iter().map(|n| n.to_string()).collect();
+                denies.push(format!("functions {}", names.join(", ")));
+            }
+            if !rule.deny_tables.is_empty() {
+                let names: Vec<String> = rule.deny_tables.iter().map(|n| n.to_string()).collect();
+                denies.push(format!("tables {}", names.join(", ")));
+            }
+            let _ = writeln!(
+                out,
+                "      rule {:?} ({}): denies {}",
+                rule.id,
+                rule.file.display(),
+                denies.join("; ")
+            );
+        }
     }
     let l = &config.limits;
     let caps: Vec<String> = l

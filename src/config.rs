@@ -141,6 +141,9 @@ pub struct RawGrant {
     pub max_sessions: Option<usize>,
     /// Live sessions of one identity (sub) under this entry.
     pub max_sessions_per_identity: Option<usize>,
+    /// DBA rule files (relative to this config file) that narrow this grant.
+    #[serde(default)]
+    pub rules: Vec<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -413,6 +416,8 @@ pub struct GrantConfig {
     pub max_sessions: Option<usize>,
     /// Live sessions of one identity (sub) under this entry.
     pub max_sessions_per_identity: usize,
+    /// The DBA rules of its rule files.
+    pub rules: std::sync::Arc<crate::policy::rules::RuleSet>,
 }
 
 #[derive(Debug, Clone)]
@@ -959,6 +964,10 @@ impl Config {
                     g.max_sessions_per_identity,
                     limits.max_sessions_per_identity,
                 )?,
+                rules: std::sync::Arc::new(
+                    crate::policy::rules::RuleSet::load(&g.rules, &base)
+                        .map_err(|problem| invalid(&key("rules"), problem))?,
+                ),
             });
         }
 

@@ -11,6 +11,7 @@
 pub mod caps;
 pub mod mysql;
 pub mod readonly;
+pub mod rules;
 
 use std::time::{Duration, SystemTime};
 
@@ -33,6 +34,8 @@ pub struct Grant {
     /// Live sessions under the matched entry, in all and per identity.
     pub max_sessions: Option<usize>,
     pub max_sessions_per_identity: usize,
+    /// The DBA rules that narrow what the grant's access allows.
+    pub rules: std::sync::Arc<rules::RuleSet>,
 }
 
 /// A refusal, phrased for the agent.
@@ -88,6 +91,7 @@ impl GrantPolicy {
                     },
                     max_sessions: grant.max_sessions,
                     max_sessions_per_identity: grant.max_sessions_per_identity,
+                    rules: grant.rules.clone(),
                 });
             }
         }

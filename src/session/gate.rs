@@ -25,6 +25,9 @@ use crate::policy::Grant;
 use crate::sql::pool::Grammar;
 use crate::sql::{ClassifyError, StatementFacts};
 
+/// How a DBA rule's denial reason begins ([`crate::policy::rules::RuleDenial::reason`]).
+const RULE_DENIAL_PREFIX: &str = "denied by rule ";
+
 /// Statements up to this size are also looked up by their literal-free shape.
 /// `normalize` runs on the caller's stack and recurses per tree level; 1 KiB bounds
 /// the depth to a few hundred levels.
@@ -69,6 +72,8 @@ pub enum Denied {
         position: Option<Position>,
         /// Denied by a setting cap (`[limits.setting_caps]`), not by read-only.
         setting_cap: bool,
+        /// Denied by a DBA rule of the grant (the reason names it), not by read-only.
+        rule: bool,
     },
     /// The audit trail cannot be written, so nothing may run.
     AuditUnavailable,
@@ -317,6 +322,7 @@ impl Gate {
                 let postgres = self.dialect == Dialect::Postgres;
                 TextDecision::Deny {
                     denied: Denied::Statement {
+                        rule: reason.starts_with(RULE_DENIAL_PREFIX),
                         setting_cap: postgres
                             && caps.check(&facts[index]).err().as_ref() == Some(&reason),
                         kind,
@@ -330,8 +336,22 @@ impl Gate {
         }
     }
 
-    /// One statement's verdict under this session's dialect profile.
+    /// One statement's verdict: the dialect's read-only profile, then the grant's DBA
+    /// rules on what it allows.
     fn verdict(&self, facts: &StatementFacts, catalog: Option<&FunctionCatalog>) -> Verdict {
+        match self.floor(facts, catalog) {
+            Verdict::Allow => match self.grant.rules.check(facts) {
+                Some(denial) => Verdict::Deny {
+                    reason: denial.reason(),
+                },
+                None => Verdict::Allow,
+            },
+            deny => deny,
+        }
+    }
+
+    /// One statement's verdict under this session's dialect profile.
+    fn floor(&self, facts: &StatementFacts, catalog: Option<&FunctionCatalog>) -> Verdict {
         match &self.dialect {
             Dialect::Postgres => match readonly::decide(facts, catalog) {
                 Verdict::Allow => match self.services.config.limits.setting_caps.check(facts) {

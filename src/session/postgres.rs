@@ -1573,9 +1573,15 @@ fn denial_error(denied: &Denied, grant: &Grant) -> PgError {
             reason,
             position,
             setting_cap,
+            rule,
         } => {
             let why = if *setting_cap {
                 "the gateway caps this setting ([limits.setting_caps])".to_owned()
+            } else if *rule {
+                format!(
+                    "a rule the DBA set on the grant for connection {:?} denies it",
+                    grant.connection
+                )
             } else {
                 format!(
                     "the grant for connection {:?} is {}",

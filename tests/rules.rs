@@ -1,0 +1,191 @@
+//! DBA rules through the real gateway (issue 15, first part): rule files a grant
+//! references deny named functions and tables on top of the read-only floor, for
+//! Postgres and MySQL; every denial names the rule and the DBA's message, and the
+//! neighbours stay allowed. Broken rule files stop the config from loading.
+
+mod common;
+
+use common::mysql::{MyGateway, MySetup};
+use common::{Setup, TestGateway};
+use mysql_async::prelude::Queryable;
+
+/// Rule files in a fresh directory; returns it and the grant line that uses them.
+fn rule_files() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let sleep = dir.path().join("no-sleep.toml");
+    std::fs::write(
+        &sleep,
+        r#"
+[[rule]]
+id      = "no-sleep"
+message = "sleeping and CPU-burning functions are not available to agents"
+deny    = { functions = ["pg_sleep", "pg_sleep_for", "pg_sleep_until", "sleep", "benchmark"] }
+"#,
+    )
+    .unwrap();
+    let payroll = dir.path().join("payroll.toml");
+    std::fs::write(
+        &payroll,
+        r#"
+[[rule]]
+id      = "no-payroll"
+message = "payroll is not available to agents; ask HR"
+deny    = { tables = ["salaries"] }
+"#,
+    )
+    .unwrap();
+    let line = format!(
+        "rules = [{:?}, {:?}]",
+        sleep.display().to_string(),
+        payroll.display().to_string()
+    );
+    (dir, line)
+}
+
+#[tokio::test]
+async fn postgres_rules_deny_named_functions_and_tables_and_allow_their_neighbours() {
+    let (_rules, line) = rule_files();
+    let gw = TestGateway::start_with(Setup {
+        grant_extra: line,
+        ..Setup::default()
+    })
+    .await;
+    gw.db
+        .direct()
+        .await
+        .batch_execute(
+            "CREATE TABLE salaries (who text, amount int); INSERT INTO salaries VALUES ('a', 1)",
+        )
+        .await
+        .unwrap();
+    let client = gw.agent().await;
+    for (sql, rule) in [
+        ("SELECT pg_sleep(0)", "no-sleep"),
+        ("SELECT pg_catalog.pg_sleep(0)", "no-sleep"),
+        ("SELECT * FROM salaries", "no-payroll"),
+        ("SELECT * FROM public.salaries", "no-payroll"),
+        (
+            "SELECT SUM(amount) FROM items JOIN salaries ON true",
+            "no-payroll",
+        ),
+        (
+            "WITH s AS (SELECT * FROM salaries) SELECT 1 FROM s",
+            "no-payroll",
+        ),
+        ("SELECT (SELECT count(*) FROM salaries)", "no-payroll"),
+    ] {
+        let err = client.simple_query(sql).await.unwrap_err();
+        let (code, message) = common::db_error(&err);
+        assert_eq!(code, "42501", "{sql}: {message}");
+        assert!(message.contains(rule), "{sql}: {message}");
+        let db = err.as_db_error().unwrap();
+        assert!(
+            db.hint().unwrap_or_default().contains("rule the DBA set"),
+            "{sql}: {:?}",
+            db.hint()
+        );
+        // The extended protocol too.
+        assert!(client.query(sql, &[]).await.is_err(), "{sql}");
+    }
+    let err = client.simple_query("SELECT pg_sleep(0)").await.unwrap_err();
+    assert!(common::db_error(&err)
+        .1
+        .contains("sleeping and CPU-burning functions are not available to agents"));
+    // Neighbours: other functions and tables, and a column merely named like the table.
+    client.simple_query("SELECT 1").await.unwrap();
+    client
+        .simple_query("SELECT count(*) FROM items")
+        .await
+        .unwrap();
+    client
+        .simple_query("SELECT now(), name AS salaries FROM items")
+        .await
+        .unwrap();
+    client.query("SELECT $1::int", &[&1i32]).await.unwrap();
+    drop(client);
+    let records = gw.audit().await;
+    assert!(records.iter().any(|r| r["event"] == "statement"
+        && r["decision"] == "deny"
+        && r["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("\"no-payroll\""))));
+}
+
+#[tokio::test]
+async fn mysql_rules_deny_named_functions_and_tables_and_allow_their_neighbours() {
+    let (_rules, line) = rule_files();
+    let gw = MyGateway::start_with(MySetup {
+        grant_extra: line,
+        ..MySetup::default()
+    })
+    .await;
+    gw.db
+        .direct()
+        .await
+        .query_drop("CREATE TABLE salaries (who TEXT, amount INT)")
+        .await
+        .unwrap();
+    let mut conn = gw.agent().await;
+    for (sql, rule) in [
+        ("SELECT SLEEP(0)", "no-sleep"),
+        ("SELECT BENCHMARK(10, 1)", "no-sleep"),
+        ("SELECT * FROM salaries", "no-payroll"),
+        (
+            "SELECT * FROM items WHERE id IN (SELECT amount FROM salaries)",
+            "no-payroll",
+        ),
+    ] {
+        let err = conn.query_drop(sql).await.unwrap_err();
+        let (_, message) = common::mysql::server_error(&err);
+        assert!(message.contains(rule), "{sql}: {message}");
+    }
+    let one: Option<i64> = conn.query_first("SELECT 1").await.unwrap();
+    assert_eq!(one, Some(1));
+    let n: Option<i64> = conn
+        .query_first("SELECT COUNT(*) FROM items")
+        .await
+        .unwrap();
+    assert!(n.is_some());
+}
+
+#[tokio::test]
+async fn a_broken_rule_file_stops_the_config_with_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("typo.toml");
+    std::fs::write(
+        &rules,
+        "[[rule]]\nid = \"pii\"\nmessage = \"no\"\ndeny = { colums = [\"users.ssn\"] }\n",
+    )
+    .unwrap();
+    let files = common::GatewayFiles::write(Setup {
+        grant_extra: format!("rules = [{:?}]", rules.display().to_string()),
+        ..Setup::default()
+    })
+    .await;
+    let err = sqlgate::config::Config::load(&files.config)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("typo.toml") && err.contains("colums") && err.contains("rules"),
+        "{err}"
+    );
+    // The neighbour: a file that is only missing is named too.
+    std::fs::remove_file(&rules).unwrap();
+    let err = sqlgate::config::Config::load(&files.config)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("typo.toml"), "{err}");
+}
+
+#[test]
+fn the_shipped_rule_files_load() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let files: Vec<std::path::PathBuf> = std::fs::read_dir(root.join("rules"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    assert!(files.len() >= 2, "{files:?}");
+    let set = sqlgate::policy::rules::RuleSet::load(&files, root).unwrap();
+    assert!(set.rules.iter().any(|r| r.id == "no-sleep"));
+}
