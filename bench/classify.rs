@@ -1,4 +1,5 @@
-//! Classifier micro-benchmark: µs per statement for parse + facts + read-only verdict.
+//! Classifier micro-benchmark: µs per statement for parse + facts + read-only verdict,
+//! and the cost of a grant's DBA rules on the same facts (0, 10, 100 rules).
 //!
 //! `cargo run --release --example classify` (see bench/README.md). Prints one line per
 //! statement shape; figures go in README.md's performance section.
@@ -78,4 +79,34 @@ fn run() {
         "{:<22} {micros:>10.2} {:>10}",
         "pgbench -S shape hit", "allow"
     );
+    // DBA rules on the facts of the join (five names): each rule denies three functions
+    // and three tables the statement does not name, so every rule is checked.
+    let facts = classify(CORPUS[2].1, 1 << 20).expect("corpus parses");
+    for n in [0usize, 10, 100] {
+        let name = |i: usize, what: &str| sqlgate::policy::rules::Name {
+            schema: Some("app".into()),
+            name: format!("{what}_{i}"),
+        };
+        let set = sqlgate::policy::rules::RuleSet {
+            rules: (0..n)
+                .map(|i| sqlgate::policy::rules::Rule {
+                    id: format!("rule-{i}"),
+                    message: "not for agents".into(),
+                    file: "bench.toml".into(),
+                    deny_functions: (0..3).map(|k| name(i * 3 + k, "f")).collect(),
+                    deny_tables: (0..3).map(|k| name(i * 3 + k, "t")).collect(),
+                })
+                .collect(),
+        };
+        let start = Instant::now();
+        for _ in 0..iterations {
+            std::hint::black_box(set.check(&facts[0]));
+        }
+        let micros = start.elapsed().as_secs_f64() * 1e6 / iterations as f64;
+        println!(
+            "{:<22} {micros:>10.2} {:>10}",
+            format!("rules: {n}"),
+            "allow"
+        );
+    }
 }
