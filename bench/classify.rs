@@ -100,7 +100,7 @@ fn run() {
         };
         let start = Instant::now();
         for _ in 0..iterations {
-            std::hint::black_box(set.check(&facts[0]));
+            std::hint::black_box(set.check(&facts[0], None));
         }
         let micros = start.elapsed().as_secs_f64() * 1e6 / iterations as f64;
         println!(

@@ -73,6 +73,11 @@ async fn postgres_rules_deny_named_functions_and_tables_and_allow_their_neighbou
             "no-payroll",
         ),
         ("SELECT (SELECT count(*) FROM salaries)", "no-payroll"),
+        // Planner statistics hold sampled values of every table.
+        (
+            "SELECT most_common_vals::text FROM pg_stats WHERE tablename = 'salaries'",
+            "no-payroll",
+        ),
     ] {
         let err = client.simple_query(sql).await.unwrap_err();
         let (code, message) = common::db_error(&err);
@@ -126,6 +131,7 @@ async fn mysql_rules_deny_named_functions_and_tables_and_allow_their_neighbours(
         .await
         .unwrap();
     let mut conn = gw.agent().await;
+    let own_db_salaries = format!("SELECT * FROM {}.salaries", gw.db.name);
     for (sql, rule) in [
         ("SELECT SLEEP(0)", "no-sleep"),
         ("SELECT BENCHMARK(10, 1)", "no-sleep"),
@@ -134,6 +140,8 @@ async fn mysql_rules_deny_named_functions_and_tables_and_allow_their_neighbours(
             "SELECT * FROM items WHERE id IN (SELECT amount FROM salaries)",
             "no-payroll",
         ),
+        // Qualified with the session's own database: still the same table.
+        (&own_db_salaries, "no-payroll"),
     ] {
         let err = conn.query_drop(sql).await.unwrap_err();
         let (_, message) = common::mysql::server_error(&err);

@@ -60,7 +60,12 @@ pub struct Name {
 impl Name {
     fn parse(text: &str) -> Result<Name, String> {
         let parts: Vec<&str> = text.split('.').collect();
-        let ok = |s: &&str| !s.is_empty() && !s.contains(char::is_whitespace);
+        // Quotes, backticks and wildcards would make a name that never matches.
+        let ok = |s: &&str| {
+            !s.is_empty()
+                && !s.contains(char::is_whitespace)
+                && !s.contains(['"', '`', '\'', '*', '%', '?'])
+        };
         match parts.as_slice() {
             [name] if ok(name) => Ok(Name {
                 schema: None,
@@ -71,18 +76,24 @@ impl Name {
                 name: name.to_lowercase(),
             }),
             _ => Err(format!(
-                "{text:?} is not a name or schema.name (no spaces, no quotes)"
+                "{text:?} is not a name or schema.name (no spaces, quotes or wildcards: list each name)"
             )),
         }
     }
 
-    /// Whether a reference a statement makes may be what this rule names.
-    fn matches(&self, reference: &QualifiedName) -> bool {
-        if !reference.name.eq_ignore_ascii_case(&self.name) {
+    /// Whether a reference a statement makes may be what this rule names. A reference
+    /// qualified with `own_schema` (MySQL: the session's database) counts as unqualified.
+    fn matches(&self, reference: &QualifiedName, own_schema: Option<&str>) -> bool {
+        // Rule names are stored lowercased (Unicode); fold the reference the same way.
+        if reference.name.to_lowercase() != self.name {
             return false;
         }
-        match (&self.schema, &reference.schema) {
-            (Some(rule), Some(written)) => rule.eq_ignore_ascii_case(written),
+        let written = reference
+            .schema
+            .as_deref()
+            .filter(|s| own_schema.is_none_or(|own| !own.eq_ignore_ascii_case(s)));
+        match (&self.schema, written) {
+            (Some(rule), Some(written)) => *rule == written.to_lowercase(),
             // Unqualified on either side: it may be the same object.
             _ => true,
         }
@@ -159,12 +170,38 @@ impl RuleSet {
                 }
                 set.rules.push(rule);
             }
+            if set.rules.iter().all(|r| r.file != path) {
+                return Err(format!(
+                    "rule file {} holds no [[rule]]: a grant that references it would be narrowed by nothing",
+                    path.display()
+                ));
+            }
         }
         Ok(set)
     }
 
-    /// The first rule that denies this statement, if any.
-    pub fn check(&self, facts: &StatementFacts) -> Option<RuleDenial> {
+    /// The first rule that denies a reference to `table` (a command that names a table
+    /// outside any statement, like MySQL's COM_FIELD_LIST).
+    pub fn denies_table(
+        &self,
+        table: &QualifiedName,
+        own_schema: Option<&str>,
+    ) -> Option<RuleDenial> {
+        self.rules.iter().find_map(|rule| {
+            rule.deny_tables
+                .iter()
+                .any(|n| n.matches(table, own_schema))
+                .then(|| RuleDenial {
+                    rule: rule.id.clone(),
+                    message: rule.message.clone(),
+                    matched: format!("table {table}"),
+                })
+        })
+    }
+
+    /// The first rule that denies this statement, if any. `own_schema`: the session's
+    /// database on MySQL (a name qualified with it is as good as unqualified).
+    pub fn check(&self, facts: &StatementFacts, own_schema: Option<&str>) -> Option<RuleDenial> {
         let tree = &facts.tree;
         let selected: Vec<QualifiedName> = tree
             .selected_names
@@ -178,14 +215,21 @@ impl RuleSet {
             let function = tree.functions.iter().chain(&selected).find_map(|f| {
                 rule.deny_functions
                     .iter()
-                    .find(|n| n.matches(f))
+                    .find(|n| n.matches(f, own_schema))
                     .map(|_| format!("function {f}"))
             });
             let table = || {
                 tree.tables.iter().find_map(|t| {
+                    if !rule.deny_tables.is_empty() && holds_sampled_values(t) {
+                        // Planner statistics and TOAST hold values of every table,
+                        // the denied ones included.
+                        return Some(format!(
+                            "{t}, which holds sampled or stored values of the tables this rule denies"
+                        ));
+                    }
                     rule.deny_tables
                         .iter()
-                        .find(|n| n.matches(t))
+                        .find(|n| n.matches(t, own_schema))
                         .map(|_| format!("table {t}"))
                 })
             };
@@ -199,6 +243,18 @@ impl RuleSet {
         }
         None
     }
+}
+
+/// Relations that show values of other tables: Postgres planner statistics
+/// (`pg_stats*`: most common values, histogram bounds) and TOAST storage, MySQL
+/// column histograms.
+fn holds_sampled_values(t: &QualifiedName) -> bool {
+    let name = t.name.to_lowercase();
+    let schema = t.schema.as_deref().map(str::to_lowercase);
+    matches!(
+        name.as_str(),
+        "pg_stats" | "pg_stats_ext" | "pg_stats_ext_exprs" | "column_statistics"
+    ) || schema.as_deref() == Some("pg_toast")
 }
 
 #[derive(Debug, Deserialize)]
@@ -239,15 +295,31 @@ mod tests {
     #[test]
     fn names_match_failing_closed() {
         let rule = Name::parse("HR.Salaries").unwrap();
-        assert!(rule.matches(&q(Some("hr"), "salaries")));
-        assert!(rule.matches(&q(None, "SALARIES")));
-        assert!(!rule.matches(&q(Some("public"), "salaries")));
-        assert!(!rule.matches(&q(Some("hr"), "bonuses")));
+        assert!(rule.matches(&q(Some("hr"), "salaries"), None));
+        assert!(rule.matches(&q(None, "SALARIES"), None));
+        assert!(!rule.matches(&q(Some("public"), "salaries"), None));
+        assert!(!rule.matches(&q(Some("hr"), "bonuses"), None));
+        // MySQL: the session's own database is as good as no qualifier.
+        assert!(rule.matches(&q(Some("shop"), "salaries"), Some("shop")));
+        assert!(!rule.matches(&q(Some("other"), "salaries"), Some("shop")));
+        // Non-ASCII names fold the same way on both sides.
+        let unicode = Name::parse("Зарплаты").unwrap();
+        assert!(unicode.matches(&q(None, "Зарплаты"), None));
+        assert!(unicode.matches(&q(None, "ЗАРПЛАТЫ"), None));
         let any = Name::parse("sleep").unwrap();
-        assert!(any.matches(&q(Some("pg_catalog"), "sleep")));
-        assert!(Name::parse("a.b.c").is_err());
-        assert!(Name::parse("a b").is_err());
-        assert!(Name::parse("").is_err());
+        assert!(any.matches(&q(Some("pg_catalog"), "sleep"), None));
+        for dead in [
+            "a.b.c",
+            "a b",
+            "",
+            "\"Salaries\"",
+            "`t`",
+            "pg_sleep*",
+            "hr.*",
+            "'t'",
+        ] {
+            assert!(Name::parse(dead).is_err(), "{dead}");
+        }
     }
 
     #[test]
@@ -279,6 +351,10 @@ mod tests {
         assert!(RuleSet::load(&[empty], dir.path())
             .unwrap_err()
             .contains("names no functions"));
+        let nothing = write("nothing.toml", "# only comments\n");
+        assert!(RuleSet::load(&[nothing], dir.path())
+            .unwrap_err()
+            .contains("holds no [[rule]]"));
         let twice = RuleSet::load(&[good.clone(), good], dir.path()).unwrap_err();
         assert!(twice.contains("used twice"), "{twice}");
         assert!(RuleSet::load(&[PathBuf::from("missing.toml")], dir.path())

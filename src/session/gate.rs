@@ -194,6 +194,15 @@ impl Dialect {
         }
     }
 
+    /// The schema a name may be qualified with and still mean the session's default:
+    /// MySQL's one database.
+    pub fn own_schema(&self) -> Option<&str> {
+        match self {
+            Dialect::Postgres => None,
+            Dialect::Mysql { database, .. } => Some(database),
+        }
+    }
+
     fn grammar(&self) -> Grammar {
         match self {
             Dialect::Postgres => Grammar::Postgres,
@@ -340,7 +349,7 @@ impl Gate {
     /// rules on what it allows.
     fn verdict(&self, facts: &StatementFacts, catalog: Option<&FunctionCatalog>) -> Verdict {
         match self.floor(facts, catalog) {
-            Verdict::Allow => match self.grant.rules.check(facts) {
+            Verdict::Allow => match self.grant.rules.check(facts, self.dialect.own_schema()) {
                 Some(denial) => Verdict::Deny {
                     reason: denial.reason(),
                 },

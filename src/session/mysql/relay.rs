@@ -577,6 +577,22 @@ impl Session {
                         )
                         .await;
                 }
+                let named = crate::sql::QualifiedName {
+                    schema: None,
+                    name: table.to_owned(),
+                };
+                if let Some(denial) = self.gate.grant.rules.denies_table(&named, None) {
+                    let message = format!("sqlgate: COM_FIELD_LIST {}", denial.reason());
+                    let rec = self.gate.statement_record(
+                        &format!("COM_FIELD_LIST {table}"),
+                        "COM_FIELD_LIST",
+                        &Verdict::Deny {
+                            reason: denial.reason(),
+                        },
+                    );
+                    self.gate.audit(rec).await;
+                    return self.deny(codes::STATEMENT_DENIED, &message).await;
+                }
                 if !self
                     .audit_command(&format!("COM_FIELD_LIST {table}"))
                     .await?
