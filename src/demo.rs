@@ -58,6 +58,7 @@ connection = "demo-mysql"
 groups = ["analytics-agents"]
 access = "read-only"
 ttl = "30m"
+rules = ["rules/no-sleep.toml"]
 "#,
                 upstream = m.upstream,
                 database = m.database,
@@ -91,6 +92,7 @@ connection = "demo"
 groups = ["analytics-agents"]
 access = "read-only"
 ttl = "30m"
+rules = ["rules/no-sleep.toml"]
 {mysql}
 [audit]
 dir = "audit"
@@ -102,6 +104,9 @@ dir = "audit"
     )
 }
 
+/// The rule file the demo's grants use.
+const NO_SLEEP_RULES: &str = include_str!("../rules/no-sleep.toml");
+
 pub async fn run(options: DemoOptions) -> Result<(), String> {
     std::fs::create_dir_all(&options.dir).map_err(|e| format!("{}: {e}", options.dir.display()))?;
     let key = DevKey::load_or_create(&options.dir.join("issuer-key.pem"))?;
@@ -110,6 +115,11 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
         .map_err(|e| format!("cannot start the dev issuer: {e}"))?;
 
     let text = demo_config(&options, &issuer.url);
+    // The DBA rule the demo's grants use, beside its config (a copy of rules/no-sleep.toml).
+    let rules_dir = options.dir.join("rules");
+    std::fs::create_dir_all(&rules_dir).map_err(|e| format!("{}: {e}", rules_dir.display()))?;
+    std::fs::write(rules_dir.join("no-sleep.toml"), NO_SLEEP_RULES)
+        .map_err(|e| format!("{}: {e}", rules_dir.display()))?;
     let config_path = options.dir.join("gateway.toml");
     std::fs::write(&config_path, &text).map_err(|e| format!("{}: {e}", config_path.display()))?;
     // The certificate lives in memory; the config is validated as written, with TLS.
@@ -171,7 +181,8 @@ export MYSQL_PWD="$PGPASSWORD"
 mariadb --host={host} --port={port} --user=agent-7 --ssl demo-mysql
 
 Then try:  SELECT @@version;            -- allowed
-           CREATE TABLE t (x int);      -- denied: the grant is read-only"#,
+           CREATE TABLE t (x int);      -- denied: the grant is read-only
+           SELECT SLEEP(1);             -- denied: DBA rule no-sleep (rules/no-sleep.toml)"#,
         host = addr.ip(),
         port = addr.port(),
     )
@@ -195,6 +206,7 @@ psql "host={host} port={port} dbname=demo user=agent-7 sslmode=require"
 
 Then try:  SELECT version();            -- allowed
            CREATE TABLE t (x int);      -- denied: the grant is read-only
+           SELECT pg_sleep(1);          -- denied: DBA rule no-sleep (rules/no-sleep.toml)
            SET default_transaction_read_only = off;   -- denied: pinned"#,
         host = addr.ip(),
         port = addr.port(),

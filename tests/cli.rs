@@ -183,6 +183,9 @@ fn demo_prints_a_psql_line_and_a_mariadb_line_that_work() {
     );
     let (_, err) = psql("SET default_transaction_read_only = off");
     assert!(err.contains("pinned on"), "{err}");
+    // The demo's grant uses the shipped no-sleep rule.
+    let (_, err) = psql("SELECT pg_sleep(1)");
+    assert!(err.contains("denied by rule \"no-sleep\""), "{err}");
     // The mariadb line, as printed, with the token in MYSQL_PWD.
     let args = mariadb.expect("demo did not print its mariadb line");
     let mysql = |sql: &str| {
@@ -201,6 +204,8 @@ fn demo_prints_a_psql_line_and_a_mariadb_line_that_work() {
     assert_eq!(out.trim(), "42", "{err}");
     let (_, err) = mysql("CREATE TABLE t (x int)");
     assert!(err.contains("1227") && err.contains("denied"), "{err}");
+    let (_, err) = mysql("SELECT SLEEP(1)");
+    assert!(err.contains("no-sleep"), "{err}");
     let audit = std::fs::read_to_string(dir.path().join("audit").join("audit.jsonl")).unwrap();
     assert!(audit.contains("\"event\":\"grant.issued\""), "{audit}");
     assert!(audit.contains("\"protocol\":\"mysql\""), "{audit}");
