@@ -50,6 +50,11 @@ pub enum Command {
         #[arg(long)]
         connect: bool,
     },
+    /// DBA rules: try statements against a grant's rules before deploying them.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
     /// Compliance tools for the audit trail.
     Audit {
         #[command(subcommand)]
@@ -141,6 +146,16 @@ pub async fn run(cli: Cli) -> i32 {
             bench_discard_audit,
         } => serve(config, bench_discard_audit).await,
         Command::Check { config, connect } => check(config, connect).await,
+        Command::Rules {
+            command:
+                RulesCommand::Test {
+                    config,
+                    connection,
+                    group,
+                    sql,
+                    file,
+                },
+        } => rules_test(config, connection, group, sql, file).await,
         Command::Audit { command } => match command {
             AuditCommand::Verify { trail } => audit_verify(trail),
             AuditCommand::Sessions { trail, filter } => audit_sessions(trail, filter.into()),
@@ -221,6 +236,133 @@ async fn serve(path: PathBuf, bench_discard_audit: bool) -> Result<(), String> {
     tracing::info!("shutting down");
     gateway.shutdown();
     gateway.stopped(std::time::Duration::from_secs(5)).await;
+    Ok(())
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RulesCommand {
+    /// Decide statements as a session of a grant would (read-only floor, then the
+    /// grant's rules) and check `-- expect: allow|deny [RULE]` lines; exits 1 when an
+    /// expectation fails, so rule sets can be tested in CI. No upstream is contacted:
+    /// user functions count as unknown.
+    Test {
+        #[arg(long, short, default_value = "gateway.toml")]
+        config: PathBuf,
+        /// The connection whose grants are tested.
+        #[arg(long)]
+        connection: String,
+        /// Use the first grant of the connection that names this group (default: its
+        /// first grant).
+        #[arg(long)]
+        group: Option<String>,
+        /// Statements to decide.
+        #[arg(long, conflicts_with = "file")]
+        sql: Option<String>,
+        /// A file of statements, with `-- expect:` lines before the statements they
+        /// apply to.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+}
+
+/// `sqlgate rules test`.
+async fn rules_test(
+    config: PathBuf,
+    connection: String,
+    group: Option<String>,
+    sql: Option<String>,
+    file: Option<PathBuf>,
+) -> Result<(), String> {
+    use crate::policy::offline;
+    let config = Config::load(&config).map_err(|e| e.to_string())?;
+    let conn = config
+        .connection(&connection)
+        .ok_or_else(|| format!("no connection named {connection:?} in the config"))?;
+    let (index, grant) = config
+        .grants
+        .iter()
+        .enumerate()
+        .filter(|(_, g)| g.connection == connection)
+        .find(|(_, g)| group.as_ref().is_none_or(|group| g.groups.contains(group)))
+        .ok_or_else(|| match &group {
+            Some(group) => format!("no grant of connection {connection:?} names group {group:?}"),
+            None => format!("no grant names connection {connection:?}"),
+        })?;
+    let chunks = match (sql, file) {
+        (Some(sql), None) => vec![(None, sql)],
+        (None, Some(file)) => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            offline::chunks(&text).map_err(|e| format!("{}: {e}", file.display()))?
+        }
+        _ => return Err("give --sql or --file".into()),
+    };
+    println!(
+        "grant[{index}] of connection {connection:?} ({} rule(s))",
+        grant.rules.rules.len()
+    );
+    // The upstream's function catalog, as a session would have it.
+    let catalog = match conn.protocol {
+        crate::config::Protocol::Postgres => {
+            match crate::session::upstream::fetch_catalog_separately(
+                conn,
+                config.limits.connect_timeout,
+            )
+            .await
+            {
+                Ok(catalog) => Some(catalog),
+                Err(e) => {
+                    println!(
+                        "warning: cannot read the upstream's function catalog ({}); every function counts as unknown and is denied",
+                        e.for_client()
+                    );
+                    None
+                }
+            }
+        }
+        crate::config::Protocol::Mysql => None,
+    };
+    let (mut checked, mut failed) = (0usize, 0usize);
+    for (expect, sql) in chunks {
+        let outcomes = match offline::decide(&sql, conn, grant, &config.limits, catalog.as_deref())
+        {
+            Ok(outcomes) => outcomes,
+            Err(e) => vec![offline::Outcome {
+                text: sql.trim().to_owned(),
+                kind: "unparsed".into(),
+                allowed: false,
+                rule: None,
+                reason: Some(e.to_string()),
+            }],
+        };
+        for outcome in outcomes {
+            let verdict = if outcome.allowed { "ALLOW" } else { "DENY " };
+            let mut line = format!(
+                "{verdict} {:<12} {}",
+                outcome.kind,
+                crate::audit::replay::plain(&outcome.text)
+            );
+            if let Some(expect) = &expect {
+                checked += 1;
+                if expect.met_by(&outcome) {
+                    line.push_str("   [ok]");
+                } else {
+                    failed += 1;
+                    line.push_str(&format!("   [FAILED: expected {expect:?}]"));
+                }
+            }
+            println!("{line}");
+            if let Some(reason) = &outcome.reason {
+                println!("      {}", crate::audit::replay::plain(reason));
+            }
+        }
+    }
+    if checked > 0 {
+        println!("{} of {checked} expectation(s) met", checked - failed);
+    }
+    if failed > 0 {
+        return Err(format!("{failed} expectation(s) failed"));
+    }
     Ok(())
 }
 

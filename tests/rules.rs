@@ -197,3 +197,74 @@ fn the_shipped_rule_files_load() {
     let set = sqlgate::policy::rules::RuleSet::load(&files, root).unwrap();
     assert!(set.rules.iter().any(|r| r.id == "no-sleep"));
 }
+
+#[tokio::test]
+async fn rules_test_checks_expectations_and_fails_when_one_is_not_met() {
+    let (_rules, line) = rule_files();
+    let files = common::GatewayFiles::write(Setup {
+        grant_extra: line,
+        ..Setup::default()
+    })
+    .await;
+    let tests = files.dir.path().join("expect.sql");
+    std::fs::write(
+        &tests,
+        "-- expect: allow\nSELECT count(*) FROM items;\n\
+         -- expect: deny no-sleep\nSELECT pg_sleep(1);\n\
+         -- expect: deny no-payroll\nWITH s AS (SELECT * FROM salaries) SELECT 1 FROM s;\n\
+         -- expect: deny\nDELETE FROM items;\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sqlgate"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let config = files.config.to_str().unwrap();
+    let (ok, out) = run(&[
+        "rules",
+        "test",
+        "--config",
+        config,
+        "--connection",
+        "reporting",
+        "--file",
+        tests.to_str().unwrap(),
+    ]);
+    assert!(ok && out.contains("4 of 4 expectation(s) met"), "{out}");
+    assert!(out.contains("denied by rule \"no-payroll\""), "{out}");
+    // A wrong expectation fails the run, naming the statement.
+    std::fs::write(&tests, "-- expect: allow\nSELECT pg_sleep(1);\n").unwrap();
+    let (ok, out) = run(&[
+        "rules",
+        "test",
+        "--config",
+        config,
+        "--connection",
+        "reporting",
+        "--file",
+        tests.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && out.contains("FAILED") && out.contains("pg_sleep"),
+        "{out}"
+    );
+    // --sql, without expectations: a report.
+    let (ok, out) = run(&[
+        "rules",
+        "test",
+        "--config",
+        config,
+        "--connection",
+        "reporting",
+        "--sql",
+        "SELECT * FROM salaries; SELECT 1",
+    ]);
+    assert!(ok && out.contains("DENY") && out.contains("ALLOW"), "{out}");
+}

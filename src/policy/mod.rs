@@ -10,6 +10,7 @@
 
 pub mod caps;
 pub mod mysql;
+pub mod offline;
 pub mod readonly;
 pub mod rules;
 
