@@ -302,7 +302,7 @@ mod raw_extended {
         frontend::parse(name, text, std::iter::empty(), out).unwrap();
     }
 
-    fn bind_execute(portal: &str, statement: &str, out: &mut BytesMut) {
+    pub(super) fn bind_execute(portal: &str, statement: &str, out: &mut BytesMut) {
         frontend::bind(
             portal,
             statement,
@@ -339,7 +339,7 @@ mod raw_extended {
         seen
     }
 
-    async fn login(gw: &TestGateway) -> Raw {
+    pub(super) async fn login(gw: &TestGateway) -> Raw {
         Raw::login(
             gw.port(),
             "agent-7",
@@ -508,36 +508,12 @@ mod raw_extended {
 mod raw_extended_second_pass {
     //! Second red-team pass: every text the server may run is in the trail, and an
     //! Execute's record never names a statement the server did not run.
+    use super::raw_extended::{bind_execute, login};
     use super::*;
     use bytes::BytesMut;
     use common::Raw;
     use postgres_protocol::message::frontend;
     use tokio::io::AsyncWriteExt;
-
-    async fn login(gw: &TestGateway) -> Raw {
-        Raw::login(
-            gw.port(),
-            "agent-7",
-            "reporting",
-            Some(&gw.token(&["analytics-agents"])),
-        )
-        .await
-    }
-
-    fn bind_execute(portal: &str, statement: &str, out: &mut BytesMut) {
-        frontend::bind(
-            portal,
-            statement,
-            std::iter::empty::<i16>(),
-            std::iter::empty::<Option<&[u8]>>(),
-            |_: Option<&[u8]>, _: &mut BytesMut| Ok(postgres_protocol::IsNull::Yes),
-            [0i16],
-            out,
-        )
-        .map_err(|_| "bind")
-        .unwrap();
-        frontend::execute(portal, 0, out).unwrap();
-    }
 
     /// Reads to the `n`th ReadyForQuery (or the first ErrorResponse when `n` is 0);
     /// returns the DataRow text seen.

@@ -166,7 +166,7 @@ fn data_type(kind: Kind) -> DataType {
 /// - `parameters` List<Utf8>: a prepared execution's bound parameters (text, or `\x`
 ///   and hex for binary values); a null element is an SQL NULL.
 /// - `parameter_count` UInt64: how many parameters were bound (also when redacted).
-/// - `status` Utf8: statement.result: ok, error, not_run, interrupted or unknown.
+/// - `status` Utf8: statement.result: ok, error, not_run or interrupted.
 /// - `duration_ms` Float64: statement.result: milliseconds from forwarding the
 ///   statement to its last answer.
 /// - `rows` UInt64: statement.result: rows returned to the client, or affected.

@@ -28,9 +28,6 @@ pub enum Status {
     NotRun,
     /// The session ended before its answer did.
     Interrupted,
-    /// The relay lost track of which answer is whose (a client that mixed a simple
-    /// Query into an unfinished extended-protocol batch).
-    Unknown,
 }
 
 impl Status {
@@ -40,7 +37,6 @@ impl Status {
             Status::Error => "error",
             Status::NotRun => "not_run",
             Status::Interrupted => "interrupted",
-            Status::Unknown => "unknown",
         }
     }
 }
@@ -54,8 +50,6 @@ pub struct Execution {
     pub durable: Durable,
     /// Postgres: the ReadyForQuery count after which it has surely ended; 0 elsewhere.
     pub ready_at: u64,
-    /// Sent while the relay could not be sure how answers line up (see [`Status::Unknown`]).
-    pub uncertain: bool,
     rows: u64,
     bytes: u64,
     /// Its place under the session's cap on statements in flight, freed when the
@@ -69,13 +63,12 @@ pub struct Execution {
 pub const MAX_IN_FLIGHT: usize = 16 * 1024;
 
 impl Execution {
-    pub fn new(seq: u64, durable: Durable, ready_at: u64, uncertain: bool) -> Self {
+    pub fn new(seq: u64, durable: Durable, ready_at: u64) -> Self {
         Execution {
             seq,
             started: Instant::now(),
             durable,
             ready_at,
-            uncertain,
             rows: 0,
             bytes: 0,
             permit: None,
@@ -149,10 +142,9 @@ impl InFlight {
     /// The oldest statement's answer ended: its `statement.result` record.
     pub fn finish(&mut self, gate: &Gate, ending: Ending) -> Option<AuditRecord> {
         let execution = self.pop()?;
-        let status = match (&ending.error, execution.uncertain) {
-            (_, true) => Status::Unknown,
-            (Some(_), false) => Status::Error,
-            (None, false) => Status::Ok,
+        let status = match ending.error {
+            Some(_) => Status::Error,
+            None => Status::Ok,
         };
         let rows = ending.rows.unwrap_or(execution.rows);
         Some(result_record(
@@ -175,12 +167,7 @@ impl InFlight {
             let Some(execution) = self.pop() else {
                 break;
             };
-            let status = if execution.uncertain {
-                Status::Unknown
-            } else {
-                Status::NotRun
-            };
-            records.push(result_record(gate, &execution, status, None, None));
+            records.push(result_record(gate, &execution, Status::NotRun, None, None));
         }
         records
     }

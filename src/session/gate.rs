@@ -421,7 +421,7 @@ impl Gate {
     /// Records an allowed statement about to be forwarded, with its bound parameters
     /// (cut like statement text; only their count when `audit.redact_parameters`), and
     /// returns it as in flight: its answer waits for the record (strict durability).
-    /// `ready_at` and `uncertain`: see [`Execution`].
+    /// `ready_at`: see [`Execution`].
     pub async fn forwarding(
         &self,
         text: &str,
@@ -429,7 +429,6 @@ impl Gate {
         params: Option<(Vec<Option<String>>, usize)>,
         names: Option<(&str, &str)>,
         ready_at: u64,
-        uncertain: bool,
     ) -> Execution {
         let mut rec = self.statement_record(text, kind, &Verdict::Allow);
         self.set_parameters(&mut rec, params);
@@ -439,7 +438,7 @@ impl Gate {
         }
         let seq = rec.statement_seq.unwrap_or(0);
         let durable = self.services.audit.record_statement(rec).await;
-        Execution::new(seq, durable, ready_at, uncertain)
+        Execution::new(seq, durable, ready_at)
     }
 
     /// Bound parameters into `rec` (cut like statement text; only their count when

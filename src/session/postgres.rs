@@ -896,17 +896,13 @@ struct Pipeline {
     /// skipping to the next Sync after an error, and no ReadyForQuery will tell us
     /// when they are done.
     extended_since_sync: bool,
-    /// A Query was sent while extended-protocol messages were outstanding; the server
-    /// drops a Query while it skips to Sync, so `sync_points` may overcount.
-    uncertain: bool,
 }
 
 impl Pipeline {
+    /// A Query (never sent while extended-protocol messages are outstanding: the
+    /// server would drop it while skipping to Sync, and the count would be wrong).
     fn query(&mut self) {
         self.sync_points += 1;
-        if self.extended_since_sync {
-            self.uncertain = true;
-        }
     }
 
     fn sync(&mut self) {
@@ -1137,7 +1133,6 @@ async fn client_to_upstream(
                             Some((run.params.to_vec(), run.param_count)),
                             Some((name, &run.statement_name)),
                             pipeline.sync_points + 1,
-                            pipeline.uncertain,
                         )
                         .await
                         .holding(permit);
@@ -1217,7 +1212,7 @@ async fn client_to_upstream(
             // parsed upstream only once everything before it has been answered.
             let mut unsettled = None;
             if !lexes_alike(text) && *side.ready.borrow() < pipeline.sync_points {
-                if pipeline.extended_since_sync || pipeline.uncertain {
+                if pipeline.extended_since_sync {
                     unsettled = Some(
                         "earlier messages of this pipeline are still running and no Sync ends them",
                     );
@@ -1361,14 +1356,7 @@ async fn client_to_upstream(
                                 portals.ran(kind);
                                 let execution = ctx
                                     .gate
-                                    .forwarding(
-                                        text,
-                                        kind,
-                                        None,
-                                        None,
-                                        pipeline.sync_points,
-                                        pipeline.uncertain,
-                                    )
+                                    .forwarding(text, kind, None, None, pipeline.sync_points)
                                     .await
                                     .holding(permit);
                                 let _ = side.execs.send(execution);

@@ -25,6 +25,19 @@ use tokio_postgres::{Client, NoTls};
 pub const PG: &str = "host=127.0.0.1 port=5432 user=postgres dbname=postgres";
 pub const AUDIENCE: &str = "api://sqlgate";
 
+/// A one-hour token request for `agent-7` in `groups`, from the issuer at `issuer`.
+pub fn agent_request(issuer: &str, groups: &[&str]) -> TokenRequest {
+    TokenRequest {
+        issuer: issuer.to_owned(),
+        audience: AUDIENCE.into(),
+        subject: "agent-7".into(),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        scopes: vec![],
+        client_id: None,
+        ttl: Duration::from_secs(3600),
+    }
+}
+
 /// Connects to the local Postgres directly as a superuser.
 pub async fn admin(dbname: &str) -> Client {
     let (client, conn) = tokio_postgres::connect(
@@ -256,15 +269,7 @@ dir = "audit"
 
     /// A token request for `agent-7` in `groups`, from this gateway's issuer.
     pub fn issuer_request(&self, groups: &[&str]) -> TokenRequest {
-        TokenRequest {
-            issuer: self.issuer.url.clone(),
-            audience: AUDIENCE.into(),
-            subject: "agent-7".into(),
-            groups: groups.iter().map(|g| g.to_string()).collect(),
-            scopes: vec![],
-            client_id: None,
-            ttl: Duration::from_secs(3600),
-        }
+        agent_request(&self.issuer.url, groups)
     }
 }
 
@@ -305,15 +310,7 @@ impl TestGateway {
 
     /// A token request for `agent-7` in `groups`.
     pub fn request(&self, groups: &[&str]) -> TokenRequest {
-        TokenRequest {
-            issuer: self.issuer.url.clone(),
-            audience: AUDIENCE.into(),
-            subject: "agent-7".into(),
-            groups: groups.iter().map(|g| g.to_string()).collect(),
-            scopes: vec![],
-            client_id: None,
-            ttl: Duration::from_secs(3600),
-        }
+        agent_request(&self.issuer.url, groups)
     }
 
     pub fn token(&self, groups: &[&str]) -> String {

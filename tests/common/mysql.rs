@@ -234,15 +234,7 @@ dir = "audit"
     }
 
     pub fn request(&self, groups: &[&str]) -> TokenRequest {
-        TokenRequest {
-            issuer: self.issuer.url.clone(),
-            audience: AUDIENCE.into(),
-            subject: "agent-7".into(),
-            groups: groups.iter().map(|g| g.to_string()).collect(),
-            scopes: vec![],
-            client_id: None,
-            ttl: Duration::from_secs(3600),
-        }
+        super::agent_request(&self.issuer.url, groups)
     }
 
     pub fn token(&self, groups: &[&str]) -> String {

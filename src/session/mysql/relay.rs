@@ -442,7 +442,7 @@ impl Session {
                 }
                 let execution = self
                     .gate
-                    .forwarding(&text, &kind, Some((params, count)), None, 0, false)
+                    .forwarding(&text, &kind, Some((params, count)), None, 0)
                     .await;
                 self.inflight.push(execution);
                 self.forward(packet, Expect::Results, shutdown).await?;
@@ -688,7 +688,7 @@ impl Session {
             .await?;
             return Ok(false);
         }
-        let execution = self.gate.forwarding(what, what, None, None, 0, false).await;
+        let execution = self.gate.forwarding(what, what, None, None, 0).await;
         self.inflight.push(execution);
         Ok(true)
     }
@@ -748,8 +748,7 @@ impl Session {
                     // Preparing runs nothing: each execution is recorded, as in the
                     // Postgres extended protocol.
                     if !prepare {
-                        let execution =
-                            self.gate.forwarding(part, kind, None, None, 0, false).await;
+                        let execution = self.gate.forwarding(part, kind, None, None, 0).await;
                         self.inflight.push(execution);
                     }
                 }
