@@ -146,6 +146,7 @@ async fn mysql_rules_deny_named_functions_and_tables_and_allow_their_neighbours(
         let err = conn.query_drop(sql).await.unwrap_err();
         let (_, message) = common::mysql::server_error(&err);
         assert!(message.contains(rule), "{sql}: {message}");
+        assert!(message.contains("a rule the DBA set"), "{sql}: {message}");
     }
     let one: Option<i64> = conn.query_first("SELECT 1").await.unwrap();
     assert_eq!(one, Some(1));

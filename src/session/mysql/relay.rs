@@ -1105,15 +1105,21 @@ pub(super) fn denial_error(denied: &Denied) -> (ErrorCode, String) {
             kind,
             reason,
             position,
+            rule,
             ..
         } => {
             let at = position
                 .as_ref()
                 .map(|p| format!(" (statement {} of {}: {})", p.index, p.of, p.excerpt))
                 .unwrap_or_default();
+            let why = if *rule {
+                "a rule the DBA set on this grant denies it"
+            } else {
+                "this session is read-only"
+            };
             (
                 codes::STATEMENT_DENIED,
-                format!("sqlgate: {kind} denied{at}: {reason}; this session is read-only"),
+                format!("sqlgate: {kind} denied{at}: {reason}; {why}"),
             )
         }
         Denied::AuditUnavailable => (
