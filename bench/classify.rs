@@ -80,7 +80,7 @@ fn run() {
         "pgbench -S shape hit", "allow"
     );
     // DBA rules on the facts of the join (five names): each rule denies three functions
-    // and three tables the statement does not name, so every rule is checked.
+    // three tables and three columns the statement does not name, so every rule is checked.
     let facts = classify(CORPUS[2].1, 1 << 20).expect("corpus parses");
     for n in [0usize, 10, 100] {
         let name = |i: usize, what: &str| sqlgate::policy::rules::Name {
@@ -95,6 +95,12 @@ fn run() {
                     file: "bench.toml".into(),
                     deny_functions: (0..3).map(|k| name(i * 3 + k, "f")).collect(),
                     deny_tables: (0..3).map(|k| name(i * 3 + k, "t")).collect(),
+                    deny_columns: (0..3)
+                        .map(|k| sqlgate::policy::rules::ColumnName {
+                            table: name(i * 3 + k, "t"),
+                            column: "secret".into(),
+                        })
+                        .collect(),
                 })
                 .collect(),
         };

@@ -157,6 +157,142 @@ async fn mysql_rules_deny_named_functions_and_tables_and_allow_their_neighbours(
     assert!(n.is_some());
 }
 
+/// A rule file denying `users.ssn`; returns its directory and the grant line.
+fn pii_rule() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let pii = dir.path().join("pii.toml");
+    std::fs::write(
+        &pii,
+        r#"
+[[rule]]
+id      = "no-pii"
+message = "PII columns are not available to agents"
+deny    = { columns = ["users.ssn"] }
+"#,
+    )
+    .unwrap();
+    let line = format!("rules = [{:?}]", pii.display().to_string());
+    (dir, line)
+}
+
+#[tokio::test]
+async fn postgres_column_rules_deny_the_column_in_any_form_and_allow_the_others() {
+    let (_rules, line) = pii_rule();
+    let gw = TestGateway::start_with(Setup {
+        grant_extra: line,
+        ..Setup::default()
+    })
+    .await;
+    gw.db
+        .direct()
+        .await
+        .batch_execute(
+            "CREATE TABLE users (id int, name text, ssn text); \
+             INSERT INTO users VALUES (1, 'ada', '078-05-1120'); \
+             CREATE TABLE orders (id int, user_id int, ssn text); \
+             INSERT INTO orders VALUES (7, 1, 'not-pii')",
+        )
+        .await
+        .unwrap();
+    let client = gw.agent().await;
+    for sql in [
+        "SELECT ssn FROM users",
+        "SELECT * FROM users",
+        "TABLE users",
+        "SELECT u.* FROM users u",
+        "SELECT u FROM users u",
+        "SELECT row_to_json(u) FROM users u",
+        "SELECT to_jsonb(users) FROM users",
+        "SELECT (u).ssn FROM users u",
+        "SELECT id FROM users WHERE ssn LIKE '078%'",
+        "SELECT id FROM users ORDER BY ssn",
+        "SELECT c FROM users AS x(a, b, c)",
+        "WITH u AS (SELECT * FROM users) SELECT ssn FROM u",
+        "WITH u AS (SELECT ssn AS x FROM users) SELECT x FROM u",
+        "SELECT * FROM (SELECT * FROM users) s",
+        "SELECT id FROM users NATURAL JOIN orders",
+        "SELECT (SELECT row_to_json(u.*)) FROM users u",
+        "COPY users TO STDOUT",
+    ] {
+        let err = client.simple_query(sql).await.unwrap_err();
+        let (code, message) = common::db_error(&err);
+        assert_eq!(code, "42501", "{sql}: {message}");
+        assert!(
+            message.contains("no-pii") && message.contains("PII columns are not available"),
+            "{sql}: {message}"
+        );
+        assert!(client.query(sql, &[]).await.is_err(), "{sql}");
+    }
+    // Neighbours: the other columns, the table's row count, another table's ssn, and
+    // a * over a query that only filters on users.
+    for sql in [
+        "SELECT id, name FROM users",
+        "SELECT count(*) FROM users",
+        "SELECT ssn FROM orders",
+        "SELECT * FROM orders WHERE user_id IN (SELECT id FROM users)",
+        "SELECT o.* FROM orders o JOIN users u ON u.id = o.user_id",
+        "WITH u AS (SELECT id, name FROM users) SELECT * FROM u",
+    ] {
+        client
+            .simple_query(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        client
+            .query(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
+#[tokio::test]
+async fn mysql_column_rules_deny_the_column_in_any_form_and_allow_the_others() {
+    let (_rules, line) = pii_rule();
+    let gw = MyGateway::start_with(MySetup {
+        grant_extra: line,
+        ..MySetup::default()
+    })
+    .await;
+    let mut direct = gw.db.direct().await;
+    direct
+        .query_drop("CREATE TABLE users (id INT, name TEXT, ssn TEXT)")
+        .await
+        .unwrap();
+    direct
+        .query_drop("CREATE TABLE orders (id INT, user_id INT, ssn TEXT)")
+        .await
+        .unwrap();
+    let mut conn = gw.agent().await;
+    for sql in [
+        "SELECT ssn FROM users",
+        "SELECT `SSN` FROM `users`",
+        "SELECT * FROM users",
+        "TABLE users",
+        "SELECT u.* FROM users u",
+        "SELECT JSON_OBJECT('s', ssn) FROM users",
+        "SELECT id FROM users JOIN orders USING (ssn)",
+        "SELECT id FROM users NATURAL JOIN orders",
+        "WITH u AS (SELECT * FROM users) SELECT ssn FROM u",
+        "SELECT * FROM (SELECT * FROM users) s",
+    ] {
+        let err = conn.query_drop(sql).await.unwrap_err();
+        let (_, message) = common::mysql::server_error(&err);
+        assert!(message.contains("no-pii"), "{sql}: {message}");
+        // Prepared too.
+        assert!(conn.prep(sql).await.is_err(), "{sql}");
+    }
+    for sql in [
+        "SELECT id, name FROM users",
+        "SELECT COUNT(*) FROM users",
+        "SELECT ssn FROM orders",
+        "SELECT * FROM orders WHERE user_id IN (SELECT id FROM users)",
+        "SELECT o.* FROM orders o JOIN users u ON u.id = o.user_id",
+    ] {
+        conn.query_drop(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
 #[tokio::test]
 async fn a_broken_rule_file_stops_the_config_with_file_and_key() {
     let dir = tempfile::tempdir().unwrap();

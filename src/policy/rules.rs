@@ -48,6 +48,37 @@ pub struct Rule {
     pub file: PathBuf,
     pub deny_functions: Vec<Name>,
     pub deny_tables: Vec<Name>,
+    pub deny_columns: Vec<ColumnName>,
+}
+
+/// A column a rule denies: `[schema.]table.column`, lowercased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnName {
+    pub table: Name,
+    pub column: String,
+}
+
+impl ColumnName {
+    fn parse(text: &str) -> Result<ColumnName, String> {
+        let bad = || {
+            format!(
+                "{text:?} is not a column: write table.column or schema.table.column (no quotes or wildcards)"
+            )
+        };
+        let (table, column) = text.rsplit_once('.').ok_or_else(bad)?;
+        let table = Name::parse(table).map_err(|_| bad())?;
+        let column = Name::parse(column).map_err(|_| bad())?;
+        Ok(ColumnName {
+            table,
+            column: column.name,
+        })
+    }
+}
+
+impl std::fmt::Display for ColumnName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.table, self.column)
+    }
 }
 
 /// A name as a rule writes it, lowercased.
@@ -161,12 +192,21 @@ impl RuleSet {
                 let rule = Rule {
                     deny_functions: names(&r.deny.functions)?,
                     deny_tables: names(&r.deny.tables)?,
+                    deny_columns: r
+                        .deny
+                        .columns
+                        .iter()
+                        .map(|n| ColumnName::parse(n).map_err(|e| at(&e)))
+                        .collect::<Result<_, _>>()?,
                     id: r.id,
                     message: r.message,
                     file: path.clone(),
                 };
-                if rule.deny_functions.is_empty() && rule.deny_tables.is_empty() {
-                    return Err(at("deny names no functions and no tables"));
+                if rule.deny_functions.is_empty()
+                    && rule.deny_tables.is_empty()
+                    && rule.deny_columns.is_empty()
+                {
+                    return Err(at("deny names no functions, tables or columns"));
                 }
                 set.rules.push(rule);
             }
@@ -220,7 +260,8 @@ impl RuleSet {
             });
             let table = || {
                 tree.tables.iter().find_map(|t| {
-                    if !rule.deny_tables.is_empty() && holds_sampled_values(t) {
+                    let covers_values = !rule.deny_tables.is_empty() || !rule.deny_columns.is_empty();
+                    if covers_values && holds_sampled_values(t) {
                         // Planner statistics and TOAST hold values of every table,
                         // the denied ones included.
                         return Some(format!(
@@ -233,7 +274,12 @@ impl RuleSet {
                         .map(|_| format!("table {t}"))
                 })
             };
-            if let Some(matched) = function.or_else(table) {
+            let column = || {
+                rule.deny_columns
+                    .iter()
+                    .find_map(|c| column_read(facts, c, own_schema))
+            };
+            if let Some(matched) = function.or_else(table).or_else(column) {
                 return Some(RuleDenial {
                     rule: rule.id.clone(),
                     message: rule.message.clone(),
@@ -243,6 +289,53 @@ impl RuleSet {
         }
         None
     }
+}
+
+/// How a statement may read column `c`, if it names its table: by name anywhere
+/// (select list, WHERE, JOIN, ORDER BY, function arguments, `USING`, `(t).c`, the
+/// functional notation `c(t)`), through a `*` over the table, as part of a whole row
+/// (`SELECT t`, `row_to_json(t)`), through column aliases that rename the table's
+/// columns (`t AS x(a, b)`), or a `NATURAL JOIN`. A column of the same name in another
+/// table of the same statement counts too: the gateway does not resolve which table an
+/// unqualified name belongs to, so it fails closed.
+fn column_read(facts: &StatementFacts, c: &ColumnName, own_schema: Option<&str>) -> Option<String> {
+    let tree = &facts.tree;
+    let table = tree
+        .tables
+        .iter()
+        .find(|t| c.table.matches(t, own_schema))?;
+    let is_column = |n: &String| n.to_lowercase() == c.column;
+    let how = if tree
+        .star_tables
+        .iter()
+        .any(|t| c.table.matches(t, own_schema))
+    {
+        "through a * over the table"
+    } else if tree
+        .column_names
+        .iter()
+        .chain(&tree.selected_names)
+        .any(is_column)
+        || tree
+            .functions
+            .iter()
+            .any(|f| f.schema.is_none() && is_column(&f.name))
+    {
+        "by name"
+    } else if tree
+        .single_names
+        .iter()
+        .any(|n| n.eq_ignore_ascii_case(&table.name) || tree.aliases.iter().any(|a| a == n))
+    {
+        "as part of a whole row"
+    } else if tree.column_aliases {
+        "through column aliases that rename the table's columns"
+    } else if tree.natural_join {
+        "through a NATURAL JOIN, which compares every column the sides share"
+    } else {
+        return None;
+    };
+    Some(format!("column {c}, {how}"))
 }
 
 /// Relations that show values of other tables: Postgres planner statistics
@@ -279,6 +372,8 @@ struct RawDeny {
     functions: Vec<String>,
     #[serde(default)]
     tables: Vec<String>,
+    #[serde(default)]
+    columns: Vec<String>,
 }
 
 #[cfg(test)]
@@ -350,7 +445,7 @@ mod tests {
         );
         assert!(RuleSet::load(&[empty], dir.path())
             .unwrap_err()
-            .contains("names no functions"));
+            .contains("names no functions, tables or columns"));
         let nothing = write("nothing.toml", "# only comments\n");
         assert!(RuleSet::load(&[nothing], dir.path())
             .unwrap_err()
@@ -360,5 +455,139 @@ mod tests {
         assert!(RuleSet::load(&[PathBuf::from("missing.toml")], dir.path())
             .unwrap_err()
             .contains("missing.toml"));
+    }
+
+    fn pii() -> RuleSet {
+        RuleSet {
+            rules: vec![Rule {
+                id: "no-pii".into(),
+                message: "PII columns are not available to agents".into(),
+                file: PathBuf::from("pii.toml"),
+                deny_functions: vec![],
+                deny_tables: vec![],
+                deny_columns: vec![ColumnName::parse("public.users.ssn").unwrap()],
+            }],
+        }
+    }
+
+    /// Column rules on Postgres: every way to read `users.ssn` is denied, its
+    /// neighbours (other columns of users, ssn of other tables) are allowed.
+    #[test]
+    fn postgres_column_rules_see_every_way_to_read_the_column() {
+        let rules = pii();
+        let decide = |sql: &str| {
+            let facts = crate::sql::postgres::classify(sql, 1 << 20).unwrap();
+            facts.iter().find_map(|f| rules.check(f, None))
+        };
+        for sql in [
+            "SELECT ssn FROM users",
+            "SELECT u.ssn FROM users u",
+            "SELECT public.users.ssn FROM public.users",
+            "SELECT \"ssn\" FROM users",
+            "SELECT id FROM users WHERE ssn LIKE '1%'",
+            "SELECT id FROM users ORDER BY ssn",
+            "SELECT count(*) FROM users GROUP BY ssn",
+            "SELECT id FROM users u JOIN orders o ON o.note = u.ssn",
+            "SELECT id FROM users JOIN orders USING (ssn)",
+            "SELECT md5(ssn) FROM users",
+            "SELECT * FROM users",
+            "SELECT u.* FROM users u",
+            "SELECT users.* FROM users",
+            "SELECT * FROM users JOIN orders ON true",
+            "SELECT o.*, u.* FROM orders o, users u",
+            "TABLE users",
+            "SELECT u FROM users u",
+            "SELECT row_to_json(u) FROM users u",
+            "SELECT to_jsonb(users) FROM users",
+            "SELECT row_to_json(u.*) FROM users u",
+            "SELECT (u).ssn FROM users u",
+            "SELECT ssn(u) FROM users u",
+            "SELECT c FROM users AS x(a, b, c)",
+            "SELECT id FROM users NATURAL JOIN orders",
+            "WITH u AS (SELECT * FROM users) SELECT ssn FROM u",
+            "WITH u AS (SELECT ssn AS x FROM users) SELECT x FROM u",
+            "SELECT x FROM (SELECT ssn AS x FROM users) s",
+            "SELECT * FROM (SELECT * FROM users) s",
+            "SELECT j.* FROM (users JOIN orders ON true) AS j",
+            "SELECT (SELECT row_to_json(u.*)) FROM users u",
+            "SELECT ARRAY(SELECT ssn FROM users)",
+            "SELECT EXISTS (SELECT 1 FROM users WHERE ssn = '1')",
+            "COPY users TO STDOUT",
+            "COPY users (id, ssn) TO STDOUT",
+            "COPY (SELECT * FROM users) TO STDOUT",
+            "SELECT most_common_vals FROM pg_stats WHERE tablename = 'users'",
+        ] {
+            let denial = decide(sql).unwrap_or_else(|| panic!("allowed: {sql}"));
+            assert_eq!(denial.rule, "no-pii", "{sql}");
+        }
+        for sql in [
+            "SELECT id, name FROM users",
+            "SELECT count(*) FROM users",
+            "SELECT u.id FROM users u WHERE u.name = 'a'",
+            "SELECT * FROM orders",
+            "SELECT ssn FROM orders",
+            "SELECT * FROM orders WHERE user_id IN (SELECT id FROM users)",
+            "SELECT o.* FROM orders o JOIN users u ON u.id = o.user_id",
+            "SELECT * FROM (SELECT id FROM users) s",
+            "WITH u AS (SELECT id FROM users) SELECT * FROM u",
+            "COPY users (id, name) TO STDOUT",
+            "SELECT * FROM public.customers",
+        ] {
+            assert_eq!(decide(sql), None, "{sql}");
+        }
+        // The table of another schema is another table.
+        assert_eq!(decide("SELECT ssn FROM archive.users"), None);
+    }
+
+    #[test]
+    fn mysql_column_rules_see_every_way_to_read_the_column() {
+        let rules = RuleSet {
+            rules: vec![Rule {
+                deny_columns: vec![ColumnName::parse("shop.users.ssn").unwrap()],
+                ..pii().rules[0].clone()
+            }],
+        };
+        let decide = |sql: &str| {
+            let facts = crate::sql::mysql::classify(sql, 1 << 20).unwrap();
+            facts.iter().find_map(|f| rules.check(f, Some("shop")))
+        };
+        for sql in [
+            "SELECT ssn FROM users",
+            "SELECT `ssn` FROM `users`",
+            "SELECT u.SSN FROM shop.users u",
+            "SELECT id FROM users WHERE ssn LIKE '1%'",
+            "SELECT id FROM users JOIN orders USING (ssn)",
+            "SELECT id FROM users NATURAL JOIN orders",
+            "SELECT * FROM users",
+            "SELECT u.* FROM users u",
+            "SELECT * FROM (SELECT * FROM users) s",
+            "TABLE users",
+            "SELECT JSON_OBJECT('s', ssn) FROM users",
+            "WITH u AS (SELECT * FROM users) SELECT ssn FROM u",
+        ] {
+            let denial = decide(sql).unwrap_or_else(|| panic!("allowed: {sql}"));
+            assert_eq!(denial.rule, "no-pii", "{sql}");
+        }
+        for sql in [
+            "SELECT id, name FROM users",
+            "SELECT COUNT(*) FROM users",
+            "SELECT * FROM orders WHERE user_id IN (SELECT id FROM users)",
+            "SELECT o.* FROM orders o JOIN users u ON u.id = o.user_id",
+            "SELECT j.id FROM orders o JOIN users j ON TRUE",
+            "SELECT ssn FROM orders",
+            "SELECT ssn FROM other.users",
+        ] {
+            assert_eq!(decide(sql), None, "{sql}");
+        }
+    }
+
+    #[test]
+    fn column_names_are_parsed_strictly() {
+        let c = ColumnName::parse("Public.Users.SSN").unwrap();
+        assert_eq!(c.to_string(), "public.users.ssn");
+        assert_eq!(ColumnName::parse("users.ssn").unwrap().table.schema, None);
+        for dead in ["ssn", "a.b.c.d", "users.*", "users.\"ssn\"", "users."] {
+            assert!(ColumnName::parse(dead).is_err(), "{dead}");
+        }
     }
 }

@@ -61,7 +61,8 @@ pub struct TreeFacts {
     /// Every `set_config(name, value, ...)` call (unqualified or `pg_catalog.`), with
     /// its name and value if they are string constants.
     pub set_config_calls: Vec<SetConfigCall>,
-    /// The last name of every column reference (`*` for `t.*` and `*`).
+    /// The last name of every column reference (`*` for `t.*` and `*`), and the
+    /// columns of `JOIN ... USING (...)` and `COPY t (...)`.
     pub column_names: Vec<String>,
     /// Column references of a single name: a column, or a whole-row reference to a
     /// table or alias of that name.
@@ -74,6 +75,11 @@ pub struct TreeFacts {
     pub cast_types: Vec<QualifiedName>,
     /// Every table or view named.
     pub tables: Vec<QualifiedName>,
+    /// Tables whose every column the statement may read: a `*` or `t.*` over them in
+    /// the SELECT that names them, `TABLE t`, `COPY t TO` without a column list.
+    pub star_tables: Vec<QualifiedName>,
+    /// A `NATURAL JOIN` (it compares every column the two sides share by name).
+    pub natural_join: bool,
     /// Data-modifying statements nested anywhere, e.g. `INSERT` inside a CTE.
     pub writes: Vec<String>,
     /// A locking clause (`FOR UPDATE`, `FOR SHARE`, ...).

@@ -36,6 +36,13 @@ const SYNTAX_CALLS: &[(&str, &[&str])] = &[
 pub fn walk<T: Serialize>(node: &T) -> Result<(Option<&'static str>, TreeFacts), String> {
     let mut walker = Walker::default();
     node.serialize(&mut walker).map_err(|e| e.0)?;
+    // Relations named outside any SELECT: `COPY t TO STDOUT` without a column list
+    // reads every column; a `*` outside a SELECT (RETURNING) may be over any of them.
+    if (walker.root == Some("CopyStmt") && !walker.copy_columns) || walker.outer_star {
+        for table in std::mem::take(&mut walker.outer_ranges) {
+            walker.star_table(table.name);
+        }
+    }
     Ok((walker.root, walker.facts))
 }
 
@@ -79,6 +86,70 @@ struct Walker {
     seen_aliases: HashSet<String>,
     /// (schema, relation) of the RangeVars being visited.
     ranges: Vec<(String, String)>,
+    /// The SELECTs being visited (innermost last), for what their `*`s expand.
+    levels: Vec<Level>,
+    /// Relations named outside any SELECT (COPY, LOCK), and whether a `*` was.
+    outer_ranges: Vec<Range>,
+    outer_star: bool,
+    /// `COPY t (a, b)`: the COPY names its columns.
+    copy_columns: bool,
+    seen_star_tables: HashSet<QualifiedName>,
+    /// The alias of the RangeVar being visited.
+    range_alias: Option<String>,
+}
+
+/// A relation a SELECT reads directly (in its FROM, through joins).
+struct Range {
+    name: QualifiedName,
+    alias: Option<String>,
+}
+
+/// One SELECT: the relations its FROM names directly and the `*`s over them. The
+/// target list comes before the FROM in the tree, so stars are resolved when the
+/// SELECT ends.
+#[derive(Default)]
+struct Level {
+    ranges: Vec<Range>,
+    /// An unqualified `*`: every relation of this SELECT.
+    star: bool,
+    /// `q.*` (or `s.q.*`): the relations called or aliased `q` here, or all of this
+    /// SELECT's relations when none is (a join's alias). A qualified star in a nested
+    /// SELECT may name a relation of any enclosing one, so it is noted at every level.
+    qualified_stars: Vec<String>,
+}
+
+impl Level {
+    /// The relations this SELECT's stars may expand.
+    fn starred(self) -> Vec<QualifiedName> {
+        let Level {
+            ranges,
+            star,
+            qualified_stars,
+        } = self;
+        if star {
+            return ranges.into_iter().map(|r| r.name).collect();
+        }
+        let mut out = Vec::new();
+        let mut taken = vec![false; ranges.len()];
+        for q in &qualified_stars {
+            let named = |r: &Range| match &r.alias {
+                Some(alias) => alias.eq_ignore_ascii_case(q) || r.name.name.eq_ignore_ascii_case(q),
+                None => r.name.name.eq_ignore_ascii_case(q),
+            };
+            let any = ranges.iter().any(named);
+            for (i, r) in ranges.iter().enumerate() {
+                if !any || named(r) {
+                    taken[i] = true;
+                }
+            }
+        }
+        for (r, taken) in ranges.into_iter().zip(taken) {
+            if taken {
+                out.push(r.name);
+            }
+        }
+        out
+    }
 }
 
 impl Walker {
@@ -116,6 +187,7 @@ impl Walker {
             "ColumnRef" => self.columns.push(Vec::new()),
             "TypeCast" => self.casts.push(Vec::new()),
             "RangeVar" => self.ranges.push(Default::default()),
+            "SelectStmt" => self.levels.push(Level::default()),
             "InsertStmt" => self.facts.writes.push("INSERT".into()),
             "UpdateStmt" => self.facts.writes.push("UPDATE".into()),
             "DeleteStmt" => self.facts.writes.push("DELETE".into()),
@@ -162,10 +234,20 @@ impl Walker {
                     }
                 }
             }
+            Some("SelectStmt") => {
+                if let Some(level) = self.levels.pop() {
+                    for table in level.starred() {
+                        self.star_table(table);
+                    }
+                }
+            }
             Some("ColumnRef") => {
                 // `t.f` (two or more names): the last may be a function of `t`.
                 // A single name may be a whole-row reference to a table or alias.
                 if let Some(parts) = self.columns.pop() {
+                    if parts.last().is_some_and(|p| p == "*") {
+                        self.star(&parts);
+                    }
                     if parts.len() == 1 && self.seen_single.insert(parts[0].clone()) {
                         self.facts.single_names.push(parts[0].clone());
                     }
@@ -190,11 +272,45 @@ impl Walker {
                         name,
                     };
                     if self.seen_tables.insert(table.clone()) {
-                        self.facts.tables.push(table);
+                        self.facts.tables.push(table.clone());
+                    }
+                    let range = Range {
+                        name: table,
+                        alias: self.range_alias.take(),
+                    };
+                    match self.levels.last_mut() {
+                        Some(level) => level.ranges.push(range),
+                        None => self.outer_ranges.push(range),
                     }
                 }
             }
             _ => {}
+        }
+    }
+
+    /// A `*` or `q.*` column reference (`parts` ends with `*`).
+    fn star(&mut self, parts: &[String]) {
+        let qualifier = parts.len().checked_sub(2).and_then(|i| parts.get(i));
+        match (qualifier, self.levels.last_mut()) {
+            (_, None) => self.outer_star = true,
+            (None, Some(level)) => level.star = true,
+            (Some(q), Some(_)) => {
+                for level in &mut self.levels {
+                    level.qualified_stars.push(q.clone());
+                }
+            }
+        }
+    }
+
+    fn star_table(&mut self, table: QualifiedName) {
+        if self.seen_star_tables.insert(table.clone()) {
+            self.facts.star_tables.push(table);
+        }
+    }
+
+    fn column_name(&mut self, name: &str) {
+        if self.seen_columns.insert(name.to_owned()) {
+            self.facts.column_names.push(name.to_owned());
         }
     }
 
@@ -218,6 +334,9 @@ impl Walker {
         } else if self.ends_with(&["Alias", "colnames", "Node", "node", "String", "sval"]) {
             self.facts.column_aliases = true;
         } else if self.ends_with(&["Alias", "aliasname"]) {
+            if self.ends_with(&["RangeVar", "alias", "Alias", "aliasname"]) {
+                self.range_alias = Some(v.to_owned());
+            }
             if self.seen_aliases.insert(v.to_owned()) {
                 self.facts.aliases.push(v.to_owned());
             }
@@ -255,6 +374,12 @@ impl Walker {
         ]) {
             // `(expr).f`: f may be a function of expr.
             self.selected(v.to_owned());
+        } else if self.ends_with(&["JoinExpr", "using_clause", "Node", "node", "String", "sval"]) {
+            // `JOIN ... USING (c)` compares column c of both sides.
+            self.column_name(v);
+        } else if self.ends_with(&["CopyStmt", "attlist", "Node", "node", "String", "sval"]) {
+            self.copy_columns = true;
+            self.column_name(v);
         } else if self.ends_with(&["RangeVar", "schemaname"]) {
             if let Some(range) = self.ranges.last_mut() {
                 range.0 = v.to_owned();
@@ -356,8 +481,13 @@ impl ser::Serializer for &mut Walker {
     type SerializeStruct = Self;
     type SerializeStructVariant = Self;
 
+    fn serialize_bool(self, v: bool) -> R {
+        if v && self.ends_with(&["JoinExpr", "is_natural"]) {
+            self.facts.natural_join = true;
+        }
+        Ok(())
+    }
     ignore_scalars!(
-        serialize_bool: bool,
         serialize_i8: i8,
         serialize_i16: i16,
         serialize_i32: i32,

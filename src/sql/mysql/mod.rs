@@ -29,8 +29,9 @@ use std::collections::HashSet;
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    ContextModifier, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, ObjectName,
-    ObjectNamePart, Query, Select, SelectItem, Set, SetExpr, Statement, TableFactor,
+    ContextModifier, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, JoinConstraint,
+    JoinOperator, ObjectName, ObjectNamePart, Query, Select, SelectItem,
+    SelectItemQualifiedWildcardKind, Set, SetExpr, Statement, TableFactor, TableWithJoins,
     TransactionAccessMode, TransactionMode, Use, Value, Visit, Visitor,
 };
 use sqlparser::dialect::MySqlDialect;
@@ -1445,7 +1446,46 @@ fn show_fallback(
 fn walk(statement: &Statement) -> TreeFacts {
     let mut walker = Walker::default();
     let _ = statement.visit(&mut walker);
+    if walker.stray_star {
+        // A `*` outside a select list: fail closed, as if over every table named.
+        for table in walker.tree.tables.clone() {
+            walker.star_table(table);
+        }
+    }
     walker.tree
+}
+
+/// A relation a SELECT reads directly, and what it may be called in that SELECT.
+struct Range {
+    name: QualifiedName,
+    alias: Option<String>,
+}
+
+/// The join's constraint, for the operators that have one.
+fn join_constraint(op: &JoinOperator) -> Option<&JoinConstraint> {
+    match op {
+        JoinOperator::Join(c)
+        | JoinOperator::Inner(c)
+        | JoinOperator::Left(c)
+        | JoinOperator::LeftOuter(c)
+        | JoinOperator::Right(c)
+        | JoinOperator::RightOuter(c)
+        | JoinOperator::FullOuter(c)
+        | JoinOperator::CrossJoin(c)
+        | JoinOperator::Semi(c)
+        | JoinOperator::LeftSemi(c)
+        | JoinOperator::RightSemi(c)
+        | JoinOperator::Anti(c)
+        | JoinOperator::LeftAnti(c)
+        | JoinOperator::RightAnti(c)
+        | JoinOperator::StraightJoin(c)
+        | JoinOperator::AsOf { constraint: c, .. } => Some(c),
+        JoinOperator::CrossApply
+        | JoinOperator::OuterApply
+        | JoinOperator::ArrayJoin
+        | JoinOperator::LeftArrayJoin
+        | JoinOperator::InnerArrayJoin => None,
+    }
 }
 
 #[derive(Default)]
@@ -1455,6 +1495,10 @@ struct Walker {
     statements: usize,
     seen_functions: HashSet<QualifiedName>,
     seen_tables: HashSet<QualifiedName>,
+    seen_columns: HashSet<String>,
+    seen_star_tables: HashSet<QualifiedName>,
+    /// A `*` seen outside a select list.
+    stray_star: bool,
 }
 
 /// A called function's name. A quoted name (`` `left`(x) ``) keeps its backticks: MySQL
@@ -1491,6 +1535,105 @@ impl Walker {
         }
     }
 
+    fn column(&mut self, name: &str) {
+        if self.seen_columns.insert(name.to_owned()) {
+            self.tree.column_names.push(name.to_owned());
+        }
+    }
+
+    fn star_table(&mut self, table: QualifiedName) {
+        if self.seen_star_tables.insert(table.clone()) {
+            self.tree.star_tables.push(table);
+        }
+    }
+
+    /// The relations a FROM item reads directly (through joins, not subqueries), and
+    /// the columns its joins compare.
+    fn ranges_of(&mut self, from: &TableWithJoins, out: &mut Vec<Range>) {
+        self.factor_ranges(&from.relation, out);
+        for join in &from.joins {
+            self.factor_ranges(&join.relation, out);
+            match join_constraint(&join.join_operator) {
+                Some(JoinConstraint::Using(columns) | JoinConstraint::UsingAlias(columns, _)) => {
+                    for c in columns {
+                        let name = qualified(c).name;
+                        self.column(&name);
+                    }
+                }
+                Some(JoinConstraint::Natural) => self.tree.natural_join = true,
+                _ => {}
+            }
+        }
+    }
+
+    fn factor_ranges(&mut self, factor: &TableFactor, out: &mut Vec<Range>) {
+        match factor {
+            TableFactor::Table {
+                name,
+                alias,
+                args: None,
+                ..
+            } => out.push(Range {
+                name: qualified(name),
+                alias: alias.as_ref().map(|a| a.name.value.clone()),
+            }),
+            TableFactor::NestedJoin {
+                table_with_joins,
+                alias,
+            } => {
+                let start = out.len();
+                self.ranges_of(table_with_joins, out);
+                if let Some(alias) = alias {
+                    // `(a JOIN b) AS j`: `j.*` is both.
+                    for r in &mut out[start..] {
+                        r.alias = Some(alias.name.value.clone());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The tables a select list's `*` and `q.*` expand.
+    fn select_stars(&mut self, select: &Select) {
+        let mut ranges = Vec::new();
+        for from in &select.from {
+            self.ranges_of(from, &mut ranges);
+        }
+        let mut starred = vec![false; ranges.len()];
+        for item in &select.projection {
+            let qualifier = match item {
+                SelectItem::Wildcard(_) => None,
+                SelectItem::QualifiedWildcard(
+                    SelectItemQualifiedWildcardKind::ObjectName(q),
+                    _,
+                ) => Some(qualified(q).name),
+                SelectItem::QualifiedWildcard(SelectItemQualifiedWildcardKind::Expr(_), _) => None,
+                _ => continue,
+            };
+            let named = |r: &Range| {
+                qualifier.as_deref().is_some_and(|q| {
+                    r.alias
+                        .as_deref()
+                        .unwrap_or(&r.name.name)
+                        .eq_ignore_ascii_case(q)
+                        || r.name.name.eq_ignore_ascii_case(q)
+                })
+            };
+            let any = ranges.iter().any(named);
+            for (i, r) in ranges.iter().enumerate() {
+                if !any || named(r) {
+                    starred[i] = true;
+                }
+            }
+        }
+        for (r, starred) in ranges.into_iter().zip(starred) {
+            if starred {
+                self.star_table(r.name);
+            }
+        }
+    }
+
     fn write(&mut self, label: &str) {
         if !self.tree.writes.iter().any(|w| w == label) {
             self.tree.writes.push(label.to_owned());
@@ -1509,10 +1652,13 @@ impl Walker {
                 }
                 SetExpr::Table(t) => {
                     let name = t.table_name.as_ref().map(|i| i.value.clone());
-                    self.table(QualifiedName {
+                    let table = QualifiedName {
                         schema: t.schema_name.as_ref().map(|i| i.value.clone()),
                         name: name.unwrap_or_default(),
-                    });
+                    };
+                    // `TABLE t` is `SELECT * FROM t`.
+                    self.table(table.clone());
+                    self.star_table(table);
                 }
                 SetExpr::Insert(_) => self.write("INSERT"),
                 SetExpr::Update(_) => self.write("UPDATE"),
@@ -1552,6 +1698,7 @@ impl Visitor for Walker {
         if select.into.is_some() {
             self.tree.into = true;
         }
+        self.select_stars(select);
         ControlFlow::Continue(())
     }
 
@@ -1575,8 +1722,16 @@ impl Visitor for Walker {
     }
 
     fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
-        if let Expr::Function(f) = expr {
-            self.function(function_name(&f.name));
+        match expr {
+            Expr::Function(f) => self.function(function_name(&f.name)),
+            Expr::Identifier(ident) => self.column(&ident.value),
+            Expr::CompoundIdentifier(parts) => {
+                if let Some(last) = parts.last() {
+                    self.column(&last.value);
+                }
+            }
+            Expr::Wildcard(_) | Expr::QualifiedWildcard(..) => self.stray_star = true,
+            _ => {}
         }
         ControlFlow::Continue(())
     }
