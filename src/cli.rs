@@ -39,6 +39,22 @@ pub enum Command {
         /// what the trail costs (bench/pgbench.sh AUDIT_VARIANTS=1).
         #[arg(long, hide = true)]
         bench_discard_audit: bool,
+        /// Write the gateway's process id to this file (for `sqlgate reload`).
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+    },
+    /// Check a config and its rule files, then tell the running gateway to put its
+    /// grants and rules in force (SIGHUP). The gateway logs the outcome and records
+    /// `config.reloaded` or `config.reload_refused` in the audit trail.
+    Reload {
+        #[arg(long, short, default_value = "gateway.toml")]
+        config: PathBuf,
+        /// The gateway's process id.
+        #[arg(long, conflicts_with = "pid_file")]
+        pid: Option<u32>,
+        /// The file `sqlgate serve --pid-file` wrote.
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
     },
     /// Validate a config file and print who may reach what.
     Check {
@@ -144,7 +160,13 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Serve {
             config,
             bench_discard_audit,
-        } => serve(config, bench_discard_audit).await,
+            pid_file,
+        } => serve(config, bench_discard_audit, pid_file).await,
+        Command::Reload {
+            config,
+            pid,
+            pid_file,
+        } => reload(config, pid, pid_file),
         Command::Check { config, connect } => check(config, connect).await,
         Command::Rules {
             command:
@@ -224,7 +246,11 @@ pub async fn run(cli: Cli) -> i32 {
     }
 }
 
-async fn serve(path: PathBuf, bench_discard_audit: bool) -> Result<(), String> {
+async fn serve(
+    path: PathBuf,
+    bench_discard_audit: bool,
+    pid_file: Option<PathBuf>,
+) -> Result<(), String> {
     let mut config = Config::load(&path).map_err(|e| e.to_string())?;
     if bench_discard_audit {
         config.audit_durability = crate::audit::Durability::DiscardForBenchmarks;
@@ -232,7 +258,22 @@ async fn serve(path: PathBuf, bench_discard_audit: bool) -> Result<(), String> {
     let gateway = Gateway::start(config, None)
         .await
         .map_err(|e| e.to_string())?;
-    wait_for_signal().await;
+    if let Some(pid_file) = &pid_file {
+        std::fs::write(pid_file, format!("{}\n", std::process::id()))
+            .map_err(|e| format!("cannot write the pid file {}: {e}", pid_file.display()))?;
+    }
+    let stop = wait_for_signal();
+    tokio::pin!(stop);
+    let mut hangups = Hangups::install();
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = hangups.next() => {
+                // Outcome logged and audited by reload itself.
+                let _ = gateway.reload(&path).await;
+            }
+        }
+    }
     tracing::info!("shutting down");
     gateway.shutdown();
     gateway.stopped(std::time::Duration::from_secs(5)).await;
@@ -989,6 +1030,68 @@ fn token(
         None => request.mint(&key)?,
     };
     println!("{token}");
+    Ok(())
+}
+
+/// SIGHUPs, from the moment the gateway is up (installed once, so none is missed
+/// while a reload runs).
+struct Hangups {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangups {
+    fn install() -> Hangups {
+        Hangups {
+            #[cfg(unix)]
+            signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok(),
+        }
+    }
+
+    /// Resolves on the next SIGHUP (never where there is none).
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(signal) = &mut self.signal {
+            if signal.recv().await.is_some() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await
+    }
+}
+
+/// `sqlgate reload`: the config must load (rule files included) before the gateway
+/// is signalled, so a broken file is reported here, not only in the gateway's log.
+fn reload(config: PathBuf, pid: Option<u32>, pid_file: Option<PathBuf>) -> Result<(), String> {
+    let loaded = Config::load(&config).map_err(|e| e.to_string())?;
+    let pid = match (pid, pid_file) {
+        (Some(pid), _) => pid,
+        (None, Some(file)) => std::fs::read_to_string(&file)
+            .map_err(|e| format!("cannot read the pid file {}: {e}", file.display()))?
+            .trim()
+            .parse::<u32>()
+            .map_err(|_| format!("{} does not hold a process id", file.display()))?,
+        (None, None) => {
+            return Err(
+                "give --pid or --pid-file (the file `sqlgate serve --pid-file` writes)".into(),
+            )
+        }
+    };
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .map_err(|e| format!("cannot run kill: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "could not signal process {pid} (is the gateway running?)"
+        ));
+    }
+    let rules: usize = loaded.grants.iter().map(|g| g.rules.rules.len()).sum();
+    println!(
+        "{}: {} grant(s), {rules} rule(s) checked; sent SIGHUP to {pid}. The gateway logs the outcome and records config.reloaded in the audit trail.",
+        config.display(),
+        loaded.grants.len()
+    );
     Ok(())
 }
 

@@ -17,7 +17,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-use crate::audit::{AuditError, AuditLog};
+use crate::audit::{AuditError, AuditEvent, AuditLog, AuditRecord};
 use crate::catalog::CatalogCache;
 use crate::config::Config;
 use crate::identity::Verifier;
@@ -30,7 +30,8 @@ use crate::sql::pool::ParsePool;
 pub struct Services {
     pub config: Config,
     pub verifier: Verifier,
-    pub grants: GrantPolicy,
+    /// The grant policy in force (replaced by a reload).
+    pub grants: crate::policy::PolicyHolder,
     pub audit: AuditLog,
     /// Function catalogs by connection name.
     pub catalogs: HashMap<String, CatalogCache>,
@@ -153,7 +154,7 @@ impl Gateway {
         let parser = ParsePool::start(config.limits.parse_threads, config.limits.parse_queue)
             .map_err(StartError::Parser)?;
         let services = Arc::new(Services {
-            grants: GrantPolicy::from_config(&config),
+            grants: crate::policy::PolicyHolder::new(GrantPolicy::from_config(&config)),
             catalogs: config
                 .connections
                 .iter()
@@ -222,7 +223,118 @@ async fn accept_loop(listener: TcpListener, services: Arc<Services>, front: Fron
     }
 }
 
+/// What a reload put in force.
+#[derive(Debug, Clone)]
+pub struct Reloaded {
+    /// The policy's generation (1 after the first reload).
+    pub generation: u64,
+    pub grants: usize,
+    pub rules: usize,
+    /// Parts of the file that changed but only take effect on a restart.
+    pub not_applied: Vec<&'static str>,
+}
+
+impl Services {
+    /// Re-reads the config at `path` and puts its `[[grant]]` entries and their rule
+    /// files in force, atomically: logins from now on and the next statement of every
+    /// live session use them, and sessions no entry grants any more end. A config that
+    /// does not load, or whose grants name a connection this gateway does not serve, is
+    /// refused and the policy in force stays. Both outcomes are in the audit trail.
+    pub async fn reload(&self, path: &std::path::Path) -> Result<Reloaded, String> {
+        let loaded = Config::load(path)
+            .map_err(|e| e.to_string())
+            .and_then(|new| self.reloadable(&new).map(|not_applied| (new, not_applied)));
+        let (new, not_applied) = match loaded {
+            Ok(loaded) => loaded,
+            Err(problem) => {
+                let mut rec = AuditRecord::new(AuditEvent::ConfigReloadRefused, "-", "", "");
+                rec.reason = Some(format!("{}: {problem}", path.display()));
+                rec.decision = Some(crate::audit::Decision::Deny);
+                if let Err(e) = self.audit.record(rec).await {
+                    tracing::error!(error = %e, "audit record lost");
+                }
+                tracing::error!(config = %path.display(), %problem, "reload refused; the grants and rules in force stay");
+                return Err(problem);
+            }
+        };
+        let rules: usize = new.grants.iter().map(|g| g.rules.rules.len()).sum();
+        let grants = new.grants.len();
+        let summary = new
+            .grants
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                let ids: Vec<&str> = g.rules.rules.iter().map(|r| r.id.as_str()).collect();
+                format!("grant[{i}] {} rules [{}]", g.connection, ids.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        let generation = self.grants.replace(GrantPolicy::from_config(&new));
+        let mut rec = AuditRecord::new(AuditEvent::ConfigReloaded, "-", "", "");
+        rec.reason = Some(format!(
+            "{} generation {generation}: {summary}",
+            path.display()
+        ));
+        rec.decision = Some(crate::audit::Decision::Allow);
+        if let Err(e) = self.audit.record(rec).await {
+            tracing::error!(error = %e, "audit record lost");
+        }
+        tracing::info!(config = %path.display(), generation, grants, rules, "reloaded grants and rules");
+        if !not_applied.is_empty() {
+            tracing::warn!(changed = ?not_applied, "these parts of the config changed but take effect only on a restart");
+        }
+        Ok(Reloaded {
+            generation,
+            grants,
+            rules,
+            not_applied,
+        })
+    }
+
+    /// Whether `new`'s grants can be served by this gateway; the parts of `new` that
+    /// changed but a reload does not apply.
+    fn reloadable(&self, new: &Config) -> Result<Vec<&'static str>, String> {
+        for (i, g) in new.grants.iter().enumerate() {
+            let running = self.config.connection(&g.connection);
+            let wanted = new.connection(&g.connection);
+            match (running, wanted) {
+                (Some(running), Some(wanted)) if running.protocol == wanted.protocol => {}
+                _ => {
+                    return Err(format!(
+                        "grant[{i}] names connection {:?}, which this gateway does not serve as configured; adding or changing connections needs a restart",
+                        g.connection
+                    ))
+                }
+            }
+        }
+        let mut not_applied = Vec::new();
+        let differs =
+            |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+        if differs(&new.listen, &self.config.listen) {
+            not_applied.push("[listen]");
+        }
+        if differs(&new.identity, &self.config.identity) {
+            not_applied.push("[identity]");
+        }
+        if differs(&new.connections, &self.config.connections) {
+            not_applied.push("[[connection]]");
+        }
+        if differs(&new.limits, &self.config.limits) {
+            not_applied.push("[limits]");
+        }
+        if differs(&new.audit_dir, &self.config.audit_dir) {
+            not_applied.push("[audit]");
+        }
+        Ok(not_applied)
+    }
+}
+
 impl RunningGateway {
+    /// See [`Services::reload`].
+    pub async fn reload(&self, path: &std::path::Path) -> Result<Reloaded, String> {
+        self.services.reload(path).await
+    }
+
     /// Stops accepting connections and ends every session.
     pub fn shutdown(&self) {
         let _ = self.services.shutdown.send(());

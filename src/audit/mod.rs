@@ -162,6 +162,12 @@ pub enum AuditEvent {
     /// Written after retention removed closed segments: where the chain was cut.
     #[serde(rename = "trail.pruned")]
     TrailPruned,
+    /// A reload put new `[[grant]]` entries and rules in force.
+    #[serde(rename = "config.reloaded")]
+    ConfigReloaded,
+    /// A reload was refused (the config or a rule file is broken); the old policy stays.
+    #[serde(rename = "config.reload_refused")]
+    ConfigReloadRefused,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]

@@ -39,6 +39,94 @@ pub struct Grant {
     pub rules: std::sync::Arc<rules::RuleSet>,
 }
 
+/// The grant policy in force. A reload (SIGHUP, `sqlgate reload`) replaces it whole:
+/// logins after it see the new `[[grant]]` entries, live sessions pick up their
+/// entry's new rules at their next statement ([`crate::session::gate::Gate`]) and end
+/// when no entry grants them any more ([`GrantWatch`]).
+pub struct PolicyHolder {
+    current: std::sync::RwLock<std::sync::Arc<GrantPolicy>>,
+    /// Bumped by every replacement; live sessions watch it.
+    generation: tokio::sync::watch::Sender<u64>,
+}
+
+impl PolicyHolder {
+    pub fn new(policy: GrantPolicy) -> Self {
+        PolicyHolder {
+            current: std::sync::RwLock::new(std::sync::Arc::new(policy)),
+            generation: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
+    /// The policy in force and its generation.
+    pub fn current(&self) -> (u64, std::sync::Arc<GrantPolicy>) {
+        let policy = match self.current.read() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        (*self.generation.borrow(), policy)
+    }
+
+    pub fn generation(&self) -> u64 {
+        *self.generation.borrow()
+    }
+
+    /// Puts `policy` in force; returns its generation.
+    pub fn replace(&self, policy: GrantPolicy) -> u64 {
+        match self.current.write() {
+            Ok(mut p) => *p = std::sync::Arc::new(policy),
+            Err(poisoned) => *poisoned.into_inner() = std::sync::Arc::new(policy),
+        }
+        self.generation.send_modify(|g| *g += 1);
+        self.generation()
+    }
+
+    /// Decides with the policy in force.
+    pub fn decide(
+        &self,
+        principal: &Principal,
+        connection: &str,
+        now: SystemTime,
+    ) -> Result<Grant, Denial> {
+        self.current().1.decide(principal, connection, now)
+    }
+
+    /// A watch that resolves when a replacement leaves `principal` no grant for
+    /// `connection`.
+    pub fn watch(&self, principal: &Principal, connection: &str) -> GrantWatch {
+        GrantWatch {
+            changes: self.generation.subscribe(),
+            principal: principal.clone(),
+            connection: connection.to_owned(),
+        }
+    }
+}
+
+/// One live session's view of policy replacements (see [`PolicyHolder::watch`]).
+pub struct GrantWatch {
+    changes: tokio::sync::watch::Receiver<u64>,
+    principal: Principal,
+    connection: String,
+}
+
+impl GrantWatch {
+    /// Resolves when a replacement of `holder`'s policy removed this session's grant.
+    /// Cancel-safe. Never resolves while the grant stays.
+    pub async fn revoked(&mut self, holder: &PolicyHolder) {
+        loop {
+            if self.changes.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            self.changes.borrow_and_update();
+            if holder
+                .decide(&self.principal, &self.connection, SystemTime::now())
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
 /// A refusal, phrased for the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denial {

@@ -21,9 +21,13 @@ use crate::catalog::{FunctionCatalog, CATALOG_TTL};
 use crate::gateway::Services;
 use crate::identity::Principal;
 use crate::policy::readonly::{self, Verdict};
+use crate::policy::rules::RuleSet;
 use crate::policy::Grant;
 use crate::sql::pool::Grammar;
 use crate::sql::{ClassifyError, StatementFacts};
+
+/// Why a session whose grant a reload removed may run nothing more.
+pub const GRANT_REVOKED: &str = "the grant for this session was removed by a configuration reload";
 
 /// How a DBA rule's denial reason begins ([`crate::policy::rules::RuleDenial::reason`]).
 const RULE_DENIAL_PREFIX: &str = "denied by rule ";
@@ -221,9 +225,59 @@ pub struct Gate {
     pub dialect: Dialect,
     /// Statements recorded so far (the next record's `statement_seq` is one more).
     pub statements: std::sync::atomic::AtomicU64,
+    /// The rules in force for this session and the policy generation they come from;
+    /// `None` once a reload removed the session's grant.
+    pub rules: std::sync::Mutex<(u64, Option<Arc<RuleSet>>)>,
 }
 
 impl Gate {
+    /// A gate for a session that was just granted `grant`.
+    pub fn new(
+        session_id: String,
+        client_addr: String,
+        services: Arc<Services>,
+        principal: Principal,
+        grant: Grant,
+        dialect: Dialect,
+    ) -> Gate {
+        let rules =
+            std::sync::Mutex::new((services.grants.generation(), Some(grant.rules.clone())));
+        Gate {
+            session_id,
+            client_addr,
+            services,
+            principal,
+            grant,
+            dialect,
+            statements: Default::default(),
+            rules,
+        }
+    }
+
+    /// The rules in force now: after a reload, those of the `[[grant]]` entry that
+    /// grants this session now (its verdicts cached under the old rules are dropped);
+    /// `None` when no entry does.
+    pub fn current_rules(&self, cache: &mut VerdictCache) -> Option<Arc<RuleSet>> {
+        let generation = self.services.grants.generation();
+        let mut current = match self.rules.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if current.0 != generation {
+            let now = std::time::SystemTime::now();
+            *current = (
+                generation,
+                self.services
+                    .grants
+                    .decide(&self.principal, &self.grant.connection, now)
+                    .ok()
+                    .map(|g| g.rules),
+            );
+            cache.clear();
+        }
+        current.1.clone()
+    }
+
     /// Decides one statement text: from the cache, or classified (large texts on the
     /// parser pool) and decided by the read-only policy and the setting caps. A text
     /// with several statements is allowed only if every one of them is.
@@ -233,6 +287,22 @@ impl Gate {
         cache: &mut VerdictCache,
         catalog: Option<&FunctionCatalog>,
     ) -> TextDecision {
+        let Some(rules) = self.current_rules(cache) else {
+            return TextDecision::Deny {
+                denied: Denied::Front {
+                    reason: GRANT_REVOKED.into(),
+                    hint: "reconnect to see which connections you may use now".into(),
+                },
+                parts: vec![Classified {
+                    text: text.to_owned(),
+                    kind: "unparsed".into(),
+                    verdict: Verdict::Deny {
+                        reason: GRANT_REVOKED.into(),
+                    },
+                }],
+                catalog_miss: false,
+            };
+        };
         if let Some(allowed) = cache.exact.get(text) {
             return TextDecision::Allow(allowed.clone());
         }
@@ -275,7 +345,7 @@ impl Gate {
             .map(|f| Classified {
                 text: f.text.clone(),
                 kind: f.kind.label(),
-                verdict: self.verdict(f, catalog),
+                verdict: self.verdict(f, catalog, &rules),
             })
             .collect();
         if matches!(self.dialect, Dialect::Mysql { .. }) {
@@ -347,9 +417,14 @@ impl Gate {
 
     /// One statement's verdict: the dialect's read-only profile, then the grant's DBA
     /// rules on what it allows.
-    fn verdict(&self, facts: &StatementFacts, catalog: Option<&FunctionCatalog>) -> Verdict {
+    fn verdict(
+        &self,
+        facts: &StatementFacts,
+        catalog: Option<&FunctionCatalog>,
+        rules: &RuleSet,
+    ) -> Verdict {
         match self.floor(facts, catalog) {
-            Verdict::Allow => match self.grant.rules.check(facts, self.dialect.own_schema()) {
+            Verdict::Allow => match rules.check(facts, self.dialect.own_schema()) {
                 Some(denial) => Verdict::Deny {
                     reason: denial.reason(),
                 },

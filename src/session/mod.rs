@@ -59,6 +59,8 @@ pub enum EndReason {
     /// The upstream closed its socket.
     UpstreamClosed,
     GrantExpired,
+    /// A configuration reload left no `[[grant]]` entry granting the session.
+    GrantRevoked,
     Shutdown,
     ProtocolViolation(String),
     /// A pinned setting changed (the tripwire).
@@ -78,6 +80,7 @@ impl EndReason {
             EndReason::ClientClosed => "client_closed",
             EndReason::UpstreamClosed => "upstream_closed",
             EndReason::GrantExpired => "grant_expired",
+            EndReason::GrantRevoked => "grant_revoked",
             EndReason::Shutdown => "shutdown",
             EndReason::ProtocolViolation(_) => "protocol_violation",
             EndReason::Tamper(_) => "tamper",
@@ -94,6 +97,7 @@ impl fmt::Display for EndReason {
             EndReason::ClientClosed => f.write_str("client closed the connection"),
             EndReason::UpstreamClosed => f.write_str("upstream closed the connection"),
             EndReason::GrantExpired => f.write_str("grant expired"),
+            EndReason::GrantRevoked => f.write_str("grant removed by a configuration reload"),
             EndReason::Shutdown => f.write_str("gateway shutting down"),
             EndReason::ProtocolViolation(m) => write!(f, "protocol violation: {m}"),
             EndReason::Tamper(m) => write!(f, "tamper: {m}"),

@@ -37,7 +37,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use super::clock::{self, Due, Sent, SessionClock};
 use super::executions::{Ending, Execution, InFlight};
-use super::gate::{Classified, Denied, Gate, TextDecision, VerdictCache};
+use super::gate::{Classified, Denied, Gate, TextDecision, VerdictCache, GRANT_REVOKED};
 use super::portals::{check_name, Portals};
 use super::tripwire::Tripwire;
 use super::{cancel, new_session_id, upstream, Admission, BoxStream, EndReason, Refusal};
@@ -46,7 +46,7 @@ use crate::catalog::{FunctionCatalog, CATALOG_TTL};
 use crate::gateway::Services;
 use crate::identity::Principal;
 use crate::policy::readonly::{self, Verdict, ALLOWED_SETTINGS};
-use crate::policy::Grant;
+use crate::policy::{Grant, GrantWatch};
 use crate::sql::ClassifyError;
 
 /// Largest client message accepted after login (a Bind with big parameters can be
@@ -614,15 +614,14 @@ impl Session {
         let sent_at_end = sent_rx.clone();
         let mut clock = SessionClock::new(grant.time_limits);
         let ctx = RelayContext {
-            gate: Gate {
-                session_id: self.id.clone(),
-                client_addr: self.peer.to_string(),
-                services: self.services.clone(),
+            gate: Gate::new(
+                self.id.clone(),
+                self.peer.to_string(),
+                self.services.clone(),
                 principal,
-                grant: grant.clone(),
-                dialect: super::gate::Dialect::Postgres,
-                statements: Default::default(),
-            },
+                grant.clone(),
+                super::gate::Dialect::Postgres,
+            ),
             tripwire,
             upstream_cancel,
         };
@@ -1642,6 +1641,11 @@ async fn upstream_to_client(
     let mut timers = Timers {
         clock,
         deadline: tokio::time::Instant::from_std(side.deadline),
+        grant_watch: ctx
+            .gate
+            .services
+            .grants
+            .watch(&ctx.gate.principal, &ctx.gate.grant.connection),
         shutdown,
         sent: side.sent.clone(),
         sent_open: true,
@@ -1876,6 +1880,8 @@ fn hold_denial(
 struct Timers<'a> {
     clock: &'a mut SessionClock,
     deadline: tokio::time::Instant,
+    /// Resolves when a reload removes the session's grant.
+    grant_watch: GrantWatch,
     shutdown: &'a mut broadcast::Receiver<()>,
     sent: watch::Receiver<Sent>,
     sent_open: bool,
@@ -1942,6 +1948,14 @@ impl Timers<'_> {
                     )
                     .with_hint("reconnect with a fresh token to request a new grant");
                     return (error, EndReason::GrantExpired);
+                }
+                _ = self.grant_watch.revoked(&ctx.gate.services.grants) => {
+                    let error = PgError::fatal(
+                        sqlstate::INVALID_AUTHORIZATION,
+                        format!("sqlgate: session ended: {GRANT_REVOKED}"),
+                    )
+                    .with_hint("reconnect to see which connections you may use now");
+                    return (error, EndReason::GrantRevoked);
                 }
                 _ = self.shutdown.recv() => {
                     let error = PgError::fatal(sqlstate::ADMIN_SHUTDOWN, "sqlgate: the gateway is shutting down");

@@ -279,6 +279,8 @@ pub struct TestGateway {
     pub key: DevKey,
     pub db: TestDb,
     pub audit_dir: PathBuf,
+    /// The gateway's config file (tests rewrite it and reload).
+    pub config: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -294,6 +296,7 @@ impl TestGateway {
         TestGateway {
             gateway,
             audit_dir: files.dir.path().join("audit"),
+            config: files.config.clone(),
             issuer: files.issuer,
             key: files.key,
             db: files.db,

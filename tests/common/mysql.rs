@@ -154,6 +154,8 @@ pub struct MyGateway {
     pub key: DevKey,
     pub db: MyDb,
     pub audit_dir: PathBuf,
+    /// The gateway's config file (tests rewrite it and reload).
+    pub config: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -222,6 +224,7 @@ dir = "audit"
         MyGateway {
             gateway,
             audit_dir: dir.path().join("audit"),
+            config: path.clone(),
             issuer,
             key,
             db,

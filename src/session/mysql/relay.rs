@@ -43,6 +43,7 @@ const MAX_PREPARED_BYTES: usize = 8 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Interrupt {
     GrantExpired,
+    GrantRevoked,
     Shutdown,
     StatementTimeout,
     IdleInTransaction,
@@ -62,18 +63,40 @@ pub(super) async fn until(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// Runs `fut` unless a timer or shutdown comes first.
+/// What ends a session from outside: gateway shutdown, and a reload that removes its
+/// grant.
+pub(super) struct Stops {
+    shutdown: broadcast::Receiver<()>,
+    grant: crate::policy::GrantWatch,
+    services: Arc<crate::gateway::Services>,
+}
+
+impl Stops {
+    pub(super) fn new(gate: &Gate, shutdown: broadcast::Receiver<()>) -> Stops {
+        Stops {
+            shutdown,
+            grant: gate
+                .services
+                .grants
+                .watch(&gate.principal, &gate.grant.connection),
+            services: gate.services.clone(),
+        }
+    }
+}
+
+/// Runs `fut` unless a timer, shutdown or the grant's removal comes first.
 pub(super) async fn timed<T>(
     fut: impl Future<Output = T>,
     timers: &Timers,
-    shutdown: &mut broadcast::Receiver<()>,
+    shutdown: &mut Stops,
 ) -> Result<T, Interrupt> {
     tokio::select! {
         out = fut => Ok(out),
         _ = tokio::time::sleep_until(timers.grant) => Err(Interrupt::GrantExpired),
         _ = until(timers.statement) => Err(Interrupt::StatementTimeout),
         _ = until(timers.idle) => Err(Interrupt::IdleInTransaction),
-        _ = shutdown.recv() => Err(Interrupt::Shutdown),
+        _ = shutdown.shutdown.recv() => Err(Interrupt::Shutdown),
+        _ = shutdown.grant.revoked(&shutdown.services.grants) => Err(Interrupt::GrantRevoked),
     }
 }
 
@@ -144,18 +167,17 @@ impl Session {
         Session {
             limits: grant.time_limits,
             grant_deadline: tokio::time::Instant::now() + remaining,
-            gate: Gate {
-                session_id: id,
-                client_addr: peer.to_string(),
+            gate: Gate::new(
+                id,
+                peer.to_string(),
                 services,
                 principal,
                 grant,
-                dialect: Dialect::Mysql {
+                Dialect::Mysql {
                     database: conn.database.clone(),
                     stored_functions: Arc::new(stored_functions),
                 },
-                statements: Default::default(),
-            },
+            ),
             inflight: InFlight::default(),
             client,
             thread_id: upstream.hello.connection_id,
@@ -185,7 +207,8 @@ impl Session {
 
     /// Runs the relay until the session ends, then closes the upstream; returns why
     /// it ended.
-    pub(super) async fn relay(&mut self, mut shutdown: broadcast::Receiver<()>) -> EndReason {
+    pub(super) async fn relay(&mut self, shutdown: broadcast::Receiver<()>) -> EndReason {
+        let mut shutdown = Stops::new(&self.gate, shutdown);
         let (reason, busy) = self.serve(&mut shutdown).await;
         self.close_upstream(busy).await;
         for rec in self.inflight.interrupted(&self.gate) {
@@ -230,6 +253,19 @@ impl Session {
                 )
                 .await
             }
+            Interrupt::GrantRevoked => {
+                let message = format!(
+                    "sqlgate: session ended: {}; reconnect to see which connections you may use now",
+                    crate::session::gate::GRANT_REVOKED
+                );
+                self.end(
+                    seq,
+                    codes::CONNECTION_KILLED,
+                    &message,
+                    EndReason::GrantRevoked,
+                )
+                .await
+            }
             Interrupt::Shutdown => {
                 self.end(
                     seq,
@@ -265,7 +301,7 @@ impl Session {
     }
 
     /// The command loop. Returns why it ended and whether an answer was in flight.
-    async fn serve(&mut self, shutdown: &mut broadcast::Receiver<()>) -> (EndReason, bool) {
+    async fn serve(&mut self, shutdown: &mut Stops) -> (EndReason, bool) {
         loop {
             let timers = self.timers(None);
             let read = timed(self.client.read(MAX_CLIENT_PACKET), &timers, shutdown).await;
@@ -322,7 +358,7 @@ impl Session {
     async fn command(
         &mut self,
         packet: &Packet,
-        shutdown: &mut broadcast::Receiver<()>,
+        shutdown: &mut Stops,
     ) -> Result<(), (EndReason, bool)> {
         let cmd = match command::decode(&packet.payload) {
             Ok(cmd) => cmd,
@@ -581,7 +617,11 @@ impl Session {
                     schema: None,
                     name: table.to_owned(),
                 };
-                if let Some(denial) = self.gate.grant.rules.denies_table(&named, None) {
+                let Some(rules) = self.gate.current_rules(&mut self.cache) else {
+                    let message = format!("sqlgate: {}", crate::session::gate::GRANT_REVOKED);
+                    return self.deny(codes::STATEMENT_DENIED, &message).await;
+                };
+                if let Some(denial) = rules.denies_table(&named, None) {
                     let message = format!("sqlgate: COM_FIELD_LIST {}", denial.reason());
                     let rec = self.gate.statement_record(
                         &format!("COM_FIELD_LIST {table}"),
@@ -702,7 +742,7 @@ impl Session {
     /// client that does not read cannot hold its session past the grant).
     async fn answer(&mut self, payload: &[u8]) -> Result<(), (EndReason, bool)> {
         let timers = self.timers(None);
-        let mut shutdown = self.gate.services.shutdown.subscribe();
+        let mut shutdown = Stops::new(&self.gate, self.gate.services.shutdown.subscribe());
         let seq = self.reply_seq;
         match timed(self.client.send(seq, payload), &timers, &mut shutdown).await {
             Ok(Ok(_)) => Ok(()),
@@ -782,7 +822,7 @@ impl Session {
         &mut self,
         packet: &Packet,
         expect: Expect,
-        shutdown: &mut broadcast::Receiver<()>,
+        shutdown: &mut Stops,
     ) -> Result<ResponseTracker, (EndReason, bool)> {
         self.send_upstream(packet).await?;
         self.relay_answer(expect, shutdown, true).await
@@ -794,7 +834,7 @@ impl Session {
     async fn relay_answer(
         &mut self,
         expect: Expect,
-        shutdown: &mut broadcast::Receiver<()>,
+        shutdown: &mut Stops,
         to_client: bool,
     ) -> Result<ResponseTracker, (EndReason, bool)> {
         let mut tracker = ResponseTracker::new(expect, self.up_track);
