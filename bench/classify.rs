@@ -88,6 +88,7 @@ fn run() {
             name: format!("{what}_{i}"),
         };
         let set = sqlgate::policy::rules::RuleSet {
+            limits: Default::default(),
             rules: (0..n)
                 .map(|i| sqlgate::policy::rules::Rule {
                     id: format!("rule-{i}"),

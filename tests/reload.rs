@@ -337,3 +337,44 @@ async fn sqlgate_reload_checks_the_files_then_signals_the_running_gateway() {
         .contains("no-items"));
     client.simple_query("SELECT 1").await.unwrap();
 }
+
+#[tokio::test]
+async fn statements_prepared_before_a_reload_are_decided_again_before_they_run() {
+    let (_rules_dir, rules, line) = rules_denying_salaries();
+    let gw = TestGateway::start_with(Setup {
+        grant_extra: line,
+        ..Setup::default()
+    })
+    .await;
+    let client = gw.agent().await;
+    let items = client.prepare("SELECT count(*) FROM items").await.unwrap();
+    let one = client.prepare("SELECT 1").await.unwrap();
+    client.query(&items, &[]).await.unwrap();
+    std::fs::write(&rules, deny_table("no-items", "items")).unwrap();
+    gw.gateway.reload(&gw.config).await.unwrap();
+    // The neighbour still runs; the statement the new rules deny does not.
+    client.query(&one, &[]).await.unwrap();
+    let err = client.query(&items, &[]).await.unwrap_err();
+    let (code, message) = common::db_error(&err);
+    assert_eq!(code, "42501", "{message}");
+    assert!(
+        message.contains("prepared before a configuration reload") && message.contains("no-items"),
+        "{message}"
+    );
+
+    // MySQL: the execution is denied, the session goes on.
+    let (_rules_dir, rules, line) = rules_denying_salaries();
+    let gw = MyGateway::start_with(MySetup {
+        grant_extra: line,
+        ..MySetup::default()
+    })
+    .await;
+    let mut conn = gw.agent().await;
+    let items = conn.prep("SELECT COUNT(*) FROM items").await.unwrap();
+    let _: Option<i64> = conn.exec_first(&items, ()).await.unwrap();
+    std::fs::write(&rules, deny_table("no-items", "items")).unwrap();
+    gw.gateway.reload(&gw.config).await.unwrap();
+    let err = conn.exec_first::<i64, _, _>(&items, ()).await.unwrap_err();
+    assert!(err.to_string().contains("no-items"), "{err}");
+    let _: Option<i64> = conn.query_first("SELECT 1").await.unwrap();
+}

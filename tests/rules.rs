@@ -405,3 +405,164 @@ async fn rules_test_checks_expectations_and_fails_when_one_is_not_met() {
     ]);
     assert!(ok && out.contains("DENY") && out.contains("ALLOW"), "{out}");
 }
+
+/// A rule file holding only `[limits]`; returns its directory and the grant line.
+fn limits_file(limits: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("limits.toml");
+    std::fs::write(&path, format!("[limits]\n{limits}\n")).unwrap();
+    let line = format!("rules = [{:?}]", path.display().to_string());
+    (dir, line)
+}
+
+#[tokio::test]
+async fn postgres_max_rows_ends_a_result_past_the_limit_and_allows_one_at_it() {
+    let (_rules, line) = limits_file("max_rows = 10");
+    let gw = TestGateway::start_with(Setup {
+        grant_extra: line,
+        ..Setup::default()
+    })
+    .await;
+    let client = gw.agent().await;
+    // At the limit: every row arrives.
+    let rows = client
+        .query("SELECT generate_series(1, 10)", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 10);
+    let err = client
+        .simple_query("SELECT generate_series(1, 100000)")
+        .await
+        .unwrap_err();
+    let (code, message) = common::db_error(&err);
+    assert_eq!(code, "54000", "{message}");
+    assert!(
+        message.contains("max_rows = 10") && message.contains("limits.toml"),
+        "{message}"
+    );
+    assert!(client.is_closed() || client.simple_query("SELECT 1").await.is_err());
+    drop(client);
+    let records = gw.audit().await;
+    assert!(records.iter().any(|r| r["event"] == "statement.result"
+        && r["status"] == "interrupted"
+        && r["rows"].as_u64().is_some_and(|n| n <= 11)));
+    assert!(records
+        .iter()
+        .any(|r| r["event"] == "session.ended" && r["ended_by"] == "limit"));
+}
+
+#[tokio::test]
+async fn postgres_max_statements_denies_past_the_budget_on_both_protocol_paths() {
+    let (_rules, line) = limits_file("max_statements = 3");
+    let gw = TestGateway::start_with(Setup {
+        grant_extra: line,
+        ..Setup::default()
+    })
+    .await;
+    let client = gw.agent().await;
+    let statement = client.prepare("SELECT $1::int").await.unwrap();
+    client.simple_query("SELECT 1").await.unwrap();
+    client.query(&statement, &[&1i32]).await.unwrap();
+    client.query(&statement, &[&2i32]).await.unwrap();
+    // The fourth: a new text is denied (the session goes on) ...
+    let err = client.simple_query("SELECT 2").await.unwrap_err();
+    let (code, message) = common::db_error(&err);
+    assert_eq!(code, "42501", "{message}");
+    assert!(message.contains("max_statements = 3"), "{message}");
+    // ... and an Execute of a prepared statement ends the session.
+    let err = client.query(&statement, &[&3i32]).await.unwrap_err();
+    let (code, message) = common::db_error(&err);
+    assert_eq!(code, "54000", "{message}");
+    assert!(message.contains("max_statements = 3"), "{message}");
+    // A new session has its own budget.
+    let again = gw.agent().await;
+    again.simple_query("SELECT 1").await.unwrap();
+}
+
+#[tokio::test]
+async fn hours_refuse_logins_outside_the_window_and_allow_them_inside() {
+    let today = {
+        let days = (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            / 86_400) as usize;
+        ["thu", "fri", "sat", "sun", "mon", "tue", "wed"][days % 7]
+    };
+    let other_days: Vec<&str> = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+        .into_iter()
+        .filter(|d| *d != today)
+        .collect();
+    let (_rules, line) = limits_file(&format!(
+        "[limits.hours]\ndays = {other_days:?}\nfrom = \"00:00\"\nuntil = \"24:00\""
+    ));
+    let gw = TestGateway::start_with(Setup {
+        grant_extra: line,
+        ..Setup::default()
+    })
+    .await;
+    let err = gw
+        .connect("reporting", &gw.token(&["analytics-agents"]))
+        .await
+        .expect_err("outside the window");
+    let (_, message) = common::db_error(&err);
+    assert!(
+        message.contains("only") && message.contains("limits.toml") && !message.contains(today),
+        "{message}"
+    );
+    // The neighbour: a window that is open now.
+    let (_rules, line) =
+        limits_file("[limits.hours]\ndays = [\"mon-sun\"]\nfrom = \"00:00\"\nuntil = \"24:00\"");
+    let gw = TestGateway::start_with(Setup {
+        grant_extra: line,
+        ..Setup::default()
+    })
+    .await;
+    gw.agent().await.simple_query("SELECT 1").await.unwrap();
+}
+
+#[tokio::test]
+async fn mysql_limits_hold_too() {
+    let (_rules, line) = limits_file("max_rows = 10\nmax_statements = 6");
+    let gw = MyGateway::start_with(MySetup {
+        grant_extra: line,
+        ..MySetup::default()
+    })
+    .await;
+    let mut direct = gw.db.direct().await;
+    direct
+        .query_drop("CREATE TABLE numbers (n INT)")
+        .await
+        .unwrap();
+    direct
+        .query_drop("INSERT INTO numbers VALUES (1),(2),(3),(4),(5),(6),(7),(8),(9),(10),(11),(12)")
+        .await
+        .unwrap();
+    let mut conn = gw.agent().await;
+    let rows: Vec<i64> = conn
+        .query("SELECT n FROM numbers WHERE n <= 10")
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 10);
+    let err = conn
+        .query::<i64, _>("SELECT n FROM numbers")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("max_rows = 10"), "{err}");
+    // A new session: six statements in all (the driver runs some of its own at
+    // connect), then denials.
+    let mut conn = gw.agent().await;
+    let statement = conn.prep("SELECT ?").await.unwrap();
+    let mut ran = 0;
+    let err = loop {
+        match conn.exec_first::<i64, _, _>(&statement, (ran,)).await {
+            Ok(_) => ran += 1,
+            Err(e) => break e,
+        }
+        assert!(ran <= 6, "ran past the budget");
+    };
+    assert!(ran >= 1, "the budget allowed nothing");
+    assert!(err.to_string().contains("max_statements = 6"), "{err}");
+    let err = conn.query_drop("SELECT 1").await.unwrap_err();
+    assert!(err.to_string().contains("max_statements = 6"), "{err}");
+}

@@ -161,12 +161,31 @@ impl GrantPolicy {
                 reason: "token has expired".into(),
             });
         }
+        // An entry whose hours are closed now is passed over: a later entry may grant
+        // the same identity at other times (with other rules).
+        let mut closed: Option<String> = None;
         for (index, grant) in self.grants.iter().enumerate() {
             if grant.connection != connection {
                 continue;
             }
             if let Some(matched_on) = matches(grant, principal) {
-                let expires_at = (now + grant.ttl).min(principal.token_expires_at);
+                let mut expires_at = (now + grant.ttl).min(principal.token_expires_at);
+                if let Some(hours) = &grant.rules.limits.hours {
+                    match hours.window_end(now) {
+                        // Sessions end when the window closes.
+                        Some(end) => expires_at = expires_at.min(end),
+                        None => {
+                            closed.get_or_insert_with(|| {
+                                format!(
+                                    "{} may use connection {connection:?} only {hours}; it is now {}",
+                                    describe(principal),
+                                    crate::audit::rfc3339(now)
+                                )
+                            });
+                            continue;
+                        }
+                    }
+                }
                 return Ok(Grant {
                     id: format!("g-{:016x}", rand::random::<u64>()),
                     connection: connection.to_owned(),
@@ -183,6 +202,9 @@ impl GrantPolicy {
                     rules: grant.rules.clone(),
                 });
             }
+        }
+        if let Some(reason) = closed {
+            return Err(Denial { reason });
         }
         Err(self.explain_denial(principal, connection))
     }

@@ -128,14 +128,19 @@ impl InFlight {
         Ok(())
     }
 
-    /// Counts `bytes` of answer (and a row, if it is one) for the oldest statement.
-    pub fn answer(&mut self, bytes: usize, row: bool) {
+    /// Counts `bytes` of answer (and a row, if it is one) for the oldest statement;
+    /// returns the rows counted for it so far.
+    pub fn answer(&mut self, bytes: usize, row: bool) -> u64 {
         match self.queue.front_mut() {
             Some(front) => {
                 front.bytes += bytes as u64;
                 front.rows += u64::from(row);
+                front.rows
             }
-            None => self.unattributed += bytes as u64,
+            None => {
+                self.unattributed += bytes as u64;
+                0
+            }
         }
     }
 

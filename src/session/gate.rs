@@ -225,6 +225,8 @@ pub struct Gate {
     pub dialect: Dialect,
     /// Statements recorded so far (the next record's `statement_seq` is one more).
     pub statements: std::sync::atomic::AtomicU64,
+    /// Statements forwarded so far (for `max_statements`).
+    pub forwarded: std::sync::atomic::AtomicU64,
     /// The rules in force for this session and the policy generation they come from;
     /// `None` once a reload removed the session's grant.
     pub rules: std::sync::Mutex<(u64, Option<Arc<RuleSet>>)>,
@@ -250,8 +252,48 @@ impl Gate {
             grant,
             dialect,
             statements: Default::default(),
+            forwarded: Default::default(),
             rules,
         }
+    }
+
+    /// The policy generation of the rules in force (as last refreshed).
+    pub fn rules_generation(&self) -> u64 {
+        match self.rules.lock() {
+            Ok(c) => c.0,
+            Err(poisoned) => poisoned.into_inner().0,
+        }
+    }
+
+    /// The rules in force as last refreshed (see [`Gate::current_rules`]); for the
+    /// answer side, which has no verdict cache.
+    pub fn rules_in_force(&self) -> Option<Arc<RuleSet>> {
+        match self.rules.lock() {
+            Ok(c) => c.1.clone(),
+            Err(poisoned) => poisoned.into_inner().1.clone(),
+        }
+    }
+
+    /// Whether `n` more statements may run under the rules' `max_statements`; the
+    /// message says which limit and what to do.
+    pub fn statement_budget(&self, rules: &RuleSet, n: usize) -> Result<(), String> {
+        let Some(limit) = &rules.limits.max_statements else {
+            return Ok(());
+        };
+        let ran = self.forwarded.load(std::sync::atomic::Ordering::Relaxed);
+        if ran + n as u64 > limit.value {
+            return Err(format!(
+                "this session has run {ran} statements, the most its grant allows ({}); reconnect to start a new session",
+                limit.describe("max_statements")
+            ));
+        }
+        Ok(())
+    }
+
+    /// The most rows one statement may return (`max_rows` of the rules in force).
+    pub fn max_rows(&self) -> Option<crate::policy::rules::Limit> {
+        self.rules_in_force()
+            .and_then(|r| r.limits.max_rows.clone())
     }
 
     /// The rules in force now: after a reload, those of the `[[grant]]` entry that
@@ -303,6 +345,43 @@ impl Gate {
                 catalog_miss: false,
             };
         };
+        let decision = self.decide_text(text, cache, catalog, &rules).await;
+        if let TextDecision::Allow(allowed) = &decision {
+            if let Err(reason) = self.statement_budget(&rules, allowed.parts.len()) {
+                return TextDecision::Deny {
+                    denied: Denied::Statement {
+                        kind: "statement".into(),
+                        reason: reason.clone(),
+                        position: None,
+                        setting_cap: false,
+                        rule: true,
+                    },
+                    parts: allowed
+                        .parts
+                        .iter()
+                        .map(|(text, kind)| Classified {
+                            text: text.clone(),
+                            kind: kind.clone(),
+                            verdict: Verdict::Deny {
+                                reason: reason.clone(),
+                            },
+                        })
+                        .collect(),
+                    catalog_miss: false,
+                };
+            }
+        }
+        decision
+    }
+
+    /// [`Gate::decide`] under `rules`, without the statement budget.
+    async fn decide_text(
+        &self,
+        text: &str,
+        cache: &mut VerdictCache,
+        catalog: Option<&FunctionCatalog>,
+        rules: &Arc<RuleSet>,
+    ) -> TextDecision {
         if let Some(allowed) = cache.exact.get(text) {
             return TextDecision::Allow(allowed.clone());
         }
@@ -345,7 +424,7 @@ impl Gate {
             .map(|f| Classified {
                 text: f.text.clone(),
                 kind: f.kind.label(),
-                verdict: self.verdict(f, catalog, &rules),
+                verdict: self.verdict(f, catalog, rules),
             })
             .collect();
         if matches!(self.dialect, Dialect::Mysql { .. }) {
@@ -505,6 +584,8 @@ impl Gate {
         names: Option<(&str, &str)>,
         ready_at: u64,
     ) -> Execution {
+        self.forwarded
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut rec = self.statement_record(text, kind, &Verdict::Allow);
         self.set_parameters(&mut rec, params);
         if let Some((portal, prepared)) = names {

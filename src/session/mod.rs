@@ -69,6 +69,9 @@ pub enum EndReason {
     StatementTimeout(String),
     /// Idle inside a transaction past the grant's limit.
     IdleInTransaction(String),
+    /// A limit of the grant's rule files (rows of one statement, statements of a
+    /// session).
+    Limit(String),
     Io(String),
 }
 
@@ -84,7 +87,9 @@ impl EndReason {
             EndReason::Shutdown => "shutdown",
             EndReason::ProtocolViolation(_) => "protocol_violation",
             EndReason::Tamper(_) => "tamper",
-            EndReason::StatementTimeout(_) | EndReason::IdleInTransaction(_) => "limit",
+            EndReason::StatementTimeout(_)
+            | EndReason::IdleInTransaction(_)
+            | EndReason::Limit(_) => "limit",
             EndReason::Io(_) => "error",
         }
     }
@@ -101,6 +106,7 @@ impl fmt::Display for EndReason {
             EndReason::Shutdown => f.write_str("gateway shutting down"),
             EndReason::ProtocolViolation(m) => write!(f, "protocol violation: {m}"),
             EndReason::Tamper(m) => write!(f, "tamper: {m}"),
+            EndReason::Limit(m) => write!(f, "limit: {m}"),
             EndReason::StatementTimeout(limit) => {
                 write!(f, "limit: a statement ran past statement_timeout ({limit}) and did not stop when cancelled")
             }

@@ -46,6 +46,9 @@ pub struct Statement {
     pub kind: Arc<str>,
     /// The batch (ReadyForQuery number) whose Sync ends the Parse that made it.
     pub batch: u64,
+    /// The policy generation it was allowed under (0 for a statement the tracker
+    /// does not know): after a reload, it is decided again before it runs.
+    pub generation: u64,
 }
 
 /// What an Execute of a portal runs.
@@ -63,6 +66,9 @@ pub struct Portal {
 
 #[derive(Default)]
 pub struct Portals {
+    /// The policy generation the session's decisions are made under now (set by the
+    /// session before it records a Parse).
+    pub generation: u64,
     statements: HashMap<String, Statement>,
     statement_bytes: usize,
     portals: HashMap<String, Portal>,
@@ -119,6 +125,7 @@ impl Portals {
                 text: text.into(),
                 kind: kind.into(),
                 batch,
+                generation: self.generation,
             },
         );
     }
@@ -171,6 +178,7 @@ impl Portals {
                 text: unknown_statement(bind.statement).into(),
                 kind: "EXECUTE".into(),
                 batch,
+                generation: 0,
             });
         if self.failed.contains(&batch) {
             // Its batch already failed: the server may have skipped it.
@@ -212,6 +220,7 @@ impl Portals {
                 .into(),
                 kind: "EXECUTE".into(),
                 batch: 0,
+                generation: 0,
             },
             params: Arc::default(),
             statement_name: "".into(),

@@ -49,6 +49,10 @@ use crate::policy::readonly::{self, Verdict, ALLOWED_SETTINGS};
 use crate::policy::{Grant, GrantWatch};
 use crate::sql::ClassifyError;
 
+/// The hint of a session ended by a limit of the grant's rule files.
+const RULE_HINT: &str =
+    "a limit the DBA set in the grant's rule files; ask them to raise it if your work needs more";
+
 /// Largest client message accepted after login (a Bind with big parameters can be
 /// large; statements are limited separately by `limits.max_statement_bytes`).
 const MAX_CLIENT_FRAME: usize = 64 << 20;
@@ -948,6 +952,8 @@ async fn client_to_upstream(
     loop {
         let mut terminate = false;
         let mut fatal = None;
+        // The fatal error is a rule file's limit, not a protocol violation.
+        let mut fatal_limit: Option<String> = None;
         loop {
             // A statement message far over the statement limit is refused from its
             // header, before its body is buffered.
@@ -1091,6 +1097,20 @@ async fn client_to_upstream(
                         ));
                         break;
                     }
+                    if let Some(rules) = ctx.gate.rules_in_force() {
+                        if let Err(why) = ctx.gate.statement_budget(&rules, 1) {
+                            // An Execute cannot be answered with a probe: the session ends.
+                            fatal_limit = Some(why.clone());
+                            fatal = Some(
+                                PgError::fatal(
+                                    sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                                    format!("sqlgate: session ended: {why}"),
+                                )
+                                .with_hint(RULE_HINT),
+                            );
+                            break;
+                        }
+                    }
                     if !ctx.gate.services.audit.healthy() {
                         // An Execute cannot be answered with a probe; nothing runs
                         // unrecorded, so the session ends.
@@ -1111,6 +1131,30 @@ async fn client_to_upstream(
                     }
                     forget_errored(&mut portals, &side);
                     let run = portals.execute(name);
+                    if run.statement.generation != ctx.gate.services.grants.generation() {
+                        // Allowed under rules a reload has replaced: decide it again.
+                        let decision = ctx
+                            .gate
+                            .decide(&run.statement.text, &mut cache, side.catalog.as_deref())
+                            .await;
+                        if let TextDecision::Deny { denied, .. } = decision {
+                            let why = format!(
+                                "the rules now in force deny a statement prepared before a configuration reload ({})",
+                                denied.summary()
+                            );
+                            fatal_limit = Some(why.clone());
+                            fatal = Some(
+                                PgError::fatal(
+                                    sqlstate::INSUFFICIENT_PRIVILEGE,
+                                    format!("sqlgate: session ended: {why}"),
+                                )
+                                .with_hint(
+                                    "reconnect; statements are checked against the rules in force",
+                                ),
+                            );
+                            break;
+                        }
+                    }
                     let permit = match in_flight_places(
                         upstream,
                         &mut out,
@@ -1367,6 +1411,7 @@ async fn client_to_upstream(
                             let kinds: Vec<&str> =
                                 allowed.parts.iter().map(|(_, k)| k.as_str()).collect();
                             let kind = kinds.join(", ");
+                            portals.generation = ctx.gate.rules_generation();
                             portals.parsed(name, text, &kind, pipeline.sync_points + 1);
                             // Every text the server may run is in the trail, whatever an
                             // Execute's record can tell of it.
@@ -1421,7 +1466,10 @@ async fn client_to_upstream(
             return EndReason::ClientQuit;
         }
         if let Some(error) = fatal {
-            let reason = EndReason::ProtocolViolation(error.message.clone());
+            let reason = match fatal_limit {
+                Some(limit) => EndReason::Limit(limit),
+                None => EndReason::ProtocolViolation(error.message.clone()),
+            };
             let _ = side.ctl.send(Control::Fatal(error, reason));
             // The other direction writes the error and ends the session.
             std::future::pending::<()>().await;
@@ -1656,6 +1704,7 @@ async fn upstream_to_client(
     loop {
         // Forward every complete message in `buf`, in place where possible.
         answers.collect();
+        let max_rows = ctx.gate.max_rows();
         let mut pos = 0;
         let ready_before = ready_count;
         loop {
@@ -1689,7 +1738,24 @@ async fn upstream_to_client(
             if !inspected || (tag == backend::ERROR_RESPONSE && total > MAX_INSPECTED_MESSAGE) {
                 // Nothing to read in it (a denial's probe error is short): pass it on
                 // as it streams.
-                answers.inflight.answer(total, tag == backend::DATA_ROW);
+                let rows = answers.inflight.answer(total, tag == backend::DATA_ROW);
+                if let Some(limit) = max_rows.as_ref().filter(|m| rows > m.value) {
+                    // This row and the rest are not forwarded; the session ends (its
+                    // statement is recorded as interrupted).
+                    if let Err(end) = answers.release(&mut timers, ctx).await {
+                        return final_error(client, &[], end).await;
+                    }
+                    let why = format!(
+                        "a statement returned more rows than its grant allows ({})",
+                        limit.describe("max_rows")
+                    );
+                    let error = PgError::fatal(
+                        sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                        format!("sqlgate: session ended: {why}"),
+                    )
+                    .with_hint(format!("add a LIMIT or aggregate; {RULE_HINT}"));
+                    return final_error(client, &buf[..pos], (error, EndReason::Limit(why))).await;
+                }
                 if tag == backend::ERROR_RESPONSE {
                     // An error too large to hold is still its statement's ending; its
                     // code and the start of its message are in what has arrived.

@@ -40,6 +40,9 @@ pub const TOO_MANY_CONNECTIONS: ErrorCode = code(1040, "08004");
 pub const CONNECTION_KILLED: ErrorCode = code(1927, "70100");
 /// A statement stopped at the grant's statement timeout (`ER_STATEMENT_TIMEOUT`).
 pub const STATEMENT_TIMEOUT: ErrorCode = code(1969, "70100");
+/// A result stopped at the grant's `max_rows` (MariaDB's
+/// `ER_QUERY_RESULT_INCOMPLETE`).
+pub const ROW_LIMIT: ErrorCode = code(1931, "HY000");
 /// The gateway is shutting down (`ER_SERVER_SHUTDOWN`).
 pub const SHUTDOWN: ErrorCode = code(1053, "08S01");
 /// The gateway cannot serve the request now: audit trail, upstream, parser busy

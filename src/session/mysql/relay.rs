@@ -111,6 +111,9 @@ pub(super) struct Prepared {
     /// Data streamed with COM_STMT_SEND_LONG_DATA since the last execution, per
     /// parameter; kept up to `audit.max_statement_bytes` each, for the record.
     long_data: Vec<(usize, Vec<u8>, usize)>,
+    /// The policy generation it was allowed under: after a reload it is decided
+    /// again before it runs.
+    generation: u64,
 }
 
 /// One logged-in session.
@@ -393,6 +396,7 @@ impl Session {
                 }
                 let text = text.to_owned();
                 if let Some(kind) = self.allow_text(&text, true).await? {
+                    let generation = self.gate.rules_generation();
                     let tracker = self.forward(packet, Expect::Prepare, shutdown).await?;
                     if let (Some(id), None) = (tracker.stmt_id, &tracker.error) {
                         let params = usize::from(tracker.stmt_params);
@@ -404,6 +408,7 @@ impl Session {
                                 params,
                                 types: None,
                                 long_data: Vec::new(),
+                                generation,
                             },
                         );
                     }
@@ -470,6 +475,45 @@ impl Session {
                     }
                 }
                 let (text, kind) = (prepared.text.clone(), format!("EXECUTE {}", prepared.kind));
+                if prepared.generation != self.gate.services.grants.generation() {
+                    // Allowed under rules a reload has replaced: decide it again.
+                    if let TextDecision::Deny { denied, .. } =
+                        self.gate.decide(&text, &mut self.cache, None).await
+                    {
+                        let why = format!(
+                            "the rules now in force deny this statement, prepared before a configuration reload ({})",
+                            denied.summary()
+                        );
+                        let rec = self.gate.statement_record(
+                            &text,
+                            &kind,
+                            &Verdict::Deny {
+                                reason: why.clone(),
+                            },
+                        );
+                        self.gate.audit(rec).await;
+                        return self
+                            .deny(
+                                codes::STATEMENT_DENIED,
+                                &format!("sqlgate: {kind} denied: {why}"),
+                            )
+                            .await;
+                    }
+                }
+                if let Some(rules) = self.gate.rules_in_force() {
+                    if let Err(why) = self.gate.statement_budget(&rules, 1) {
+                        let rec = self.gate.statement_record(
+                            &text,
+                            &kind,
+                            &Verdict::Deny {
+                                reason: why.clone(),
+                            },
+                        );
+                        self.gate.audit(rec).await;
+                        let message = format!("sqlgate: {kind} denied: {why}");
+                        return self.deny(codes::STATEMENT_DENIED, &message).await;
+                    }
+                }
                 let count = params.len();
                 params.truncate(crate::session::portals::MAX_RECORDED_PARAMS);
                 if let Some(prepared) = self.prepared.get_mut(&stmt_id) {
@@ -868,6 +912,7 @@ impl Session {
         }
         // Where the current statement's result began, in the tracker's counts.
         let (mut rows_start, mut affected_start) = (0u64, 0u64);
+        let max_rows = self.gate.max_rows();
         loop {
             loop {
                 let packet = match self.up.buffered(MAX_UPSTREAM_PACKET) {
@@ -889,8 +934,30 @@ impl Session {
                 };
                 let (rows_before, completed_before) = (tracker.rows, tracker.completed);
                 let fed = tracker.feed(&packet.payload);
-                self.inflight
+                let rows = self
+                    .inflight
                     .answer(packet.payload.len() + 4, tracker.rows > rows_before);
+                if let Some(limit) = max_rows.as_ref().filter(|m| to_client && rows > m.value) {
+                    // This row and the rest are not forwarded; the session ends (its
+                    // statement is recorded as interrupted).
+                    let why = format!(
+                        "a statement returned more rows than its grant allows ({})",
+                        limit.describe("max_rows")
+                    );
+                    let message = format!(
+                        "sqlgate: session ended: {why}; add a LIMIT or aggregate (a limit the DBA set in the grant's rule files)"
+                    );
+                    return Err((
+                        self.end(
+                            packet.seq,
+                            codes::ROW_LIMIT,
+                            &message,
+                            EndReason::Limit(why),
+                        )
+                        .await,
+                        true,
+                    ));
+                }
                 if tracker.completed > completed_before {
                     let ending = Ending {
                         rows: Some(
