@@ -96,6 +96,7 @@ fn run() {
                     file: "bench.toml".into(),
                     deny_functions: (0..3).map(|k| name(i * 3 + k, "f")).collect(),
                     deny_tables: (0..3).map(|k| name(i * 3 + k, "t")).collect(),
+                    allow_tables: vec![],
                     deny_columns: (0..3)
                         .map(|k| sqlgate::policy::rules::ColumnName {
                             table: name(i * 3 + k, "t"),

@@ -259,8 +259,13 @@ async fn serve(
         .await
         .map_err(|e| e.to_string())?;
     if let Some(pid_file) = &pid_file {
-        std::fs::write(pid_file, format!("{}\n", std::process::id()))
-            .map_err(|e| format!("cannot write the pid file {}: {e}", pid_file.display()))?;
+        // The pid, and the config it serves (so `sqlgate reload` checks that file).
+        let served = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+        std::fs::write(
+            pid_file,
+            format!("{}\n{}\n", std::process::id(), served.display()),
+        )
+        .map_err(|e| format!("cannot write the pid file {}: {e}", pid_file.display()))?;
     }
     let stop = wait_for_signal();
     tokio::pin!(stop);
@@ -1066,11 +1071,25 @@ fn reload(config: PathBuf, pid: Option<u32>, pid_file: Option<PathBuf>) -> Resul
     let loaded = Config::load(&config).map_err(|e| e.to_string())?;
     let pid = match (pid, pid_file) {
         (Some(pid), _) => pid,
-        (None, Some(file)) => std::fs::read_to_string(&file)
-            .map_err(|e| format!("cannot read the pid file {}: {e}", file.display()))?
-            .trim()
-            .parse::<u32>()
-            .map_err(|_| format!("{} does not hold a process id", file.display()))?,
+        (None, Some(file)) => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| format!("cannot read the pid file {}: {e}", file.display()))?;
+            let mut lines = text.lines();
+            let pid = lines
+                .next()
+                .and_then(|l| l.trim().parse::<u32>().ok())
+                .ok_or_else(|| format!("{} does not hold a process id", file.display()))?;
+            let checked = std::fs::canonicalize(&config).unwrap_or_else(|_| config.clone());
+            if let Some(served) = lines.next().filter(|s| !s.is_empty()) {
+                if std::path::Path::new(served) != checked {
+                    return Err(format!(
+                        "the gateway serves {served}, not {}; give --config {served}",
+                        checked.display()
+                    ));
+                }
+            }
+            pid
+        }
         (None, None) => {
             return Err(
                 "give --pid or --pid-file (the file `sqlgate serve --pid-file` writes)".into(),
@@ -1088,7 +1107,7 @@ fn reload(config: PathBuf, pid: Option<u32>, pid_file: Option<PathBuf>) -> Resul
     }
     let rules: usize = loaded.grants.iter().map(|g| g.rules.rules.len()).sum();
     println!(
-        "{}: {} grant(s), {rules} rule(s) checked; sent SIGHUP to {pid}. The gateway logs the outcome and records config.reloaded in the audit trail.",
+        "{}: {} grant(s), {rules} rule(s) checked; sent SIGHUP to {pid}. The gateway logs the outcome and records config.reloaded (or config.reload_refused, with why) in the audit trail.",
         config.display(),
         loaded.grants.len()
     );

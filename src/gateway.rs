@@ -247,6 +247,8 @@ impl Services {
         let (new, not_applied) = match loaded {
             Ok(loaded) => loaded,
             Err(problem) => {
+                // The TOML parser quotes the offending line, which may hold a secret.
+                let problem = without_source_lines(&problem);
                 let mut rec = AuditRecord::new(AuditEvent::ConfigReloadRefused, "-", "", "");
                 rec.reason = Some(format!("{}: {problem}", path.display()));
                 rec.decision = Some(crate::audit::Decision::Deny);
@@ -329,6 +331,22 @@ impl Services {
     }
 }
 
+/// A config error without the source lines the TOML parser quotes (`3 | key = ...`).
+fn without_source_lines(problem: &str) -> String {
+    problem
+        .lines()
+        .filter(|line| {
+            let t = line.trim_start();
+            let quoted = t.starts_with('|')
+                || t.split_once('|').is_some_and(|(n, _)| {
+                    !n.trim().is_empty() && n.trim().chars().all(|c| c.is_ascii_digit())
+                });
+            !quoted
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 impl RunningGateway {
     /// See [`Services::reload`].
     pub async fn reload(&self, path: &std::path::Path) -> Result<Reloaded, String> {
@@ -353,5 +371,19 @@ impl RunningGateway {
         if let Err(e) = self.services.audit.sync().await {
             tracing::error!(error = %e, "audit trail not flushed at shutdown");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reload_refusals_do_not_quote_the_config() {
+        let problem = "invalid config: TOML parse error at line 3, column 1\n  |\n3 | pasword = \"hunter2\"\n  | ^^^^^^^\nunknown field `pasword`";
+        let clean = super::without_source_lines(problem);
+        assert!(!clean.contains("hunter2"), "{clean}");
+        assert!(
+            clean.contains("line 3") && clean.contains("unknown field"),
+            "{clean}"
+        );
     }
 }

@@ -97,6 +97,11 @@ const BUILTIN_CALLS: &[(&str, &[(&str, &str)])] = &[
         "query_to_xmlschema",
         &[("query_to_xmlschema", "'SELECT 1', true, true, ''")],
     ),
+    ("pg_stat_get_activity", &[("pg_stat_get_activity", "NULL")]),
+    (
+        "pg_stat_get_backend_activity",
+        &[("pg_stat_get_backend_activity", "1")],
+    ),
     (
         "cursor_to_xml*",
         &[("cursor_to_xml", "'c'::refcursor, 1, true, true, ''")],
@@ -210,6 +215,7 @@ const BUILTIN_CALLS: &[(&str, &[(&str, &str)])] = &[
 /// pg_visibility, pg_prewarm, adminpack, dblink).
 const EXTENSION_CALLS: &[(&str, &[(&str, &str)])] = &[
     ("crosstab*", &[("crosstab", "'SELECT 1'")]),
+    ("pg_stat_statements", &[("pg_stat_statements", "true")]),
     (
         "connectby*",
         &[("connectby", "'items', 'id', 'name', '1', 0")],

@@ -309,6 +309,19 @@ async fn sqlgate_reload_checks_the_files_then_signals_the_running_gateway() {
     assert!(denied_by(&client, "SELECT * FROM salaries").await.is_some());
     // A good one is put in force.
     std::fs::write(&rules, deny_table("no-items", "items")).unwrap();
+    // A config other than the one the gateway serves is refused.
+    let elsewhere = files.dir.path().join("other.toml");
+    std::fs::copy(&files.config, &elsewhere).unwrap();
+    let out = Command::new(SQLGATE)
+        .args(["reload", "--config"])
+        .arg(&elsewhere)
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .current_dir(files.dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && text.contains("serves"), "{text}");
     let (ok, out) = reload();
     assert!(ok && out.contains("sent SIGHUP"), "{out}");
     let applied = tokio::time::timeout(Duration::from_secs(10), async {
@@ -326,7 +339,7 @@ async fn sqlgate_reload_checks_the_files_then_signals_the_running_gateway() {
     std::fs::write(&rules, "not toml at all [").unwrap();
     let pid = std::fs::read_to_string(&pid_file).unwrap();
     let status = Command::new("kill")
-        .args(["-HUP", pid.trim()])
+        .args(["-HUP", pid.lines().next().unwrap().trim()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -361,6 +374,17 @@ async fn statements_prepared_before_a_reload_are_decided_again_before_they_run()
         message.contains("prepared before a configuration reload") && message.contains("no-items"),
         "{message}"
     );
+
+    // SQL-level PREPARE, on another session: EXECUTE after the rules changed is refused.
+    let other = gw.agent().await;
+    other.simple_query("PREPARE p AS SELECT 1").await.unwrap();
+    other.simple_query("EXECUTE p").await.unwrap();
+    std::fs::write(&rules, deny_table("no-payroll", "salaries")).unwrap();
+    gw.gateway.reload(&gw.config).await.unwrap();
+    let err = other.simple_query("EXECUTE p").await.unwrap_err();
+    let (_, message) = common::db_error(&err);
+    assert!(message.contains("configuration reload"), "{message}");
+    other.simple_query("SELECT 1").await.unwrap();
 
     // MySQL: the execution is denied, the session goes on.
     let (_rules_dir, rules, line) = rules_denying_salaries();

@@ -566,3 +566,87 @@ async fn mysql_limits_hold_too() {
     let err = conn.query_drop("SELECT 1").await.unwrap_err();
     assert!(err.to_string().contains("max_statements = 6"), "{err}");
 }
+
+#[tokio::test]
+async fn allow_lists_admit_only_their_tables_on_postgres_and_mysql() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("allow.toml");
+    std::fs::write(
+        &path,
+        "[[rule]]\nid = \"items-only\"\nmessage = \"agents read the items table only\"\nallow = { tables = [\"items\"] }\n",
+    )
+    .unwrap();
+    let line = format!("rules = [{:?}]", path.display().to_string());
+    let gw = TestGateway::start_with(Setup {
+        grant_extra: line.clone(),
+        ..Setup::default()
+    })
+    .await;
+    gw.db
+        .direct()
+        .await
+        .batch_execute("CREATE TABLE secrets (v text)")
+        .await
+        .unwrap();
+    let client = gw.agent().await;
+    for sql in [
+        "SELECT count(*) FROM items",
+        "WITH secrets AS (SELECT 1 AS v) SELECT * FROM secrets",
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'items'",
+    ] {
+        client
+            .simple_query(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    for sql in [
+        "SELECT * FROM secrets",
+        "SELECT * FROM items WHERE name IN (SELECT v FROM secrets)",
+        "WITH a AS (SELECT * FROM secrets), secrets AS (SELECT 1) SELECT * FROM a",
+        "SET search_path = pg_catalog, public",
+    ] {
+        let err = client.simple_query(sql).await.unwrap_err();
+        let (code, message) = common::db_error(&err);
+        assert_eq!(code, "42501", "{sql}: {message}");
+        assert!(message.contains("items-only"), "{sql}: {message}");
+    }
+
+    let gw = MyGateway::start_with(MySetup {
+        grant_extra: line,
+        ..MySetup::default()
+    })
+    .await;
+    gw.db
+        .direct()
+        .await
+        .query_drop("CREATE TABLE secrets (v TEXT)")
+        .await
+        .unwrap();
+    let mut conn = gw.agent().await;
+    conn.query_drop("SELECT COUNT(*) FROM items").await.unwrap();
+    let err = conn.query_drop("SELECT * FROM secrets").await.unwrap_err();
+    assert!(
+        common::mysql::server_error(&err).1.contains("items-only"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn other_sessions_statements_are_not_visible_but_their_sessions_are() {
+    let gw = TestGateway::start().await;
+    let client = gw.agent().await;
+    for sql in [
+        "SELECT query FROM pg_stat_activity",
+        "SELECT * FROM pg_stat_activity",
+        "SELECT a FROM pg_stat_activity AS a",
+        "SELECT * FROM pg_stat_get_activity(NULL)",
+    ] {
+        let err = client.simple_query(sql).await.unwrap_err();
+        let (code, message) = common::db_error(&err);
+        assert_eq!(code, "42501", "{sql}: {message}");
+    }
+    client
+        .simple_query("SELECT pid, state, backend_start FROM pg_stat_activity")
+        .await
+        .unwrap();
+}

@@ -37,6 +37,8 @@ pub struct Grant {
     pub max_sessions_per_identity: usize,
     /// The DBA rules that narrow what the grant's access allows.
     pub rules: std::sync::Arc<rules::RuleSet>,
+    /// The generation of the policy it was decided under (see [`PolicyHolder`]).
+    pub generation: u64,
 }
 
 /// The grant policy in force. A reload (SIGHUP, `sqlgate reload`) replaces it whole:
@@ -44,59 +46,68 @@ pub struct Grant {
 /// entry's new rules at their next statement ([`crate::session::gate::Gate`]) and end
 /// when no entry grants them any more ([`GrantWatch`]).
 pub struct PolicyHolder {
-    current: std::sync::RwLock<std::sync::Arc<GrantPolicy>>,
-    /// Bumped by every replacement; live sessions watch it.
+    /// The policy and its generation, replaced together.
+    current: std::sync::RwLock<(u64, std::sync::Arc<GrantPolicy>)>,
+    /// The generation, for live sessions to watch.
     generation: tokio::sync::watch::Sender<u64>,
 }
 
 impl PolicyHolder {
     pub fn new(policy: GrantPolicy) -> Self {
         PolicyHolder {
-            current: std::sync::RwLock::new(std::sync::Arc::new(policy)),
+            current: std::sync::RwLock::new((0, std::sync::Arc::new(policy))),
             generation: tokio::sync::watch::Sender::new(0),
         }
     }
 
-    /// The policy in force and its generation.
+    /// The policy in force and its generation (one consistent pair).
     pub fn current(&self) -> (u64, std::sync::Arc<GrantPolicy>) {
-        let policy = match self.current.read() {
+        match self.current.read() {
             Ok(p) => p.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
-        };
-        (*self.generation.borrow(), policy)
+        }
     }
 
     pub fn generation(&self) -> u64 {
-        *self.generation.borrow()
+        self.current().0
     }
 
     /// Puts `policy` in force; returns its generation.
     pub fn replace(&self, policy: GrantPolicy) -> u64 {
-        match self.current.write() {
-            Ok(mut p) => *p = std::sync::Arc::new(policy),
-            Err(poisoned) => *poisoned.into_inner() = std::sync::Arc::new(policy),
-        }
-        self.generation.send_modify(|g| *g += 1);
-        self.generation()
+        let generation = {
+            let mut current = match self.current.write() {
+                Ok(c) => c,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            *current = (current.0 + 1, std::sync::Arc::new(policy));
+            current.0
+        };
+        self.generation.send_replace(generation);
+        generation
     }
 
-    /// Decides with the policy in force.
+    /// Decides with the policy in force; the grant carries the policy's generation.
     pub fn decide(
         &self,
         principal: &Principal,
         connection: &str,
         now: SystemTime,
     ) -> Result<Grant, Denial> {
-        self.current().1.decide(principal, connection, now)
+        let (generation, policy) = self.current();
+        let mut grant = policy.decide(principal, connection, now)?;
+        grant.generation = generation;
+        Ok(grant)
     }
 
-    /// A watch that resolves when a replacement leaves `principal` no grant for
-    /// `connection`.
-    pub fn watch(&self, principal: &Principal, connection: &str) -> GrantWatch {
+    /// A watch that resolves when a replacement of the policy after the one `grant`
+    /// was decided under leaves `principal` no grant for its connection (a reload
+    /// during the login is caught too).
+    pub fn watch(&self, principal: &Principal, grant: &Grant) -> GrantWatch {
         GrantWatch {
             changes: self.generation.subscribe(),
+            seen: grant.generation,
             principal: principal.clone(),
-            connection: connection.to_owned(),
+            connection: grant.connection.clone(),
         }
     }
 }
@@ -104,6 +115,8 @@ impl PolicyHolder {
 /// One live session's view of policy replacements (see [`PolicyHolder::watch`]).
 pub struct GrantWatch {
     changes: tokio::sync::watch::Receiver<u64>,
+    /// The generation last checked.
+    seen: u64,
     principal: Principal,
     connection: String,
 }
@@ -113,15 +126,18 @@ impl GrantWatch {
     /// Cancel-safe. Never resolves while the grant stays.
     pub async fn revoked(&mut self, holder: &PolicyHolder) {
         loop {
+            let generation = holder.generation();
+            if generation != self.seen {
+                self.seen = generation;
+                if holder
+                    .decide(&self.principal, &self.connection, SystemTime::now())
+                    .is_err()
+                {
+                    return;
+                }
+            }
             if self.changes.changed().await.is_err() {
                 return std::future::pending().await;
-            }
-            self.changes.borrow_and_update();
-            if holder
-                .decide(&self.principal, &self.connection, SystemTime::now())
-                .is_err()
-            {
-                return;
             }
         }
     }
@@ -200,6 +216,7 @@ impl GrantPolicy {
                     max_sessions: grant.max_sessions,
                     max_sessions_per_identity: grant.max_sessions_per_identity,
                     rules: grant.rules.clone(),
+                    generation: 0,
                 });
             }
         }
@@ -365,5 +382,30 @@ mod tests {
         let g = policy().decide(&p, "replica", SystemTime::now()).unwrap();
         assert_eq!(g.matched_on, "client id svc-app");
         assert_eq!(g.rule_index, 1);
+    }
+
+    #[tokio::test]
+    async fn a_reload_during_a_login_is_seen_by_the_session_it_admits() {
+        let holder = PolicyHolder::new(policy());
+        let p = principal(&["analytics-agents"], 3600);
+        let grant = holder.decide(&p, "replica", SystemTime::now()).unwrap();
+        assert_eq!(grant.generation, 0);
+        // The grant goes away before the session starts watching.
+        let mut without = policy();
+        without
+            .grants
+            .retain(|g| !g.groups.contains(&"analytics-agents".to_owned()));
+        holder.replace(without);
+        let mut watch = holder.watch(&p, &grant);
+        let revoked = tokio::time::timeout(Duration::from_secs(1), watch.revoked(&holder)).await;
+        assert!(revoked.is_ok(), "the session was not told");
+        // A session whose grant stays is not.
+        let holder = PolicyHolder::new(policy());
+        let grant = holder.decide(&p, "replica", SystemTime::now()).unwrap();
+        holder.replace(policy());
+        let mut watch = holder.watch(&p, &grant);
+        let revoked =
+            tokio::time::timeout(Duration::from_millis(100), watch.revoked(&holder)).await;
+        assert!(revoked.is_err());
     }
 }

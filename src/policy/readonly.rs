@@ -188,10 +188,26 @@ pub const DENIED_RELATIONS: &[(&str, &str, &str)] = &[
 /// Relations of which some columns are sensitive: reading those columns (by name, `*`
 /// or a whole-row reference, or all columns through COPY) is denied, reading the rest
 /// is allowed (pg_dump counts subscriptions).
-pub const DENIED_COLUMNS: &[(&str, &[&str], &str)] = &[(
-    "pg_subscription",
-    &["subconninfo"],
-    "it holds the publisher's connection string, often with a password",
+pub const DENIED_COLUMNS: &[(&str, &[&str], &str)] = &[
+    (
+        "pg_subscription",
+        &["subconninfo"],
+        "it holds the publisher's connection string, often with a password",
+    ),
+    (
+        "pg_stat_activity",
+        &["query"],
+        "it shows the statements of every session of the held role, other agents' included \
+         (their constants too); the other columns (pid, state, wait events, times) are readable",
+    ),
+];
+
+/// Like [`DENIED_COLUMNS`], for extension views in whatever schema the extension was
+/// installed.
+pub const DENIED_COLUMNS_ANY_SCHEMA: &[(&str, &[&str], &str)] = &[(
+    "pg_stat_statements",
+    &["query"],
+    "it shows the statement texts of every role, other agents' included",
 )];
 
 /// Extension functions that run SQL text, reach other servers or read raw storage:
@@ -199,6 +215,7 @@ pub const DENIED_COLUMNS: &[(&str, &[&str], &str)] = &[(
 /// [`DENIED_BUILTINS`].
 pub const DENIED_IN_ANY_SCHEMA: &[&str] = &[
     "dblink*",
+    "pg_stat_statements",
     "crosstab*",
     "connectby*",
     "xpath_table",
@@ -250,6 +267,9 @@ pub const DENIED_BUILTINS: &[&str] = &[
     "pg_file_*",
     "query_to_xml*",
     "query_to_xmlschema",
+    // Other sessions' statement texts (what pg_stat_activity.query reads).
+    "pg_stat_get_activity",
+    "pg_stat_get_backend_activity",
     "cursor_to_xml*",
     "table_to_xml*",
     "schema_to_xml*",
@@ -449,10 +469,13 @@ fn check_relations(
         }) {
             return Err(format!("reading {table} is not allowed: {why}"));
         }
-        if builtin_schema(table.schema.as_deref()) {
-            if let Some((_, columns, why)) =
-                DENIED_COLUMNS.iter().find(|(n, _, _)| *n == table.name)
-            {
+        let denied_columns = DENIED_COLUMNS
+            .iter()
+            .filter(|_| builtin_schema(table.schema.as_deref()))
+            .chain(DENIED_COLUMNS_ANY_SCHEMA)
+            .find(|(n, _, _)| *n == table.name);
+        {
+            if let Some((_, columns, why)) = denied_columns {
                 let whole_row = tree
                     .single_names
                     .iter()

@@ -208,6 +208,61 @@ pub struct Rule {
     pub deny_functions: Vec<Name>,
     pub deny_tables: Vec<Name>,
     pub deny_columns: Vec<ColumnName>,
+    /// When any rule of a grant has these, every relation a statement reads must be
+    /// on one of the grant's allow-lists.
+    pub allow_tables: Vec<AllowedName>,
+}
+
+/// An allow-list entry: `schema.table`, `table` (in any schema), or `schema.*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedName {
+    Table(Name),
+    Schema(String),
+}
+
+impl AllowedName {
+    fn parse(text: &str) -> Result<AllowedName, String> {
+        if let Some(schema) = text.strip_suffix(".*") {
+            return match Name::parse(schema) {
+                Ok(Name { schema: None, name }) => Ok(AllowedName::Schema(name)),
+                _ => Err(format!("{text:?} is not schema.*")),
+            };
+        }
+        Name::parse(text).map(AllowedName::Table)
+    }
+
+    /// Whether a relation a statement names is this entry. An unqualified name is
+    /// resolved by the search path (which grants with allow-lists may not change): it
+    /// matches an entry of the same name, but never a `schema.*` entry, since the
+    /// gateway cannot tell which schema the server would find it in.
+    /// On MySQL (`own_schema`: the session's database) an unqualified name is in the
+    /// session's database.
+    fn allows(&self, relation: &QualifiedName, own_schema: Option<&str>) -> bool {
+        let schema = relation
+            .schema
+            .as_deref()
+            .or(own_schema)
+            .map(str::to_lowercase);
+        match self {
+            AllowedName::Schema(allowed) => schema.is_some_and(|s| s == *allowed),
+            AllowedName::Table(name) => {
+                relation.name.to_lowercase() == name.name
+                    && match (&name.schema, &schema) {
+                        (Some(rule), Some(s)) => rule == s,
+                        (None, _) | (_, None) => true,
+                    }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for AllowedName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AllowedName::Table(name) => name.fmt(f),
+            AllowedName::Schema(schema) => write!(f, "{schema}.*"),
+        }
+    }
 }
 
 /// A column a rule denies: `[schema.]table.column`, lowercased.
@@ -355,6 +410,12 @@ impl RuleSet {
                         .collect()
                 };
                 let rule = Rule {
+                    allow_tables: r
+                        .allow
+                        .tables
+                        .iter()
+                        .map(|n| AllowedName::parse(n).map_err(|e| at(&e)))
+                        .collect::<Result<_, _>>()?,
                     deny_functions: names(&r.deny.functions)?,
                     deny_tables: names(&r.deny.tables)?,
                     deny_columns: r
@@ -370,8 +431,11 @@ impl RuleSet {
                 if rule.deny_functions.is_empty()
                     && rule.deny_tables.is_empty()
                     && rule.deny_columns.is_empty()
+                    && rule.allow_tables.is_empty()
                 {
-                    return Err(at("deny names no functions, tables or columns"));
+                    return Err(at(
+                        "the rule names nothing: give deny = { functions, tables, columns } or allow = { tables }",
+                    ));
                 }
                 set.rules.push(rule);
             }
@@ -450,6 +514,78 @@ impl RuleSet {
                     message: rule.message.clone(),
                     matched,
                 });
+            }
+        }
+        self.check_allow_lists(facts, own_schema)
+    }
+
+    /// The grant's allow-lists: every relation the statement reads must be on one.
+    /// Catalog schemas named explicitly (`pg_catalog.`, `information_schema.`) stay
+    /// as the read-only floor decides, except those that hold other tables' values.
+    /// The search path may not change: it decides what unqualified names are.
+    fn check_allow_lists(
+        &self,
+        facts: &StatementFacts,
+        own_schema: Option<&str>,
+    ) -> Option<RuleDenial> {
+        let lists: Vec<&Rule> = self
+            .rules
+            .iter()
+            .filter(|r| !r.allow_tables.is_empty())
+            .collect();
+        let first = lists.first()?;
+        let denial = |matched: String| {
+            Some(RuleDenial {
+                rule: lists
+                    .iter()
+                    .map(|r| r.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                message: first.message.clone(),
+                matched,
+            })
+        };
+        let sets_search_path = match &facts.kind {
+            crate::sql::StatementKind::Set(crate::sql::SetFacts::Value { name, .. }) => {
+                name.eq_ignore_ascii_case("search_path")
+            }
+            _ => false,
+        } || facts.tree.set_config_calls.iter().any(|c| {
+            c.name
+                .as_deref()
+                .is_none_or(|n| n.trim().eq_ignore_ascii_case("search_path"))
+        });
+        if sets_search_path {
+            return denial(
+                "search_path, which decides what unqualified table names mean under an allow-list"
+                    .into(),
+            );
+        }
+        for relation in &facts.tree.relations {
+            if holds_sampled_values(relation) {
+                return denial(format!(
+                    "{relation}, which holds sampled or stored values of tables the allow-list leaves out"
+                ));
+            }
+            let catalog = relation.schema.as_deref().is_some_and(|s| {
+                ["pg_catalog", "information_schema"].contains(&s.to_lowercase().as_str())
+            });
+            if catalog {
+                continue;
+            }
+            if !lists.iter().any(|r| {
+                r.allow_tables
+                    .iter()
+                    .any(|a| a.allows(relation, own_schema))
+            }) {
+                let hint = if relation.schema.is_none() {
+                    " (qualify it with its schema if a schema.* entry covers it)"
+                } else {
+                    ""
+                };
+                return denial(format!(
+                    "table {relation}, which no allow-list of the grant names{hint}"
+                ));
             }
         }
         None
@@ -583,7 +719,17 @@ impl RuleLimits {
 struct RawRule {
     id: String,
     message: String,
+    #[serde(default)]
     deny: RawDeny,
+    #[serde(default)]
+    allow: RawAllow,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAllow {
+    #[serde(default)]
+    tables: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -666,7 +812,7 @@ mod tests {
         );
         assert!(RuleSet::load(&[empty], dir.path())
             .unwrap_err()
-            .contains("names no functions, tables or columns"));
+            .contains("the rule names nothing"));
         let nothing = write("nothing.toml", "# only comments\n");
         assert!(RuleSet::load(&[nothing], dir.path())
             .unwrap_err()
@@ -688,6 +834,7 @@ mod tests {
                 deny_functions: vec![],
                 deny_tables: vec![],
                 deny_columns: vec![ColumnName::parse("public.users.ssn").unwrap()],
+                allow_tables: vec![],
             }],
         }
     }
@@ -787,6 +934,11 @@ mod tests {
             "TABLE users",
             "SELECT JSON_OBJECT('s', ssn) FROM users",
             "WITH u AS (SELECT * FROM users) SELECT ssn FROM u",
+            "SELECT id FROM users WHERE MATCH (ssn) AGAINST ('+123*' IN BOOLEAN MODE)",
+            // Each server reading of executable comments is checked, all facts merged.
+            "SELECT id /*M! , name */ /*!80000 , ssn */ FROM users",
+            "SELECT id /*!80000 , name */ /*M! , ssn */ FROM users",
+            "/*M! SELECT id FROM users */ /*!80000 TABLE users */",
         ] {
             let denial = decide(sql).unwrap_or_else(|| panic!("allowed: {sql}"));
             assert_eq!(denial.rule, "no-pii", "{sql}");
@@ -887,5 +1039,58 @@ mod tests {
         assert!(RuleSet::load(&[zero], dir.path())
             .unwrap_err()
             .contains("allow nothing"));
+    }
+
+    #[test]
+    fn allow_lists_admit_only_the_relations_they_name() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("allow.toml"),
+            "[[rule]]\nid = \"reporting-only\"\nmessage = \"agents read the reporting tables only\"\nallow = { tables = [\"public.orders\", \"products\", \"reporting.*\"] }\n",
+        )
+        .unwrap();
+        let rules = RuleSet::load(&[PathBuf::from("allow.toml")], dir.path()).unwrap();
+        let pg = |sql: &str| {
+            let facts = crate::sql::postgres::classify(sql, 1 << 20).unwrap();
+            facts.iter().find_map(|f| rules.check(f, None))
+        };
+        for sql in [
+            "SELECT * FROM orders",
+            "SELECT * FROM public.orders o JOIN products p ON true",
+            "SELECT * FROM reporting.daily",
+            "SELECT * FROM shop.products",
+            "WITH users AS (SELECT 1) SELECT * FROM users",
+            "SELECT column_name FROM information_schema.columns",
+            "SELECT relname FROM pg_catalog.pg_class",
+            "SELECT 1",
+            "RESET search_path",
+        ] {
+            assert_eq!(pg(sql), None, "{sql}");
+        }
+        for sql in [
+            "SELECT * FROM users",
+            "SELECT * FROM orders WHERE user_id IN (SELECT id FROM users)",
+            "SELECT * FROM archive.orders",
+            "WITH a AS (SELECT * FROM users), users AS (SELECT 1) SELECT * FROM a",
+            "SELECT * FROM pg_class",
+            "SELECT * FROM pg_catalog.pg_stats",
+            "SET search_path = archive, public",
+            "SELECT set_config('search_path', 'archive', false)",
+        ] {
+            let denial = pg(sql).unwrap_or_else(|| panic!("allowed: {sql}"));
+            assert_eq!(denial.rule, "reporting-only", "{sql}");
+        }
+        let my = |sql: &str| {
+            let facts = crate::sql::mysql::classify(sql, 1 << 20).unwrap();
+            facts.iter().find_map(|f| rules.check(f, Some("shop")))
+        };
+        assert_eq!(my("SELECT * FROM products JOIN shop.products"), None);
+        assert!(my("SELECT * FROM orders").is_some());
+        assert_eq!(my("SELECT * FROM information_schema.columns"), None);
+        assert!(my("SELECT * FROM users").is_some());
+        assert!(my("SELECT * FROM other.orders").is_some());
+        for dead in ["*", "a.b.*", "*.t"] {
+            assert!(AllowedName::parse(dead).is_err(), "{dead}");
+        }
     }
 }

@@ -227,6 +227,11 @@ pub struct Gate {
     pub statements: std::sync::atomic::AtomicU64,
     /// Statements forwarded so far (for `max_statements`).
     pub forwarded: std::sync::atomic::AtomicU64,
+    /// A SQL-level PREPARE or DECLARE CURSOR was forwarded: the server holds statements
+    /// the gateway decided under the rules of that time.
+    pub holds_sql_names: std::sync::atomic::AtomicBool,
+    /// A reload changed the rules since: SQL-level EXECUTE and FETCH are refused.
+    pub sql_names_stale: std::sync::atomic::AtomicBool,
     /// The rules in force for this session and the policy generation they come from;
     /// `None` once a reload removed the session's grant.
     pub rules: std::sync::Mutex<(u64, Option<Arc<RuleSet>>)>,
@@ -253,6 +258,8 @@ impl Gate {
             dialect,
             statements: Default::default(),
             forwarded: Default::default(),
+            holds_sql_names: Default::default(),
+            sql_names_stale: Default::default(),
             rules,
         }
     }
@@ -307,14 +314,25 @@ impl Gate {
         };
         if current.0 != generation {
             let now = std::time::SystemTime::now();
-            *current = (
-                generation,
-                self.services
-                    .grants
-                    .decide(&self.principal, &self.grant.connection, now)
-                    .ok()
-                    .map(|g| g.rules),
-            );
+            let rules = self
+                .services
+                .grants
+                .decide(&self.principal, &self.grant.connection, now)
+                .ok()
+                .map(|g| g.rules);
+            let changed = match (&current.1, &rules) {
+                (Some(old), Some(new)) => old != new,
+                _ => true,
+            };
+            if changed
+                && self
+                    .holds_sql_names
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                self.sql_names_stale
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            *current = (generation, rules);
             cache.clear();
         }
         current.1.clone()
@@ -502,6 +520,21 @@ impl Gate {
         catalog: Option<&FunctionCatalog>,
         rules: &RuleSet,
     ) -> Verdict {
+        let stale = self
+            .sql_names_stale
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if stale
+            && matches!(
+                facts.kind,
+                crate::sql::StatementKind::Execute | crate::sql::StatementKind::Fetch
+            )
+        {
+            return Verdict::Deny {
+                reason: format!(
+                    "{RULE_DENIAL_PREFIX}changes of a configuration reload: statements prepared with PREPARE and cursors declared before the reload changed this grant's rules cannot run under the new rules; reconnect"
+                ),
+            };
+        }
         match self.floor(facts, catalog) {
             Verdict::Allow => match rules.check(facts, self.dialect.own_schema()) {
                 Some(denial) => Verdict::Deny {
@@ -586,6 +619,10 @@ impl Gate {
     ) -> Execution {
         self.forwarded
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if kind == "PREPARE" || kind == "DECLARE CURSOR" {
+            self.holds_sql_names
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let mut rec = self.statement_record(text, kind, &Verdict::Allow);
         self.set_parameters(&mut rec, params);
         if let Some((portal, prepared)) = names {

@@ -1693,7 +1693,7 @@ async fn upstream_to_client(
             .gate
             .services
             .grants
-            .watch(&ctx.gate.principal, &ctx.gate.grant.connection),
+            .watch(&ctx.gate.principal, &ctx.gate.grant),
         shutdown,
         sent: side.sent.clone(),
         sent_open: true,

@@ -14,6 +14,7 @@
 pub mod mysql;
 pub mod pool;
 pub mod postgres;
+pub mod scope;
 pub mod walk;
 
 use std::fmt;
@@ -73,8 +74,11 @@ pub struct TreeFacts {
     pub column_aliases: bool,
     /// Target types of explicit casts (`x::mytype`, `CAST(x AS mytype)`).
     pub cast_types: Vec<QualifiedName>,
-    /// Every table or view named.
+    /// Every table or view named (CTE names included: a superset, for deny rules).
     pub tables: Vec<QualifiedName>,
+    /// The names of `tables` that are relations of the database, not the statement's
+    /// own CTEs, resolved with the server's scoping ([`scope`]), for allow-lists.
+    pub relations: Vec<QualifiedName>,
     /// Tables whose every column the statement may read: a `*` or `t.*` over them in
     /// the SELECT that names them, `TABLE t`, `COPY t TO` without a column list.
     pub star_tables: Vec<QualifiedName>,
@@ -89,6 +93,60 @@ pub struct TreeFacts {
     pub into: bool,
     /// MySQL optimizer hints (`/*+ ... */`), their text without the comment markers.
     pub optimizer_hints: Vec<String>,
+}
+
+impl TreeFacts {
+    /// Adds `other`'s facts (another reading of the same statement) to these, every
+    /// field: the destructuring has no `..`, so a new field does not compile until it
+    /// is merged here. Linear in the lists' lengths.
+    pub fn merge(&mut self, other: TreeFacts) {
+        let TreeFacts {
+            functions,
+            operators,
+            selected_names,
+            syntax_calls,
+            set_config_calls,
+            column_names,
+            single_names,
+            aliases,
+            column_aliases,
+            cast_types,
+            tables,
+            relations,
+            star_tables,
+            natural_join,
+            writes,
+            locking,
+            into,
+            optimizer_hints,
+        } = other;
+        fn extend<T: Clone + Eq + std::hash::Hash>(into: &mut Vec<T>, more: Vec<T>) {
+            let mut known: std::collections::HashSet<T> = into.iter().cloned().collect();
+            for item in more {
+                if known.insert(item.clone()) {
+                    into.push(item);
+                }
+            }
+        }
+        extend(&mut self.functions, functions);
+        extend(&mut self.operators, operators);
+        extend(&mut self.selected_names, selected_names);
+        extend(&mut self.syntax_calls, syntax_calls);
+        self.set_config_calls.extend(set_config_calls);
+        extend(&mut self.column_names, column_names);
+        extend(&mut self.single_names, single_names);
+        extend(&mut self.aliases, aliases);
+        self.column_aliases |= column_aliases;
+        extend(&mut self.cast_types, cast_types);
+        extend(&mut self.tables, tables);
+        extend(&mut self.relations, relations);
+        extend(&mut self.star_tables, star_tables);
+        self.natural_join |= natural_join;
+        extend(&mut self.writes, writes);
+        self.locking |= locking;
+        self.into |= into;
+        extend(&mut self.optimizer_hints, optimizer_hints);
+    }
 }
 
 /// One `set_config(name, value, is_local)` call; `None` where the argument is not a

@@ -36,6 +36,7 @@ const SYNTAX_CALLS: &[(&str, &[&str])] = &[
 pub fn walk<T: Serialize>(node: &T) -> Result<(Option<&'static str>, TreeFacts), String> {
     let mut walker = Walker::default();
     node.serialize(&mut walker).map_err(|e| e.0)?;
+    walker.facts.relations = walker.scopes.relations();
     // Relations named outside any SELECT: `COPY t TO STDOUT` without a column list
     // reads every column; a `*` outside a SELECT (RETURNING) may be over any of them.
     if (walker.root == Some("CopyStmt") && !walker.copy_columns) || walker.outer_star {
@@ -96,6 +97,11 @@ struct Walker {
     seen_star_tables: HashSet<QualifiedName>,
     /// The alias of the RangeVar being visited.
     range_alias: Option<String>,
+    /// CTE scoping, for which names are relations.
+    scopes: super::scope::Scopes,
+    /// Per CommonTableExpr being visited: the query holding its WITH, and whether its
+    /// scope was entered (on its name).
+    ctes: Vec<(Option<usize>, bool)>,
 }
 
 /// A relation a SELECT reads directly (in its FROM, through joins).
@@ -187,7 +193,11 @@ impl Walker {
             "ColumnRef" => self.columns.push(Vec::new()),
             "TypeCast" => self.casts.push(Vec::new()),
             "RangeVar" => self.ranges.push(Default::default()),
-            "SelectStmt" => self.levels.push(Level::default()),
+            "SelectStmt" => {
+                self.levels.push(Level::default());
+                self.scopes.enter_query();
+            }
+            "CommonTableExpr" => self.ctes.push((self.scopes.current_query(), false)),
             "InsertStmt" => self.facts.writes.push("INSERT".into()),
             "UpdateStmt" => self.facts.writes.push("UPDATE".into()),
             "DeleteStmt" => self.facts.writes.push("DELETE".into()),
@@ -234,7 +244,13 @@ impl Walker {
                     }
                 }
             }
+            Some("CommonTableExpr") => {
+                if let Some((_, true)) = self.ctes.pop() {
+                    self.scopes.leave();
+                }
+            }
             Some("SelectStmt") => {
+                self.scopes.leave();
                 if let Some(level) = self.levels.pop() {
                     for table in level.starred() {
                         self.star_table(table);
@@ -271,6 +287,7 @@ impl Walker {
                         schema: (!schema.is_empty()).then_some(schema),
                         name,
                     };
+                    self.scopes.reference(&table);
                     if self.seen_tables.insert(table.clone()) {
                         self.facts.tables.push(table.clone());
                     }
@@ -380,6 +397,11 @@ impl Walker {
         } else if self.ends_with(&["CopyStmt", "attlist", "Node", "node", "String", "sval"]) {
             self.copy_columns = true;
             self.column_name(v);
+        } else if self.ends_with(&["CommonTableExpr", "ctename"]) {
+            if let Some((Some(holder), entered)) = self.ctes.last_mut() {
+                self.scopes.enter_cte(*holder, v);
+                *entered = true;
+            }
         } else if self.ends_with(&["RangeVar", "schemaname"]) {
             if let Some(range) = self.ranges.last_mut() {
                 range.0 = v.to_owned();
@@ -484,6 +506,11 @@ impl ser::Serializer for &mut Walker {
     fn serialize_bool(self, v: bool) -> R {
         if v && self.ends_with(&["JoinExpr", "is_natural"]) {
             self.facts.natural_join = true;
+        }
+        if v && self.ends_with(&["WithClause", "recursive"]) {
+            if let Some(query) = self.scopes.current_query() {
+                self.scopes.set_recursive(query);
+            }
         }
         Ok(())
     }

@@ -75,10 +75,7 @@ impl Stops {
     pub(super) fn new(gate: &Gate, shutdown: broadcast::Receiver<()>) -> Stops {
         Stops {
             shutdown,
-            grant: gate
-                .services
-                .grants
-                .watch(&gate.principal, &gate.grant.connection),
+            grant: gate.services.grants.watch(&gate.principal, &gate.grant),
             services: gate.services.clone(),
         }
     }

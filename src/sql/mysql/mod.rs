@@ -143,7 +143,7 @@ fn classify_piece(sql: &str, piece: &Piece) -> Result<StatementFacts, ClassifyEr
                         kind.label()
                     )));
                 }
-                merge(&mut all, tree);
+                all.merge(tree);
                 (before, all)
             }
         });
@@ -279,23 +279,6 @@ fn reading<'a>(piece: &'a Piece, skipped: &[bool]) -> (Cow<'a, str>, Cow<'a, [To
         .cloned()
         .collect();
     (Cow::Owned(text), Cow::Owned(tokens))
-}
-
-/// Adds `other`'s facts to `into` (linear: the lists can be long).
-fn merge(into: &mut TreeFacts, other: TreeFacts) {
-    let known: HashSet<QualifiedName> = into.functions.iter().cloned().collect();
-    into.functions
-        .extend(other.functions.into_iter().filter(|f| !known.contains(f)));
-    let known: HashSet<QualifiedName> = into.tables.iter().cloned().collect();
-    into.tables
-        .extend(other.tables.into_iter().filter(|t| !known.contains(t)));
-    for w in other.writes {
-        if !into.writes.contains(&w) {
-            into.writes.push(w);
-        }
-    }
-    into.locking |= other.locking;
-    into.into |= other.into;
 }
 
 /// Statements that are reads or settings when they parse: a parse failure is reported
@@ -1131,7 +1114,7 @@ fn set_statement(
     let mut inner_text = text.to_owned();
     blank(&mut inner_text, 0, tokens[at].end);
     let (inner, inner_tree) = classify_text(&inner_text, &tokens[at + 1..], true)?;
-    merge(&mut tree, inner_tree);
+    tree.merge(inner_tree);
     Ok((
         StatementKind::SetStatement {
             settings,
@@ -1446,6 +1429,7 @@ fn show_fallback(
 fn walk(statement: &Statement) -> TreeFacts {
     let mut walker = Walker::default();
     let _ = statement.visit(&mut walker);
+    walker.tree.relations = walker.scopes.relations();
     if walker.stray_star {
         // A `*` outside a select list: fail closed, as if over every table named.
         for table in walker.tree.tables.clone() {
@@ -1499,6 +1483,12 @@ struct Walker {
     seen_star_tables: HashSet<QualifiedName>,
     /// A `*` seen outside a select list.
     stray_star: bool,
+    /// CTE scoping, for which names are relations.
+    scopes: crate::sql::scope::Scopes,
+    /// CTE bodies met in a WITH, by address: the query holding it and the CTE's name.
+    cte_bodies: std::collections::HashMap<usize, (usize, String)>,
+    /// Scopes each query being visited entered (its own, and its CTE's).
+    entered: Vec<usize>,
 }
 
 /// A called function's name. A quoted name (`` `left`(x) ``) keeps its backticks: MySQL
@@ -1530,6 +1520,7 @@ impl Walker {
     }
 
     fn table(&mut self, name: QualifiedName) {
+        self.scopes.reference(&name);
         if self.seen_tables.insert(name.clone()) {
             self.tree.tables.push(name);
         }
@@ -1686,7 +1677,32 @@ impl Visitor for Walker {
         ControlFlow::Continue(())
     }
 
+    fn post_visit_query(&mut self, _query: &Query) -> ControlFlow<()> {
+        for _ in 0..self.entered.pop().unwrap_or(0) {
+            self.scopes.leave();
+        }
+        ControlFlow::Continue(())
+    }
+
     fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        let address = query as *const Query as usize;
+        let mut entered = 0;
+        if let Some((holder, name)) = self.cte_bodies.remove(&address) {
+            self.scopes.enter_cte(holder, &name);
+            entered += 1;
+        }
+        let id = self.scopes.enter_query();
+        self.entered.push(entered + 1);
+        if let Some(with) = &query.with {
+            if with.recursive {
+                self.scopes.set_recursive(id);
+            }
+            for cte in &with.cte_tables {
+                let body = &*cte.query as *const Query as usize;
+                self.cte_bodies
+                    .insert(body, (id, cte.alias.name.value.clone()));
+            }
+        }
         if !query.locks.is_empty() {
             self.tree.locking = true;
         }
@@ -1731,6 +1747,13 @@ impl Visitor for Walker {
                 }
             }
             Expr::Wildcard(_) | Expr::QualifiedWildcard(..) => self.stray_star = true,
+            // `MATCH (c, ...) AGAINST (...)` compares the columns' values.
+            Expr::MatchAgainst { columns, .. } => {
+                for c in columns {
+                    let name = qualified(c).name;
+                    self.column(&name);
+                }
+            }
             _ => {}
         }
         ControlFlow::Continue(())
