@@ -178,6 +178,9 @@ pub async fn run(cli: Cli) -> i32 {
                     file,
                 },
         } => rules_test(config, connection, group, sql, file).await,
+        Command::Rules {
+            command: RulesCommand::Check { config },
+        } => rules_check(config),
         Command::Audit { command } => match command {
             AuditCommand::Verify { trail } => audit_verify(trail),
             AuditCommand::Sessions { trail, filter } => audit_sessions(trail, filter.into()),
@@ -287,6 +290,13 @@ async fn serve(
 
 #[derive(Subcommand, Debug)]
 pub enum RulesCommand {
+    /// Parse every rule file the config's grants reference and list what each grant's
+    /// rules do; exits 1 on the first broken file (naming file, line and key). The
+    /// same check `sqlgate reload` and the gateway make.
+    Check {
+        #[arg(long, short, default_value = "gateway.toml")]
+        config: PathBuf,
+    },
     /// Decide statements as a session of a grant would (read-only floor, then the
     /// grant's rules) and check `-- expect: allow|deny [RULE]` lines; exits 1 when an
     /// expectation fails, so rule sets can be tested in CI. No upstream is contacted:
@@ -309,6 +319,111 @@ pub enum RulesCommand {
         #[arg(long)]
         file: Option<PathBuf>,
     },
+}
+
+/// `sqlgate rules check`.
+fn rules_check(config: PathBuf) -> Result<(), String> {
+    let loaded = Config::load(&config).map_err(|e| e.to_string())?;
+    let mut files = 0;
+    for (i, g) in loaded.grants.iter().enumerate() {
+        let set = &g.rules;
+        let mut seen: Vec<&std::path::Path> = set.rules.iter().map(|r| r.file.as_path()).collect();
+        seen.dedup();
+        files += seen.len();
+        println!(
+            "grant[{i}] connection {} ({}): {} rule(s)",
+            g.connection,
+            describe_selectors(g),
+            set.rules.len()
+        );
+        for line in describe_rule_set(set) {
+            println!("  {line}");
+        }
+    }
+    println!(
+        "{}: {} grant(s), rule files parse ({files} with rules)",
+        config.display(),
+        loaded.grants.len()
+    );
+    Ok(())
+}
+
+/// Who a grant entry is for, as `check` prints it.
+fn describe_selectors(g: &crate::config::GrantConfig) -> String {
+    let mut parts = Vec::new();
+    if !g.groups.is_empty() {
+        parts.push(format!("groups {}", g.groups.join(", ")));
+    }
+    if !g.scopes.is_empty() {
+        parts.push(format!("scopes {}", g.scopes.join(" ")));
+    }
+    if !g.subjects.is_empty() {
+        parts.push(format!("subjects {}", g.subjects.join(", ")));
+    }
+    if !g.client_ids.is_empty() {
+        parts.push(format!("client ids {}", g.client_ids.join(", ")));
+    }
+    parts.join("; ")
+}
+
+/// A grant's rules and limits, one line each.
+fn describe_rule_set(set: &crate::policy::rules::RuleSet) -> Vec<String> {
+    let mut lines: Vec<String> = set
+        .rules
+        .iter()
+        .map(|rule| format!("rule {}", describe_rule(rule)))
+        .collect();
+    let limits = &set.limits;
+    for (key, limit) in [
+        ("max_rows", &limits.max_rows),
+        ("max_statements", &limits.max_statements),
+    ] {
+        if let Some(limit) = limit {
+            lines.push(format!("limit {}", limit.describe(key)));
+        }
+    }
+    if let Some(hours) = &limits.hours {
+        lines.push(format!("hours {hours}"));
+    }
+    lines
+}
+
+/// One rule on one line: id, effect, what it names, its file.
+fn describe_rule(rule: &crate::policy::rules::Rule) -> String {
+    let list = |what: &str, names: Vec<String>| {
+        (!names.is_empty()).then(|| format!("{what} {}", names.join(", ")))
+    };
+    let parts: Vec<String> = [
+        list(
+            "deny functions",
+            rule.deny_functions.iter().map(|n| n.to_string()).collect(),
+        ),
+        list(
+            "deny tables",
+            rule.deny_tables.iter().map(|n| n.to_string()).collect(),
+        ),
+        list(
+            "deny columns",
+            rule.deny_columns.iter().map(|n| n.to_string()).collect(),
+        ),
+        list(
+            "allow tables",
+            rule.allow_tables.iter().map(|n| n.to_string()).collect(),
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let effect = match rule.effect {
+        crate::policy::rules::Effect::Deny => "",
+        crate::policy::rules::Effect::Audit => " [effect audit: flag, do not deny]",
+    };
+    format!(
+        "{}{effect}: {} ({})",
+        rule.id,
+        parts.join("; "),
+        rule.file.display()
+    )
 }
 
 /// `sqlgate rules test`.
@@ -939,24 +1054,8 @@ pub fn describe(config: &Config) -> String {
             humantime::format_duration(g.idle_in_transaction_timeout),
             g.max_sessions_per_identity
         );
-        for rule in &g.rules.rules {
-            let mut denies: Vec<String> = Vec::new();
-            if !rule.deny_functions.is_empty() {
-                let names: Vec<String> =
-                    rule.deny_functions.iter().map(|n| n.to_string()).collect();
-                denies.push(format!("functions {}", names.join(", ")));
-            }
-            if !rule.deny_tables.is_empty() {
-                let names: Vec<String> = rule.deny_tables.iter().map(|n| n.to_string()).collect();
-                denies.push(format!("tables {}", names.join(", ")));
-            }
-            let _ = writeln!(
-                out,
-                "      rule {:?} ({}): denies {}",
-                rule.id,
-                rule.file.display(),
-                denies.join("; ")
-            );
+        for line in describe_rule_set(&g.rules) {
+            let _ = writeln!(out, "      {line}");
         }
     }
     let l = &config.limits;

@@ -650,3 +650,99 @@ async fn other_sessions_statements_are_not_visible_but_their_sessions_are() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn audit_effect_rules_let_statements_run_and_flag_their_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("watch.toml");
+    std::fs::write(
+        &path,
+        "[[rule]]\nid = \"items-watch\"\nmessage = \"reads of items are reviewed\"\neffect = \"audit\"\ndeny = { tables = [\"items\"] }\n",
+    )
+    .unwrap();
+    let line = format!("rules = [{:?}]", path.display().to_string());
+    let gw = TestGateway::start_with(Setup {
+        grant_extra: line.clone(),
+        ..Setup::default()
+    })
+    .await;
+    let client = gw.agent().await;
+    client
+        .simple_query("SELECT count(*) FROM items")
+        .await
+        .unwrap();
+    client
+        .query("SELECT count(*) FROM items WHERE id > $1", &[&0i32])
+        .await
+        .unwrap();
+    client.simple_query("SELECT 1").await.unwrap();
+    drop(client);
+    let records = gw.audit().await;
+    let statements: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["event"] == "statement")
+        .collect();
+    let flagged = |needle: &str| {
+        statements.iter().any(|r| {
+            r["statement"].as_str().is_some_and(|s| s.contains(needle))
+                && r["flagged_by"] == serde_json::json!(["items-watch"])
+        })
+    };
+    assert!(flagged("SELECT count(*) FROM items"), "{statements:?}");
+    assert!(flagged("WHERE id > $1"), "{statements:?}");
+    // The neighbour is not flagged.
+    assert!(statements
+        .iter()
+        .any(|r| r["statement"] == "SELECT 1" && r.get("flagged_by").is_none()));
+
+    let gw = MyGateway::start_with(MySetup {
+        grant_extra: line,
+        ..MySetup::default()
+    })
+    .await;
+    let mut conn = gw.agent().await;
+    let statement = conn.prep("SELECT COUNT(*) FROM items").await.unwrap();
+    let _: Option<i64> = conn.exec_first(&statement, ()).await.unwrap();
+    drop(conn);
+    let records = gw.audit().await;
+    assert!(records.iter().any(|r| r["event"] == "statement"
+        && r["kind"] == "EXECUTE SELECT"
+        && r["flagged_by"] == serde_json::json!(["items-watch"])));
+}
+
+#[tokio::test]
+async fn rules_check_lists_each_grants_rules_and_fails_on_a_broken_file() {
+    let (rules, line) = rule_files();
+    let files = common::GatewayFiles::write(Setup {
+        grant_extra: line,
+        ..Setup::default()
+    })
+    .await;
+    let run = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sqlgate"))
+            .args(["rules", "check", "--config"])
+            .arg(&files.config)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = run();
+    assert!(
+        ok && out.contains("no-sleep") && out.contains("deny tables salaries"),
+        "{out}"
+    );
+    std::fs::write(
+        rules.path().join("payroll.toml"),
+        "[[rule]]\nid = \"x\"\nmessage = \"m\"\ndeny = { tabels = [\"a\"] }\n",
+    )
+    .unwrap();
+    let (ok, out) = run();
+    assert!(
+        !ok && out.contains("payroll.toml") && out.contains("tabels") && out.contains("line"),
+        "{out}"
+    );
+}

@@ -72,6 +72,7 @@ const COLUMNS: &[(&str, Kind)] = &[
     ("upstream", Kind::Text),
     ("decision", Kind::Text),
     ("reason", Kind::Text),
+    ("flagged_by", Kind::List),
     ("kind", Kind::Text),
     ("statement", Kind::Text),
     ("statement_length", Kind::Count),
@@ -154,6 +155,7 @@ fn data_type(kind: Kind) -> DataType {
 ///   (host:port/database).
 /// - `decision` Utf8: allow or deny (grant or statement).
 /// - `reason` Utf8: why: the grant rule that matched, the denial, why a session ended.
+/// - `flagged_by` List<Utf8>: the `effect = "audit"` rules an allowed statement met.
 /// - `kind` Utf8: the statement's kind (SELECT, CREATE TABLE, unparsed, ...).
 /// - `statement` Utf8: the statement text, cut at `audit.max_statement_bytes`.
 /// - `statement_length` UInt64: when the text was cut, the whole text's length in bytes.

@@ -60,6 +60,9 @@ pub struct AuditRecord {
     pub expires_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub groups: Option<Vec<String>>,
+    /// The `effect = "audit"` rules an allowed statement met (statement records).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flagged_by: Option<Vec<String>>,
     /// The token's scopes, OAuth client id, `jti` and issuer (grant and session records).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scopes: Option<Vec<String>>,

@@ -211,6 +211,19 @@ pub struct Rule {
     /// When any rule of a grant has these, every relation a statement reads must be
     /// on one of the grant's allow-lists.
     pub allow_tables: Vec<AllowedName>,
+    /// What meeting the rule does.
+    pub effect: Effect,
+}
+
+/// What a rule does to a statement it meets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Effect {
+    /// Refuse it, naming the rule and its message.
+    #[default]
+    Deny,
+    /// Let it run and flag its audit record with the rule's id (`flagged_by`): for
+    /// watching a rule before enforcing it, or for statements to review.
+    Audit,
 }
 
 /// An allow-list entry: `schema.table`, `table` (in any schema), or `schema.*`.
@@ -410,6 +423,10 @@ impl RuleSet {
                         .collect()
                 };
                 let rule = Rule {
+                    effect: match r.effect {
+                        RawEffect::Deny => Effect::Deny,
+                        RawEffect::Audit => Effect::Audit,
+                    },
                     allow_tables: r
                         .allow
                         .tables
@@ -471,125 +488,151 @@ impl RuleSet {
     /// The first rule that denies this statement, if any. `own_schema`: the session's
     /// database on MySQL (a name qualified with it is as good as unqualified).
     pub fn check(&self, facts: &StatementFacts, own_schema: Option<&str>) -> Option<RuleDenial> {
-        let tree = &facts.tree;
-        let selected: Vec<QualifiedName> = tree
-            .selected_names
-            .iter()
-            .map(|n| QualifiedName {
-                schema: None,
-                name: n.clone(),
-            })
-            .collect();
-        for rule in &self.rules {
-            let function = tree.functions.iter().chain(&selected).find_map(|f| {
-                rule.deny_functions
-                    .iter()
-                    .find(|n| n.matches(f, own_schema))
-                    .map(|_| format!("function {f}"))
-            });
-            let table = || {
-                tree.tables.iter().find_map(|t| {
-                    let covers_values = !rule.deny_tables.is_empty() || !rule.deny_columns.is_empty();
-                    if covers_values && holds_sampled_values(t) {
-                        // Planner statistics and TOAST hold values of every table,
-                        // the denied ones included.
-                        return Some(format!(
-                            "{t}, which holds sampled or stored values of the tables this rule denies"
-                        ));
-                    }
-                    rule.deny_tables
-                        .iter()
-                        .find(|n| n.matches(t, own_schema))
-                        .map(|_| format!("table {t}"))
-                })
-            };
-            let column = || {
-                rule.deny_columns
-                    .iter()
-                    .find_map(|c| column_read(facts, c, own_schema))
-            };
-            if let Some(matched) = function.or_else(table).or_else(column) {
-                return Some(RuleDenial {
-                    rule: rule.id.clone(),
-                    message: rule.message.clone(),
-                    matched,
-                });
-            }
-        }
-        self.check_allow_lists(facts, own_schema)
-    }
-
-    /// The grant's allow-lists: every relation the statement reads must be on one.
-    /// Catalog schemas named explicitly (`pg_catalog.`, `information_schema.`) stay
-    /// as the read-only floor decides, except those that hold other tables' values.
-    /// The search path may not change: it decides what unqualified names are.
-    fn check_allow_lists(
-        &self,
-        facts: &StatementFacts,
-        own_schema: Option<&str>,
-    ) -> Option<RuleDenial> {
-        let lists: Vec<&Rule> = self
+        let deny: Vec<&Rule> = self
             .rules
             .iter()
-            .filter(|r| !r.allow_tables.is_empty())
+            .filter(|r| r.effect == Effect::Deny)
             .collect();
-        let first = lists.first()?;
-        let denial = |matched: String| {
-            Some(RuleDenial {
-                rule: lists
+        check_rules(&deny, facts, own_schema)
+    }
+
+    /// The ids of the `effect = "audit"` rules this statement meets: it runs, and its
+    /// record says which rules flagged it.
+    pub fn flags(&self, facts: &StatementFacts, own_schema: Option<&str>) -> Vec<String> {
+        self.rules
+            .iter()
+            .filter(|r| r.effect == Effect::Audit)
+            .filter(|r| check_rules(&[r], facts, own_schema).is_some())
+            .map(|r| r.id.clone())
+            .collect()
+    }
+}
+
+/// The first of `rules` that denies the statement: deny-lists in order, then the
+/// allow-lists among them together.
+fn check_rules(
+    rules: &[&Rule],
+    facts: &StatementFacts,
+    own_schema: Option<&str>,
+) -> Option<RuleDenial> {
+    let tree = &facts.tree;
+    let selected: Vec<QualifiedName> = tree
+        .selected_names
+        .iter()
+        .map(|n| QualifiedName {
+            schema: None,
+            name: n.clone(),
+        })
+        .collect();
+    for rule in rules {
+        let function = tree.functions.iter().chain(&selected).find_map(|f| {
+            rule.deny_functions
+                .iter()
+                .find(|n| n.matches(f, own_schema))
+                .map(|_| format!("function {f}"))
+        });
+        let table = || {
+            tree.tables.iter().find_map(|t| {
+                let covers_values = !rule.deny_tables.is_empty() || !rule.deny_columns.is_empty();
+                if covers_values && holds_sampled_values(t) {
+                    // Planner statistics and TOAST hold values of every table,
+                    // the denied ones included.
+                    return Some(format!(
+                        "{t}, which holds sampled or stored values of the tables this rule denies"
+                    ));
+                }
+                rule.deny_tables
                     .iter()
-                    .map(|r| r.id.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                message: first.message.clone(),
-                matched,
+                    .find(|n| n.matches(t, own_schema))
+                    .map(|_| format!("table {t}"))
             })
         };
-        let sets_search_path = match &facts.kind {
-            crate::sql::StatementKind::Set(crate::sql::SetFacts::Value { name, .. }) => {
-                name.eq_ignore_ascii_case("search_path")
-            }
-            _ => false,
-        } || facts.tree.set_config_calls.iter().any(|c| {
-            c.name
-                .as_deref()
-                .is_none_or(|n| n.trim().eq_ignore_ascii_case("search_path"))
-        });
-        if sets_search_path {
-            return denial(
-                "search_path, which decides what unqualified table names mean under an allow-list"
-                    .into(),
-            );
-        }
-        for relation in &facts.tree.relations {
-            if holds_sampled_values(relation) {
-                return denial(format!(
-                    "{relation}, which holds sampled or stored values of tables the allow-list leaves out"
-                ));
-            }
-            let catalog = relation.schema.as_deref().is_some_and(|s| {
-                ["pg_catalog", "information_schema"].contains(&s.to_lowercase().as_str())
+        let column = || {
+            rule.deny_columns
+                .iter()
+                .find_map(|c| column_read(facts, c, own_schema))
+        };
+        if let Some(matched) = function.or_else(table).or_else(column) {
+            return Some(RuleDenial {
+                rule: rule.id.clone(),
+                message: rule.message.clone(),
+                matched,
             });
-            if catalog {
-                continue;
-            }
-            if !lists.iter().any(|r| {
-                r.allow_tables
-                    .iter()
-                    .any(|a| a.allows(relation, own_schema))
-            }) {
-                let hint = if relation.schema.is_none() {
-                    " (qualify it with its schema if a schema.* entry covers it)"
-                } else {
-                    ""
-                };
-                return denial(format!(
-                    "table {relation}, which no allow-list of the grant names{hint}"
-                ));
-            }
         }
-        None
     }
+    check_allow_lists(rules, facts, own_schema)
+}
+
+/// The allow-lists among `rules`: every relation the statement reads must be on one.
+/// Catalog schemas named explicitly (`pg_catalog.`, `information_schema.`) stay as the
+/// read-only floor decides, except those that hold other tables' values. The search
+/// path may not change: it decides what unqualified names are.
+fn check_allow_lists(
+    rules: &[&Rule],
+    facts: &StatementFacts,
+    own_schema: Option<&str>,
+) -> Option<RuleDenial> {
+    let lists: Vec<&Rule> = rules
+        .iter()
+        .copied()
+        .filter(|r| !r.allow_tables.is_empty())
+        .collect();
+    let first = lists.first()?;
+    let denial = |matched: String| {
+        Some(RuleDenial {
+            rule: lists
+                .iter()
+                .map(|r| r.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            message: first.message.clone(),
+            matched,
+        })
+    };
+    let sets_search_path = match &facts.kind {
+        crate::sql::StatementKind::Set(crate::sql::SetFacts::Value { name, .. }) => {
+            name.eq_ignore_ascii_case("search_path")
+        }
+        _ => false,
+    } || facts.tree.set_config_calls.iter().any(|c| {
+        c.name
+            .as_deref()
+            .is_none_or(|n| n.trim().eq_ignore_ascii_case("search_path"))
+    });
+    if sets_search_path {
+        return denial(
+            "search_path, which decides what unqualified table names mean under an allow-list"
+                .into(),
+        );
+    }
+    for relation in &facts.tree.relations {
+        if holds_sampled_values(relation) {
+            return denial(format!(
+                "{relation}, which holds sampled or stored values of tables the allow-list leaves out"
+            ));
+        }
+        let catalog = relation.schema.as_deref().is_some_and(|s| {
+            ["pg_catalog", "information_schema"].contains(&s.to_lowercase().as_str())
+        });
+        if catalog {
+            continue;
+        }
+        if !lists.iter().any(|r| {
+            r.allow_tables
+                .iter()
+                .any(|a| a.allows(relation, own_schema))
+        }) {
+            let hint = if relation.schema.is_none() {
+                " (qualify it with its schema if a schema.* entry covers it)"
+            } else {
+                ""
+            };
+            return denial(format!(
+                "table {relation}, which no allow-list of the grant names{hint}"
+            ));
+        }
+    }
+    None
 }
 
 /// How a statement may read column `c`, if it names its table: by name anywhere
@@ -720,9 +763,19 @@ struct RawRule {
     id: String,
     message: String,
     #[serde(default)]
+    effect: RawEffect,
+    #[serde(default)]
     deny: RawDeny,
     #[serde(default)]
     allow: RawAllow,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RawEffect {
+    #[default]
+    Deny,
+    Audit,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -835,6 +888,7 @@ mod tests {
                 deny_tables: vec![],
                 deny_columns: vec![ColumnName::parse("public.users.ssn").unwrap()],
                 allow_tables: vec![],
+                effect: Effect::Deny,
             }],
         }
     }

@@ -47,6 +47,8 @@ pub struct Classified {
 /// An allowed statement text: each statement's text and kind, for audit.
 pub struct Allowed {
     pub parts: Vec<(String, String)>,
+    /// The `effect = "audit"` rules the text meets: its records are flagged with them.
+    pub flags: Vec<String>,
 }
 
 /// The outcome for one statement text (a Query or Parse message, a COM_QUERY).
@@ -147,8 +149,11 @@ impl VerdictCache {
     /// `shape` only for statements whose verdict cannot depend on a constant.
     fn remember(&mut self, text: &str, shape: Option<String>, allowed: &Arc<Allowed>) {
         let parts: usize = allowed.parts.iter().map(|(t, k)| t.len() + k.len()).sum();
-        let shape =
-            shape.filter(|_| matches!(allowed.parts.as_slice(), [(_, kind)] if kind == "SELECT"));
+        // Flags are not kept per shape: a flagged text is remembered exactly only.
+        let shape = shape.filter(|_| {
+            allowed.flags.is_empty()
+                && matches!(allowed.parts.as_slice(), [(_, kind)] if kind == "SELECT")
+        });
         let cost = text.len()
             + parts
             + shape
@@ -411,6 +416,7 @@ impl Gate {
             if cache.shapes.contains_key(shape) {
                 return TextDecision::Allow(Arc::new(Allowed {
                     parts: vec![(text.trim().to_owned(), "SELECT".to_owned())],
+                    flags: Vec::new(),
                 }));
             }
         }
@@ -464,8 +470,17 @@ impl Gate {
         let denied = parts.iter().position(|p| p.verdict != Verdict::Allow);
         match denied {
             None => {
+                let mut flags: Vec<String> = Vec::new();
+                for f in &facts {
+                    for flag in rules.flags(f, self.dialect.own_schema()) {
+                        if !flags.contains(&flag) {
+                            flags.push(flag);
+                        }
+                    }
+                }
                 let allowed = Arc::new(Allowed {
                     parts: parts.into_iter().map(|p| (p.text, p.kind)).collect(),
+                    flags,
                 });
                 // set_config's verdict depends on its constants: never by shape.
                 let by_shape = facts.iter().all(|f| f.tree.set_config_calls.is_empty());
@@ -615,6 +630,7 @@ impl Gate {
         kind: &str,
         params: Option<(Vec<Option<String>>, usize)>,
         names: Option<(&str, &str)>,
+        flags: &[String],
         ready_at: u64,
     ) -> Execution {
         self.forwarded
@@ -625,6 +641,9 @@ impl Gate {
         }
         let mut rec = self.statement_record(text, kind, &Verdict::Allow);
         self.set_parameters(&mut rec, params);
+        if !flags.is_empty() {
+            rec.flagged_by = Some(flags.to_vec());
+        }
         if let Some((portal, prepared)) = names {
             rec.portal = Some(portal.to_owned());
             rec.prepared_name = Some(prepared.to_owned());
@@ -744,6 +763,7 @@ mod tests {
     fn allowed(text: &str) -> Arc<Allowed> {
         Arc::new(Allowed {
             parts: vec![(text.to_owned(), "SELECT".to_owned())],
+            flags: Vec::new(),
         })
     }
 

@@ -49,6 +49,8 @@ pub struct Statement {
     /// The policy generation it was allowed under (0 for a statement the tracker
     /// does not know): after a reload, it is decided again before it runs.
     pub generation: u64,
+    /// The `effect = "audit"` rules it meets (see [`crate::session::gate::Allowed`]).
+    pub flags: Arc<[String]>,
 }
 
 /// What an Execute of a portal runs.
@@ -108,7 +110,7 @@ impl Portals {
     }
 
     /// An allowed Parse, in `batch`.
-    pub fn parsed(&mut self, name: &str, text: &str, kind: &str, batch: u64) {
+    pub fn parsed(&mut self, name: &str, text: &str, kind: &str, batch: u64, flags: &[String]) {
         if !name.is_empty() && self.statements.contains_key(name) {
             // The server refuses to replace a named statement (42P05): the old one stays.
             return;
@@ -126,6 +128,7 @@ impl Portals {
                 kind: kind.into(),
                 batch,
                 generation: self.generation,
+                flags: flags.into(),
             },
         );
     }
@@ -179,6 +182,7 @@ impl Portals {
                 kind: "EXECUTE".into(),
                 batch,
                 generation: 0,
+                flags: Arc::from([]),
             });
         if self.failed.contains(&batch) {
             // Its batch already failed: the server may have skipped it.
@@ -221,6 +225,7 @@ impl Portals {
                 kind: "EXECUTE".into(),
                 batch: 0,
                 generation: 0,
+                flags: Arc::from([]),
             },
             params: Arc::default(),
             statement_name: "".into(),
@@ -353,7 +358,7 @@ mod tests {
     #[test]
     fn executes_are_tied_to_their_statement_and_parameters() {
         let mut p = Portals::default();
-        p.parsed("s1", "SELECT $1::int", "SELECT", 1);
+        p.parsed("s1", "SELECT $1::int", "SELECT", 1, &[]);
         let bind = BindMessage {
             portal: "",
             statement: "s1",
@@ -372,7 +377,7 @@ mod tests {
         );
         assert!(p.execute("other").statement.text.contains("not bound"));
         // A named Parse over an existing name keeps the old statement (42P05).
-        p.parsed("s1", "SELECT 'other'", "SELECT", 3);
+        p.parsed("s1", "SELECT 'other'", "SELECT", 3, &[]);
         assert_eq!(&*p.execute("").statement.text, "SELECT $1::int");
         // A denied named Parse keeps it too; a denied unnamed one drops the unnamed.
         p.parse_denied("s1");
@@ -392,9 +397,9 @@ mod tests {
     fn prepared_text_and_portals_are_bounded() {
         let mut p = Portals::default();
         let big = "x".repeat(MAX_PREPARED_BYTES / 2 - ENTRY_OVERHEAD - 1);
-        p.parsed("a", &big, "SELECT", 1);
+        p.parsed("a", &big, "SELECT", 1, &[]);
         assert!(p.fits("b", &big));
-        p.parsed("b", &big, "SELECT", 1);
+        p.parsed("b", &big, "SELECT", 1, &[]);
         assert!(!p.fits("c", "SELECT 1"));
         assert!(check_name(&"n".repeat(63)).is_ok());
         assert!(check_name(&"n".repeat(64)).is_err());

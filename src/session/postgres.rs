@@ -1175,6 +1175,7 @@ async fn client_to_upstream(
                             &run.statement.kind,
                             Some((run.params.to_vec(), run.param_count)),
                             Some((name, &run.statement_name)),
+                            &run.statement.flags,
                             pipeline.sync_points + 1,
                         )
                         .await
@@ -1399,7 +1400,14 @@ async fn client_to_upstream(
                                 portals.ran(kind);
                                 let execution = ctx
                                     .gate
-                                    .forwarding(text, kind, None, None, pipeline.sync_points)
+                                    .forwarding(
+                                        text,
+                                        kind,
+                                        None,
+                                        None,
+                                        &allowed.flags,
+                                        pipeline.sync_points,
+                                    )
                                     .await
                                     .holding(permit);
                                 let _ = side.execs.send(execution);
@@ -1412,7 +1420,13 @@ async fn client_to_upstream(
                                 allowed.parts.iter().map(|(_, k)| k.as_str()).collect();
                             let kind = kinds.join(", ");
                             portals.generation = ctx.gate.rules_generation();
-                            portals.parsed(name, text, &kind, pipeline.sync_points + 1);
+                            portals.parsed(
+                                name,
+                                text,
+                                &kind,
+                                pipeline.sync_points + 1,
+                                &allowed.flags,
+                            );
                             // Every text the server may run is in the trail, whatever an
                             // Execute's record can tell of it.
                             ctx.gate

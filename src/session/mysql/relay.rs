@@ -111,6 +111,8 @@ pub(super) struct Prepared {
     /// The policy generation it was allowed under: after a reload it is decided
     /// again before it runs.
     generation: u64,
+    /// The `effect = "audit"` rules it meets.
+    flags: Vec<String>,
 }
 
 /// One logged-in session.
@@ -392,7 +394,7 @@ impl Session {
                         .await;
                 }
                 let text = text.to_owned();
-                if let Some(kind) = self.allow_text(&text, true).await? {
+                if let Some((kind, flags)) = self.allow_text(&text, true).await? {
                     let generation = self.gate.rules_generation();
                     let tracker = self.forward(packet, Expect::Prepare, shutdown).await?;
                     if let (Some(id), None) = (tracker.stmt_id, &tracker.error) {
@@ -406,6 +408,7 @@ impl Session {
                                 types: None,
                                 long_data: Vec::new(),
                                 generation,
+                                flags,
                             },
                         );
                     }
@@ -472,6 +475,7 @@ impl Session {
                     }
                 }
                 let (text, kind) = (prepared.text.clone(), format!("EXECUTE {}", prepared.kind));
+                let statement_flags = prepared.flags.clone();
                 if prepared.generation != self.gate.services.grants.generation() {
                     // Allowed under rules a reload has replaced: decide it again.
                     if let TextDecision::Deny { denied, .. } =
@@ -519,7 +523,14 @@ impl Session {
                 }
                 let execution = self
                     .gate
-                    .forwarding(&text, &kind, Some((params, count)), None, 0)
+                    .forwarding(
+                        &text,
+                        &kind,
+                        Some((params, count)),
+                        None,
+                        &statement_flags,
+                        0,
+                    )
                     .await;
                 self.inflight.push(execution);
                 self.forward(packet, Expect::Results, shutdown).await?;
@@ -769,7 +780,7 @@ impl Session {
             .await?;
             return Ok(false);
         }
-        let execution = self.gate.forwarding(what, what, None, None, 0).await;
+        let execution = self.gate.forwarding(what, what, None, None, &[], 0).await;
         self.inflight.push(execution);
         Ok(true)
     }
@@ -813,7 +824,7 @@ impl Session {
         &mut self,
         text: &str,
         prepare: bool,
-    ) -> Result<Option<String>, (EndReason, bool)> {
+    ) -> Result<Option<(String, Vec<String>)>, (EndReason, bool)> {
         if !self.gate.services.audit.healthy() {
             return self
                 .deny(
@@ -829,12 +840,18 @@ impl Session {
                     // Preparing runs nothing: each execution is recorded, as in the
                     // Postgres extended protocol.
                     if !prepare {
-                        let execution = self.gate.forwarding(part, kind, None, None, 0).await;
+                        let execution = self
+                            .gate
+                            .forwarding(part, kind, None, None, &allowed.flags, 0)
+                            .await;
                         self.inflight.push(execution);
                     }
                 }
                 let first = allowed.parts.first().map(|(_, kind)| kind.clone());
-                Ok(Some(first.unwrap_or_else(|| "statement".into())))
+                Ok(Some((
+                    first.unwrap_or_else(|| "statement".into()),
+                    allowed.flags.clone(),
+                )))
             }
             TextDecision::Deny { denied, parts, .. } => {
                 for part in &parts {
