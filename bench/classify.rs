@@ -98,6 +98,7 @@ fn run() {
                     deny_tables: (0..3).map(|k| name(i * 3 + k, "t")).collect(),
                     allow_tables: vec![],
                     effect: Default::default(),
+                    require: None,
                     deny_columns: (0..3)
                         .map(|k| sqlgate::policy::rules::ColumnName {
                             table: name(i * 3 + k, "t"),

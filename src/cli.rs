@@ -1195,6 +1195,9 @@ fn reload(config: PathBuf, pid: Option<u32>, pid_file: Option<PathBuf>) -> Resul
             )
         }
     };
+    if pid < 2 || pid > i32::MAX as u32 {
+        return Err(format!("{pid} is not a gateway's process id"));
+    }
     let status = std::process::Command::new("kill")
         .args(["-HUP", &pid.to_string()])
         .status()

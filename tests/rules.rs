@@ -746,3 +746,172 @@ async fn rules_check_lists_each_grants_rules_and_fails_on_a_broken_file() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn shape_rules_require_a_where_and_a_bounded_limit_on_postgres_and_mysql() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shape.toml");
+    std::fs::write(
+        &path,
+        "[[rule]]\nid = \"items-bounded\"\nmessage = \"filter and bound reads of items\"\nrequire = { tables = [\"items\"], where = true, max_limit = 100 }\n",
+    )
+    .unwrap();
+    let line = format!("rules = [{:?}]", path.display().to_string());
+    let gw = TestGateway::start_with(Setup {
+        grant_extra: line.clone(),
+        ..Setup::default()
+    })
+    .await;
+    let client = gw.agent().await;
+    for sql in [
+        "SELECT * FROM items",
+        "SELECT * FROM items WHERE id > 0",
+        "SELECT * FROM items WHERE id > 0 LIMIT 1000",
+    ] {
+        let err = client.simple_query(sql).await.unwrap_err();
+        let (code, message) = common::db_error(&err);
+        assert_eq!(code, "42501", "{sql}: {message}");
+        assert!(message.contains("items-bounded"), "{sql}: {message}");
+    }
+    client
+        .simple_query("SELECT * FROM items WHERE id > 0 LIMIT 100")
+        .await
+        .unwrap();
+    // Same shape, a constant over the cap: the verdict is not taken from the cache.
+    assert!(client
+        .simple_query("SELECT * FROM items WHERE id > 1 LIMIT 101")
+        .await
+        .is_err());
+    assert!(client
+        .query(
+            "SELECT * FROM items WHERE id > $1 LIMIT $2",
+            &[&0i32, &5i64]
+        )
+        .await
+        .is_err());
+
+    let gw = MyGateway::start_with(MySetup {
+        grant_extra: line,
+        ..MySetup::default()
+    })
+    .await;
+    let mut conn = gw.agent().await;
+    let err = conn.query_drop("SELECT * FROM items").await.unwrap_err();
+    assert!(
+        common::mysql::server_error(&err)
+            .1
+            .contains("items-bounded"),
+        "{err}"
+    );
+    conn.query_drop("SELECT * FROM items WHERE id > 0 LIMIT 10")
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn allow_list_grants_refuse_a_startup_search_path_and_user_functions() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("allow.toml");
+    std::fs::write(
+        &path,
+        "[[rule]]\nid = \"items-only\"\nmessage = \"items only\"\nallow = { tables = [\"items\"] }\n",
+    )
+    .unwrap();
+    let gw = TestGateway::start_with(Setup {
+        grant_extra: format!("rules = [{:?}]", path.display().to_string()),
+        ..Setup::default()
+    })
+    .await;
+    gw.db
+        .direct()
+        .await
+        .batch_execute(
+            "CREATE TABLE secrets (v text); \
+             CREATE FUNCTION read_secrets() RETURNS bigint STABLE LANGUAGE sql AS 'SELECT count(*) FROM secrets'",
+        )
+        .await
+        .unwrap();
+    // A search_path in the startup packet would change what `items` means.
+    let token = gw.token(&["analytics-agents"]);
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", gw.port()))
+        .await
+        .unwrap();
+    let mut out = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::startup_message(
+        [
+            ("user", "agent-7"),
+            ("database", "reporting"),
+            ("search_path", "pg_catalog, other"),
+        ],
+        &mut out,
+    )
+    .unwrap();
+    stream.write_all(&out).await.unwrap();
+    let mut seen = Vec::new();
+    let mut sent_password = false;
+    loop {
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&chunk[..n]);
+        if !sent_password && seen.first() == Some(&b'R') {
+            let mut out = bytes::BytesMut::new();
+            postgres_protocol::message::frontend::password_message(token.as_bytes(), &mut out)
+                .unwrap();
+            stream.write_all(&out).await.unwrap();
+            sent_password = true;
+            seen.clear();
+        }
+    }
+    let text = String::from_utf8_lossy(&seen);
+    assert!(
+        text.contains("search_path refused") && text.contains("allow-list"),
+        "{text}"
+    );
+    // A user function reads tables out of the list's sight; built-ins are fine.
+    let client = gw.agent().await;
+    let err = client
+        .simple_query("SELECT read_secrets()")
+        .await
+        .unwrap_err();
+    let (_, message) = common::db_error(&err);
+    assert!(message.contains("user-defined"), "{message}");
+    client
+        .simple_query("SELECT lower(name) FROM items")
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn copy_to_stdout_counts_against_max_rows() {
+    let (_rules, line) = limits_file("max_rows = 10");
+    let gw = TestGateway::start_with(Setup {
+        grant_extra: line,
+        ..Setup::default()
+    })
+    .await;
+    let client = gw.agent().await;
+    let err = copy(&client, 1000).await.unwrap_err();
+    let (code, message) = common::db_error(&err);
+    assert_eq!(code, "54000", "{message}");
+    assert!(message.contains("max_rows = 10"), "{message}");
+    let client = gw.agent().await;
+    assert_eq!(copy(&client, 10).await.unwrap(), 10);
+}
+
+/// Rows of a `COPY (SELECT generate_series(1, n)) TO STDOUT`.
+async fn copy(client: &tokio_postgres::Client, n: u32) -> Result<usize, tokio_postgres::Error> {
+    use futures_util::StreamExt;
+    let sql = format!("COPY (SELECT generate_series(1, {n})) TO STDOUT");
+    let stream = client.copy_out(sql.as_str()).await?;
+    futures_util::pin_mut!(stream);
+    let mut chunks = 0;
+    while let Some(chunk) = stream.next().await {
+        chunk?;
+        chunks += 1;
+    }
+    Ok(chunks)
+}

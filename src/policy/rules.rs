@@ -94,6 +94,11 @@ impl Hours {
         let mut days = [false; 7];
         for entry in &raw.days {
             match entry.split_once('-') {
+                Some((_, b)) if b.contains('-') => {
+                    return Err(format!(
+                        "days {entry:?}: write one day or one range (mon-fri)"
+                    ))
+                }
                 Some((a, b)) => {
                     let (a, b) = (day(a)?, day(b)?);
                     if a > b {
@@ -211,8 +216,60 @@ pub struct Rule {
     /// When any rule of a grant has these, every relation a statement reads must be
     /// on one of the grant's allow-lists.
     pub allow_tables: Vec<AllowedName>,
+    /// Shape requirements on the SELECTs that read some tables.
+    pub require: Option<Require>,
     /// What meeting the rule does.
     pub effect: Effect,
+}
+
+/// `require = { tables = [...], where = true, limit = true, max_limit = 1000 }`: every
+/// SELECT that reads one of the tables directly must have a WHERE (`where`), a LIMIT of
+/// its own or around it (`limit`), at most `max_limit` (a constant).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Require {
+    pub tables: Vec<Name>,
+    pub where_clause: bool,
+    pub limit: bool,
+    pub max_limit: Option<u64>,
+}
+
+impl Require {
+    /// What a shape of the statement lacks, if anything.
+    fn unmet(&self, facts: &StatementFacts, own_schema: Option<&str>) -> Option<String> {
+        use crate::sql::LimitFact;
+        for shape in &facts.tree.shapes {
+            let Some(table) = shape
+                .tables
+                .iter()
+                .find(|t| self.tables.iter().any(|n| n.matches(t, own_schema)))
+            else {
+                continue;
+            };
+            if self.where_clause && !shape.where_clause {
+                return Some(format!("table {table} read without a WHERE"));
+            }
+            match (shape.limit, self.max_limit) {
+                (LimitFact::None, Some(max)) => {
+                    return Some(format!(
+                        "table {table} read without a LIMIT (at most {max})"
+                    ))
+                }
+                (LimitFact::None, None) if self.limit => {
+                    return Some(format!("table {table} read without a LIMIT"))
+                }
+                (LimitFact::Unknown, Some(max)) => {
+                    return Some(format!(
+                        "table {table} read with a LIMIT that is not a constant (at most {max})"
+                    ))
+                }
+                (LimitFact::AtMost(n), Some(max)) if n > max => {
+                    return Some(format!("table {table} read with LIMIT {n}, over {max}"))
+                }
+                _ => {}
+            }
+        }
+        None
+    }
 }
 
 /// What a rule does to a statement it meets.
@@ -234,14 +291,25 @@ pub enum AllowedName {
 }
 
 impl AllowedName {
+    /// Kept as written: allow-lists compare names exactly (see [`AllowedName::allows`]).
     fn parse(text: &str) -> Result<AllowedName, String> {
         if let Some(schema) = text.strip_suffix(".*") {
             return match Name::parse(schema) {
-                Ok(Name { schema: None, name }) => Ok(AllowedName::Schema(name)),
+                Ok(Name { schema: None, .. }) => Ok(AllowedName::Schema(schema.to_owned())),
                 _ => Err(format!("{text:?} is not schema.*")),
             };
         }
-        Name::parse(text).map(AllowedName::Table)
+        Name::parse(text)?;
+        Ok(AllowedName::Table(match text.split_once('.') {
+            Some((schema, name)) => Name {
+                schema: Some(schema.to_owned()),
+                name: name.to_owned(),
+            },
+            None => Name {
+                schema: None,
+                name: text.to_owned(),
+            },
+        }))
     }
 
     /// Whether a relation a statement names is this entry. An unqualified name is
@@ -250,17 +318,18 @@ impl AllowedName {
     /// gateway cannot tell which schema the server would find it in.
     /// On MySQL (`own_schema`: the session's database) an unqualified name is in the
     /// session's database.
+    ///
+    /// Names compare exactly, as the server stores them (Postgres folds unquoted names to
+    /// lower case before the gateway sees them; quoted `"Orders"` is another table;
+    /// MySQL table names can be case-sensitive): a name in another case is not on the
+    /// list (write the list in lower case for unquoted Postgres names).
     fn allows(&self, relation: &QualifiedName, own_schema: Option<&str>) -> bool {
-        let schema = relation
-            .schema
-            .as_deref()
-            .or(own_schema)
-            .map(str::to_lowercase);
+        let schema = relation.schema.as_deref().or(own_schema);
         match self {
-            AllowedName::Schema(allowed) => schema.is_some_and(|s| s == *allowed),
+            AllowedName::Schema(allowed) => schema == Some(allowed.as_str()),
             AllowedName::Table(name) => {
-                relation.name.to_lowercase() == name.name
-                    && match (&name.schema, &schema) {
+                relation.name == name.name
+                    && match (&name.schema, schema) {
                         (Some(rule), Some(s)) => rule == s,
                         (None, _) | (_, None) => true,
                     }
@@ -422,7 +491,27 @@ impl RuleSet {
                         .map(|n| Name::parse(n).map_err(|e| at(&e)))
                         .collect()
                 };
+                let require = match &r.require {
+                    None => None,
+                    Some(q) => {
+                        if q.tables.is_empty() {
+                            return Err(at("require names no tables"));
+                        }
+                        if !q.where_clause && !q.limit && q.max_limit.is_none() {
+                            return Err(at(
+                                "require asks for nothing: give where = true, limit = true or max_limit = N",
+                            ));
+                        }
+                        Some(Require {
+                            tables: names(&q.tables)?,
+                            where_clause: q.where_clause,
+                            limit: q.limit,
+                            max_limit: q.max_limit,
+                        })
+                    }
+                };
                 let rule = Rule {
+                    require,
                     effect: match r.effect {
                         RawEffect::Deny => Effect::Deny,
                         RawEffect::Audit => Effect::Audit,
@@ -449,9 +538,10 @@ impl RuleSet {
                     && rule.deny_tables.is_empty()
                     && rule.deny_columns.is_empty()
                     && rule.allow_tables.is_empty()
+                    && rule.require.is_none()
                 {
                     return Err(at(
-                        "the rule names nothing: give deny = { functions, tables, columns } or allow = { tables }",
+                        "the rule names nothing: give deny = { functions, tables, columns }, allow = { tables } or require = { tables, ... }",
                     ));
                 }
                 set.rules.push(rule);
@@ -494,6 +584,44 @@ impl RuleSet {
             .filter(|r| r.effect == Effect::Deny)
             .collect();
         check_rules(&deny, facts, own_schema)
+    }
+
+    /// Whether a verdict may depend on a statement's constants (a `max_limit`): such
+    /// verdicts are never cached by statement shape.
+    pub fn depends_on_constants(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.require.as_ref().is_some_and(|q| q.max_limit.is_some()))
+    }
+
+    /// Whether any rule is an allow-list that denies (the grant reads listed tables only).
+    pub fn has_allow_lists(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.effect == Effect::Deny && !r.allow_tables.is_empty())
+    }
+
+    /// Whether the grant's allow-lists admit a relation a command names outside any
+    /// statement (MySQL COM_FIELD_LIST); the denial if not.
+    pub fn denies_unlisted(
+        &self,
+        relation: &QualifiedName,
+        own_schema: Option<&str>,
+    ) -> Option<RuleDenial> {
+        let facts = StatementFacts {
+            text: String::new(),
+            kind: crate::sql::StatementKind::Show,
+            tree: crate::sql::TreeFacts {
+                relations: vec![relation.clone()],
+                ..Default::default()
+            },
+        };
+        let deny: Vec<&Rule> = self
+            .rules
+            .iter()
+            .filter(|r| r.effect == Effect::Deny)
+            .collect();
+        check_allow_lists(&deny, &facts, own_schema)
     }
 
     /// The ids of the `effect = "audit"` rules this statement meets: it runs, and its
@@ -552,7 +680,12 @@ fn check_rules(
                 .iter()
                 .find_map(|c| column_read(facts, c, own_schema))
         };
-        if let Some(matched) = function.or_else(table).or_else(column) {
+        let shape = || {
+            rule.require
+                .as_ref()
+                .and_then(|q| q.unmet(facts, own_schema))
+        };
+        if let Some(matched) = function.or_else(table).or_else(column).or_else(shape) {
             return Some(RuleDenial {
                 rule: rule.id.clone(),
                 message: rule.message.clone(),
@@ -768,6 +901,18 @@ struct RawRule {
     deny: RawDeny,
     #[serde(default)]
     allow: RawAllow,
+    require: Option<RawRequire>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRequire {
+    tables: Vec<String>,
+    #[serde(rename = "where", default)]
+    where_clause: bool,
+    #[serde(default)]
+    limit: bool,
+    max_limit: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone, Copy)]
@@ -888,6 +1033,7 @@ mod tests {
                 deny_tables: vec![],
                 deny_columns: vec![ColumnName::parse("public.users.ssn").unwrap()],
                 allow_tables: vec![],
+                require: None,
                 effect: Effect::Deny,
             }],
         }
@@ -1072,6 +1218,10 @@ mod tests {
                 "not a day",
             ),
             (
+                "days = [\"mon-fri-sat\"]\nfrom = \"08:00\"\nuntil = \"18:00\"",
+                "one range",
+            ),
+            (
                 "days = [\"mon\"]\nfrom = \"18:00\"\nuntil = \"08:00\"",
                 "must end after",
             ),
@@ -1143,8 +1293,74 @@ mod tests {
         assert_eq!(my("SELECT * FROM information_schema.columns"), None);
         assert!(my("SELECT * FROM users").is_some());
         assert!(my("SELECT * FROM other.orders").is_some());
+        // Metadata of a table the list leaves out, and names in another case (another
+        // table where names are case-sensitive) are left out too.
+        assert!(my("SHOW COLUMNS FROM users").is_some());
+        assert!(my("SHOW CREATE TABLE users").is_some());
+        assert_eq!(my("SHOW COLUMNS FROM products"), None);
+        assert!(my("SELECT * FROM PRODUCTS").is_some());
+        assert!(pg("SELECT * FROM \"Products\"").is_some());
+        assert_eq!(pg("SELECT * FROM PRODUCTS"), None);
         for dead in ["*", "a.b.*", "*.t"] {
             assert!(AllowedName::parse(dead).is_err(), "{dead}");
         }
+    }
+
+    #[test]
+    fn shape_rules_require_where_and_bounded_limits_on_named_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("shape.toml"),
+            "[[rule]]\nid = \"events-bounded\"\nmessage = \"filter and bound reads of events\"\nrequire = { tables = [\"public.events\"], where = true, max_limit = 1000 }\n",
+        )
+        .unwrap();
+        let rules = RuleSet::load(&[PathBuf::from("shape.toml")], dir.path()).unwrap();
+        let both = |sql: &str| {
+            let pg = crate::sql::postgres::classify(sql, 1 << 20).unwrap();
+            let pg = pg.iter().find_map(|f| rules.check(f, None));
+            let my = crate::sql::mysql::classify(sql, 1 << 20).unwrap();
+            let my = my.iter().find_map(|f| rules.check(f, Some("shop")));
+            assert_eq!(pg.is_some(), my.is_some(), "{sql}: {pg:?} / {my:?}");
+            pg
+        };
+        for sql in [
+            "SELECT * FROM events WHERE id > 5 LIMIT 10",
+            "SELECT * FROM (SELECT * FROM events WHERE kind = 'a') e LIMIT 1000",
+            "WITH e AS (SELECT * FROM events WHERE true) SELECT * FROM e LIMIT 5",
+            "SELECT * FROM orders",
+            "SELECT * FROM events WHERE id = 1 UNION ALL SELECT * FROM events WHERE id = 2 LIMIT 3",
+        ] {
+            assert_eq!(both(sql), None, "{sql}");
+        }
+        for sql in [
+            "SELECT * FROM events",
+            "SELECT * FROM events LIMIT 10",
+            "SELECT * FROM events WHERE id > 5",
+            "SELECT * FROM events WHERE id > 5 LIMIT 5000",
+            "SELECT count(*) FROM events WHERE true",
+            "SELECT * FROM orders o JOIN events e ON true WHERE o.id = 1 LIMIT 100000",
+            "SELECT * FROM orders WHERE id IN (SELECT id FROM events) LIMIT 5",
+            "TABLE events",
+        ] {
+            let denial = both(sql).unwrap_or_else(|| panic!("allowed: {sql}"));
+            assert_eq!(denial.rule, "events-bounded", "{sql}");
+        }
+        // Postgres only: a parameter is not a constant; LIMIT ALL is none; COPY.
+        let pg = |sql: &str| {
+            let facts = crate::sql::postgres::classify(sql, 1 << 20).unwrap();
+            facts.iter().find_map(|f| rules.check(f, None))
+        };
+        assert!(pg("SELECT * FROM events WHERE id > 1 LIMIT $1").is_some());
+        assert!(pg("SELECT * FROM events WHERE id > 1 LIMIT ALL").is_some());
+        assert!(pg("SELECT * FROM events WHERE id > 1 FETCH FIRST 10 ROWS ONLY").is_none());
+        assert!(pg("COPY events TO STDOUT").is_some());
+        // A require that asks for nothing is refused.
+        std::fs::write(
+            dir.path().join("empty.toml"),
+            "[[rule]]\nid = \"x\"\nmessage = \"m\"\nrequire = { tables = [\"t\"] }\n",
+        )
+        .unwrap();
+        let e = RuleSet::load(&[PathBuf::from("empty.toml")], dir.path()).unwrap_err();
+        assert!(e.contains("asks for nothing"), "{e}");
     }
 }

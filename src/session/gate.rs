@@ -482,8 +482,10 @@ impl Gate {
                     parts: parts.into_iter().map(|p| (p.text, p.kind)).collect(),
                     flags,
                 });
-                // set_config's verdict depends on its constants: never by shape.
-                let by_shape = facts.iter().all(|f| f.tree.set_config_calls.is_empty());
+                // set_config's verdict depends on its constants, and so does a rule's
+                // max_limit: never by shape.
+                let by_shape = facts.iter().all(|f| f.tree.set_config_calls.is_empty())
+                    && !rules.depends_on_constants();
                 cache.remember(text, shape.filter(|_| by_shape), &allowed);
                 TextDecision::Allow(allowed)
             }
@@ -555,7 +557,10 @@ impl Gate {
                 Some(denial) => Verdict::Deny {
                     reason: denial.reason(),
                 },
-                None => Verdict::Allow,
+                None => match catalog.filter(|_| rules.has_allow_lists()) {
+                    Some(catalog) => user_function_under_allow_list(facts, catalog),
+                    None => Verdict::Allow,
+                },
             },
             deny => deny,
         }
@@ -742,6 +747,24 @@ impl Gate {
             None
         }
     }
+}
+
+/// Under a table allow-list, a function a user defined (not in `pg_catalog`) may read
+/// any table from its body, out of the list's sight: denied.
+fn user_function_under_allow_list(facts: &StatementFacts, catalog: &FunctionCatalog) -> Verdict {
+    for f in &facts.tree.functions {
+        let user = catalog
+            .lookup(f.schema.as_deref(), &f.name)
+            .any(|info| info.schema != "pg_catalog" && info.schema != "information_schema");
+        if user {
+            return Verdict::Deny {
+                reason: format!(
+                    "{RULE_DENIAL_PREFIX}the grant's table allow-list: function {f} is user-defined and may read tables the list leaves out"
+                ),
+            };
+        }
+    }
+    Verdict::Allow
 }
 
 /// `s` cut to at most `max` bytes at a character boundary, with "..." when cut.

@@ -403,6 +403,18 @@ impl Session {
             grant,
             slot,
         } = admission;
+        if grant.rules.has_allow_lists()
+            && startup
+                .params
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("search_path"))
+        {
+            return Err(PgError::fatal(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                "sqlgate: startup parameter search_path refused: the grant's table allow-list pins the search path (it decides what unqualified names mean)",
+            )
+            .with_hint("connect without search_path (or currentSchema); qualify table names instead"));
+        }
 
         let conn = config
             .connection(connection)
@@ -1752,7 +1764,9 @@ async fn upstream_to_client(
             if !inspected || (tag == backend::ERROR_RESPONSE && total > MAX_INSPECTED_MESSAGE) {
                 // Nothing to read in it (a denial's probe error is short): pass it on
                 // as it streams.
-                let rows = answers.inflight.answer(total, tag == backend::DATA_ROW);
+                // CopyData of a COPY TO STDOUT: one per row.
+                let row = tag == backend::DATA_ROW || tag == backend::COPY_DATA;
+                let rows = answers.inflight.answer(total, row);
                 if let Some(limit) = max_rows.as_ref().filter(|m| rows > m.value) {
                     // This row and the rest are not forwarded; the session ends (its
                     // statement is recorded as interrupted).

@@ -84,6 +84,9 @@ pub struct TreeFacts {
     pub star_tables: Vec<QualifiedName>,
     /// A `NATURAL JOIN` (it compares every column the two sides share by name).
     pub natural_join: bool,
+    /// Each SELECT (and `COPY t TO`, `TABLE t`) that reads tables directly: which, and
+    /// whether it has a WHERE and a LIMIT (its own or one around it), for shape rules.
+    pub shapes: Vec<SelectShape>,
     /// Data-modifying statements nested anywhere, e.g. `INSERT` inside a CTE.
     pub writes: Vec<String>,
     /// A locking clause (`FOR UPDATE`, `FOR SHARE`, ...).
@@ -115,6 +118,7 @@ impl TreeFacts {
             relations,
             star_tables,
             natural_join,
+            shapes,
             writes,
             locking,
             into,
@@ -142,10 +146,48 @@ impl TreeFacts {
         extend(&mut self.relations, relations);
         extend(&mut self.star_tables, star_tables);
         self.natural_join |= natural_join;
+        extend(&mut self.shapes, shapes);
         extend(&mut self.writes, writes);
         self.locking |= locking;
         self.into |= into;
         extend(&mut self.optimizer_hints, optimizer_hints);
+    }
+}
+
+/// One SELECT's shape: the tables its FROM reads directly, its WHERE, and the tightest
+/// LIMIT of it and the queries it is nested in.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SelectShape {
+    pub tables: Vec<QualifiedName>,
+    pub where_clause: bool,
+    pub limit: LimitFact,
+}
+
+/// A LIMIT as far as the gateway can read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LimitFact {
+    /// No LIMIT (or `LIMIT ALL`).
+    None,
+    /// A LIMIT whose value is not a constant (`LIMIT $1`, an expression).
+    Unknown,
+    /// `LIMIT n` (or `FETCH FIRST n ROWS`).
+    AtMost(u64),
+}
+
+impl LimitFact {
+    pub fn at_most(n: u64) -> LimitFact {
+        LimitFact::AtMost(n)
+    }
+
+    /// The tighter of two limits on the same rows: a constant beats an unknown value,
+    /// an unknown value beats none.
+    pub fn tighter(self, other: LimitFact) -> LimitFact {
+        match (self, other) {
+            (LimitFact::AtMost(a), LimitFact::AtMost(b)) => LimitFact::AtMost(a.min(b)),
+            (LimitFact::AtMost(a), _) | (_, LimitFact::AtMost(a)) => LimitFact::AtMost(a),
+            (LimitFact::Unknown, _) | (_, LimitFact::Unknown) => LimitFact::Unknown,
+            (LimitFact::None, LimitFact::None) => LimitFact::None,
+        }
     }
 }
 

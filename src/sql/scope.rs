@@ -5,7 +5,7 @@
 //!
 //! A query's `WITH` names are visible in its body and in every query nested in it. In
 //! the body of its i-th CTE, the CTEs before it are visible (all of them, the CTE
-//! itself included, under `WITH RECURSIVE`). A non-recursive CTE that names a later
+//! itself included, under `WITH RECURSIVE`; MySQL: those up to itself). A non-recursive CTE that names a later
 //! sibling names a relation of that name, as the server reads it. Walkers report
 //! levels, CTEs and references as they meet them ([`Scopes`]); references are
 //! resolved at the end, when every `WITH` (and whether it is recursive) is known —
@@ -30,6 +30,9 @@ struct Level {
 /// Levels, CTEs and references met so far in one statement.
 #[derive(Debug, Default)]
 pub struct Scopes {
+    /// MySQL: a recursive CTE's body sees the CTEs up to itself only (a later sibling's
+    /// name is a table there); Postgres: all of them.
+    pub recursive_sees_only_earlier: bool,
     levels: Vec<Level>,
     stack: Vec<Frame>,
     /// Unqualified references and the frames around each.
@@ -120,6 +123,7 @@ impl Scopes {
             };
             let upto = match visible {
                 None => level.ctes.len(),
+                Some(i) if level.recursive && self.recursive_sees_only_earlier => i + 1,
                 Some(i) if level.recursive => level.ctes.len().max(i + 1),
                 Some(i) => *i,
             };
@@ -181,11 +185,19 @@ mod tests {
         }
     }
 
+    /// Under RECURSIVE, a later sibling: Postgres sees the CTE, MySQL the table.
+    const FORWARD: &str =
+        "WITH RECURSIVE a AS (SELECT * FROM salaries), salaries AS (SELECT 1) SELECT * FROM a";
+
     #[test]
     fn mysql_cte_names_are_not_relations_where_the_server_scopes_them() {
         for (sql, want) in CASES {
             let facts = crate::sql::mysql::classify(sql, 1 << 20).unwrap();
             assert_eq!(relations(facts), *want, "{sql}");
         }
+        let facts = crate::sql::mysql::classify(FORWARD, 1 << 20).unwrap();
+        assert_eq!(relations(facts), ["salaries"]);
+        let facts = crate::sql::postgres::classify(FORWARD, 1 << 20).unwrap();
+        assert!(relations(facts).is_empty());
     }
 }

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 
 use serde::ser::{self, Serialize};
 
-use super::{QualifiedName, SetConfigCall, TreeFacts};
+use super::{LimitFact, QualifiedName, SelectShape, SetConfigCall, TreeFacts};
 
 /// Nodes that libpg_query (PostgreSQL 17's grammar) parses as syntax, where an older
 /// server's grammar sees a plain function call that resolves through the catalog (a
@@ -37,6 +37,24 @@ pub fn walk<T: Serialize>(node: &T) -> Result<(Option<&'static str>, TreeFacts),
     let mut walker = Walker::default();
     node.serialize(&mut walker).map_err(|e| e.0)?;
     walker.facts.relations = walker.scopes.relations();
+    let shapes = std::mem::take(&mut walker.shapes);
+    for (i, shape) in shapes.iter().enumerate() {
+        if !shape.tables.is_empty() {
+            walker.facts.shapes.push(SelectShape {
+                tables: shape.tables.clone(),
+                where_clause: shape.where_clause,
+                limit: Shape::effective_limit(&shapes, i),
+            });
+        }
+    }
+    if walker.root == Some("CopyStmt") && !walker.outer_ranges.is_empty() {
+        // `COPY t TO`: the whole table, no WHERE, no LIMIT.
+        walker.facts.shapes.push(SelectShape {
+            tables: walker.outer_ranges.iter().map(|r| r.name.clone()).collect(),
+            where_clause: false,
+            limit: LimitFact::None,
+        });
+    }
     // Relations named outside any SELECT: `COPY t TO STDOUT` without a column list
     // reads every column; a `*` outside a SELECT (RETURNING) may be over any of them.
     if (walker.root == Some("CopyStmt") && !walker.copy_columns) || walker.outer_star {
@@ -97,6 +115,8 @@ struct Walker {
     seen_star_tables: HashSet<QualifiedName>,
     /// The alias of the RangeVar being visited.
     range_alias: Option<String>,
+    /// Every SELECT's shape, in the order met.
+    shapes: Vec<Shape>,
     /// CTE scoping, for which names are relations.
     scopes: super::scope::Scopes,
     /// Per CommonTableExpr being visited: the query holding its WITH, and whether its
@@ -122,6 +142,38 @@ struct Level {
     /// SELECT's relations when none is (a join's alias). A qualified star in a nested
     /// SELECT may name a relation of any enclosing one, so it is noted at every level.
     qualified_stars: Vec<String>,
+    /// Its entry in `Walker::shapes`.
+    shape: usize,
+}
+
+/// What one SELECT's shape is, before the LIMITs around it are known.
+struct Shape {
+    /// The SELECT this one is nested in (subquery, CTE body, set-operation branch).
+    parent: Option<usize>,
+    tables: Vec<QualifiedName>,
+    where_clause: bool,
+    limit: LimitFact,
+}
+
+impl Shape {
+    /// The tightest limit of this SELECT and those it is nested in.
+    fn effective_limit(shapes: &[Shape], mut at: usize) -> LimitFact {
+        let mut out = LimitFact::None;
+        let mut steps = 0;
+        loop {
+            let Some(shape) = shapes.get(at) else {
+                return out;
+            };
+            out = out.tighter(shape.limit);
+            match shape.parent {
+                Some(p) if steps < shapes.len() => {
+                    at = p;
+                    steps += 1;
+                }
+                _ => return out,
+            }
+        }
+    }
 }
 
 impl Level {
@@ -131,6 +183,7 @@ impl Level {
             ranges,
             star,
             qualified_stars,
+            shape: _,
         } = self;
         if star {
             return ranges.into_iter().map(|r| r.name).collect();
@@ -194,8 +247,28 @@ impl Walker {
             "TypeCast" => self.casts.push(Vec::new()),
             "RangeVar" => self.ranges.push(Default::default()),
             "SelectStmt" => {
-                self.levels.push(Level::default());
+                let shape = self.shapes.len();
+                self.shapes.push(Shape {
+                    parent: self.levels.last().map(|l| l.shape),
+                    tables: Vec::new(),
+                    where_clause: false,
+                    limit: LimitFact::None,
+                });
+                self.levels.push(Level {
+                    shape,
+                    ..Level::default()
+                });
                 self.scopes.enter_query();
+            }
+            "Node" if self.ends_with(&["SelectStmt", "where_clause"]) => {
+                if let Some(shape) = self.top_shape() {
+                    shape.where_clause = true;
+                }
+            }
+            "Node" if self.ends_with(&["SelectStmt", "limit_count"]) => {
+                if let Some(shape) = self.top_shape() {
+                    shape.limit = LimitFact::Unknown;
+                }
             }
             "CommonTableExpr" => self.ctes.push((self.scopes.current_query(), false)),
             "InsertStmt" => self.facts.writes.push("INSERT".into()),
@@ -252,6 +325,9 @@ impl Walker {
             Some("SelectStmt") => {
                 self.scopes.leave();
                 if let Some(level) = self.levels.pop() {
+                    if let Some(shape) = self.shapes.get_mut(level.shape) {
+                        shape.tables = level.ranges.iter().map(|r| r.name.clone()).collect();
+                    }
                     for table in level.starred() {
                         self.star_table(table);
                     }
@@ -317,6 +393,11 @@ impl Walker {
                 }
             }
         }
+    }
+
+    fn top_shape(&mut self) -> Option<&mut Shape> {
+        let at = self.levels.last()?.shape;
+        self.shapes.get_mut(at)
     }
 
     fn star_table(&mut self, table: QualifiedName) {
@@ -503,7 +584,34 @@ impl ser::Serializer for &mut Walker {
     type SerializeStruct = Self;
     type SerializeStructVariant = Self;
 
+    fn serialize_i32(self, v: i32) -> R {
+        if self.ends_with(&[
+            "limit_count",
+            "Node",
+            "node",
+            "AConst",
+            "val",
+            "Integer",
+            "ival",
+        ]) && self.path.len() >= 8
+            && self.path[self.path.len() - 8] == "SelectStmt"
+        {
+            if let Some(shape) = self.top_shape() {
+                shape.limit = LimitFact::at_most(u64::try_from(v).unwrap_or(0));
+            }
+        }
+        Ok(())
+    }
     fn serialize_bool(self, v: bool) -> R {
+        if v && self.ends_with(&["limit_count", "Node", "node", "AConst", "isnull"])
+            && self.path.len() >= 6
+            && self.path[self.path.len() - 6] == "SelectStmt"
+        {
+            // LIMIT ALL, LIMIT NULL: no limit.
+            if let Some(shape) = self.top_shape() {
+                shape.limit = LimitFact::None;
+            }
+        }
         if v && self.ends_with(&["JoinExpr", "is_natural"]) {
             self.facts.natural_join = true;
         }
@@ -517,7 +625,6 @@ impl ser::Serializer for &mut Walker {
     ignore_scalars!(
         serialize_i8: i8,
         serialize_i16: i16,
-        serialize_i32: i32,
         serialize_i64: i64,
         serialize_u8: u8,
         serialize_u16: u16,

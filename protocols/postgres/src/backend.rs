@@ -18,6 +18,8 @@ pub const READY_FOR_QUERY: u8 = b'Z';
 pub const BACKEND_KEY_DATA: u8 = b'K';
 pub const PARAMETER_STATUS: u8 = b'S';
 pub const DATA_ROW: u8 = b'D';
+/// CopyData: one row of a `COPY ... TO STDOUT` (the server sends one per row).
+pub const COPY_DATA: u8 = b'd';
 pub const COMMAND_COMPLETE: u8 = b'C';
 pub const ROW_DESCRIPTION: u8 = b'T';
 pub const EMPTY_QUERY_RESPONSE: u8 = b'I';

@@ -673,7 +673,10 @@ impl Session {
                     let message = format!("sqlgate: {}", crate::session::gate::GRANT_REVOKED);
                     return self.deny(codes::STATEMENT_DENIED, &message).await;
                 };
-                if let Some(denial) = rules.denies_table(&named, None) {
+                if let Some(denial) = rules
+                    .denies_table(&named, None)
+                    .or_else(|| rules.denies_unlisted(&named, self.gate.dialect.own_schema()))
+                {
                     let message = format!("sqlgate: COM_FIELD_LIST {}", denial.reason());
                     let rec = self.gate.statement_record(
                         &format!("COM_FIELD_LIST {table}"),
@@ -779,6 +782,16 @@ impl Session {
             )
             .await?;
             return Ok(false);
+        }
+        if let Some(rules) = self.gate.current_rules(&mut self.cache) {
+            if let Err(why) = self.gate.statement_budget(&rules, 1) {
+                self.deny(
+                    codes::STATEMENT_DENIED,
+                    &format!("sqlgate: {what} denied: {why}"),
+                )
+                .await?;
+                return Ok(false);
+            }
         }
         let execution = self.gate.forwarding(what, what, None, None, &[], 0).await;
         self.inflight.push(execution);

@@ -538,6 +538,14 @@ fn show_targets(tokens: &[Token], tree: &mut TreeFacts) {
         }
         seen_from = true;
     }
+    // SHOW ... FROM t, SHOW CREATE TABLE t: relations for allow-lists too (metadata of
+    // a table the allow-list leaves out is left out).
+    tree.relations = tree
+        .tables
+        .iter()
+        .filter(|t| t.name != "*")
+        .cloned()
+        .collect();
 }
 
 /// Same-length rewrites of MySQL forms sqlparser lacks, none of which can hide a call
@@ -1428,6 +1436,7 @@ fn show_fallback(
 /// Collects the tree facts of a statement.
 fn walk(statement: &Statement) -> TreeFacts {
     let mut walker = Walker::default();
+    walker.scopes.recursive_sees_only_earlier = true;
     let _ = statement.visit(&mut walker);
     walker.tree.relations = walker.scopes.relations();
     if walker.stray_star {
@@ -1443,6 +1452,28 @@ fn walk(statement: &Statement) -> TreeFacts {
 struct Range {
     name: QualifiedName,
     alias: Option<String>,
+}
+
+/// A query's LIMIT as far as a constant says.
+fn query_limit(query: &Query) -> crate::sql::LimitFact {
+    use crate::sql::LimitFact;
+    use sqlparser::ast::LimitClause;
+    let limit = match &query.limit_clause {
+        Some(LimitClause::LimitOffset { limit: Some(l), .. }) => l,
+        Some(LimitClause::OffsetCommaLimit { limit, .. }) => limit,
+        _ => return LimitFact::None,
+    };
+    match limit {
+        Expr::Value(v) => match &v.value {
+            Value::Number(n, _) => n
+                .parse::<u64>()
+                .map(LimitFact::AtMost)
+                .unwrap_or(LimitFact::Unknown),
+            Value::Null => LimitFact::None,
+            _ => LimitFact::Unknown,
+        },
+        _ => LimitFact::Unknown,
+    }
 }
 
 /// The join's constraint, for the operators that have one.
@@ -1489,6 +1520,8 @@ struct Walker {
     cte_bodies: std::collections::HashMap<usize, (usize, String)>,
     /// Scopes each query being visited entered (its own, and its CTE's).
     entered: Vec<usize>,
+    /// The LIMIT of each query being visited (innermost last).
+    limits: Vec<crate::sql::LimitFact>,
 }
 
 /// A called function's name. A quoted name (`` `left`(x) ``) keeps its backticks: MySQL
@@ -1585,11 +1618,25 @@ impl Walker {
         }
     }
 
-    /// The tables a select list's `*` and `q.*` expand.
+    /// The LIMIT around what is visited now (the tightest of the queries it is in).
+    fn current_limit(&self) -> crate::sql::LimitFact {
+        self.limits
+            .iter()
+            .fold(crate::sql::LimitFact::None, |a, b| a.tighter(*b))
+    }
+
+    /// The tables a select list's `*` and `q.*` expand, and the SELECT's shape.
     fn select_stars(&mut self, select: &Select) {
         let mut ranges = Vec::new();
         for from in &select.from {
             self.ranges_of(from, &mut ranges);
+        }
+        if !ranges.is_empty() {
+            self.tree.shapes.push(crate::sql::SelectShape {
+                tables: ranges.iter().map(|r| r.name.clone()).collect(),
+                where_clause: select.selection.is_some(),
+                limit: self.current_limit(),
+            });
         }
         let mut starred = vec![false; ranges.len()];
         for item in &select.projection {
@@ -1649,6 +1696,11 @@ impl Walker {
                     };
                     // `TABLE t` is `SELECT * FROM t`.
                     self.table(table.clone());
+                    self.tree.shapes.push(crate::sql::SelectShape {
+                        tables: vec![table.clone()],
+                        where_clause: false,
+                        limit: self.current_limit(),
+                    });
                     self.star_table(table);
                 }
                 SetExpr::Insert(_) => self.write("INSERT"),
@@ -1678,6 +1730,7 @@ impl Visitor for Walker {
     }
 
     fn post_visit_query(&mut self, _query: &Query) -> ControlFlow<()> {
+        self.limits.pop();
         for _ in 0..self.entered.pop().unwrap_or(0) {
             self.scopes.leave();
         }
@@ -1693,6 +1746,7 @@ impl Visitor for Walker {
         }
         let id = self.scopes.enter_query();
         self.entered.push(entered + 1);
+        self.limits.push(query_limit(query));
         if let Some(with) = &query.with {
             if with.recursive {
                 self.scopes.set_recursive(id);
