@@ -97,6 +97,7 @@ fn run() {
                     deny_functions: (0..3).map(|k| name(i * 3 + k, "f")).collect(),
                     deny_tables: (0..3).map(|k| name(i * 3 + k, "t")).collect(),
                     allow_tables: vec![],
+                    allow_functions: vec![],
                     effect: Default::default(),
                     require: None,
                     deny_columns: (0..3)

@@ -915,3 +915,47 @@ async fn copy(client: &tokio_postgres::Client, n: u32) -> Result<usize, tokio_po
     }
     Ok(chunks)
 }
+
+#[tokio::test]
+async fn a_reviewed_volatile_function_may_be_called_and_its_neighbours_may_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reviewed.toml");
+    std::fs::write(
+        &path,
+        "[[rule]]\nid = \"reviewed\"\nmessage = \"functions the DBA reviewed\"\nallow = { functions = [\"public.next_report_id\"] }\n",
+    )
+    .unwrap();
+    let gw = TestGateway::start_with(Setup {
+        grant_extra: format!("rules = [{:?}]", path.display().to_string()),
+        ..Setup::default()
+    })
+    .await;
+    gw.db
+        .direct()
+        .await
+        .batch_execute(
+            "CREATE FUNCTION next_report_id() RETURNS int VOLATILE LANGUAGE sql AS 'SELECT 42'; \
+             CREATE FUNCTION not_reviewed() RETURNS int VOLATILE LANGUAGE sql AS 'SELECT 7'",
+        )
+        .await
+        .unwrap();
+    let client = gw.agent().await;
+    let rows = client.query("SELECT next_report_id()", &[]).await.unwrap();
+    assert_eq!(rows[0].get::<_, i32>(0), 42);
+    let err = client
+        .simple_query("SELECT not_reviewed()")
+        .await
+        .unwrap_err();
+    let (code, message) = common::db_error(&err);
+    assert_eq!(code, "42501", "{message}");
+    assert!(message.contains("VOLATILE"), "{message}");
+    // Denied built-ins stay denied whatever a list says; an entry without a schema is
+    // refused when the file loads.
+    std::fs::write(
+        &path,
+        "[[rule]]\nid = \"r\"\nmessage = \"m\"\nallow = { functions = [\"next_report_id\"] }\n",
+    )
+    .unwrap();
+    let err = gw.gateway.reload(&gw.config).await.unwrap_err();
+    assert!(err.contains("needs its schema"), "{err}");
+}

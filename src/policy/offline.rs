@@ -43,21 +43,27 @@ pub fn decide(
         .iter()
         .map(|f| {
             let floor = match conn.protocol {
-                Protocol::Postgres => match crate::policy::readonly::decide(f, catalog) {
-                    Verdict::Allow => match limits.setting_caps.check(f) {
-                        Ok(()) => Verdict::Allow,
-                        Err(reason) => Verdict::Deny { reason },
-                    },
-                    deny => deny,
-                },
+                Protocol::Postgres => {
+                    match crate::policy::readonly::decide_reviewed(f, catalog, &|schema, name| {
+                        grant.rules.reviews_function(schema, name)
+                    }) {
+                        Verdict::Allow => match limits.setting_caps.check(f) {
+                            Ok(()) => Verdict::Allow,
+                            Err(reason) => Verdict::Deny { reason },
+                        },
+                        deny => deny,
+                    }
+                }
                 Protocol::Mysql => crate::policy::mysql::decide(f, &conn.database),
             };
             let (allowed, rule, reason) = match floor {
                 Verdict::Deny { reason } => (false, None, Some(reason)),
-                Verdict::Allow => match grant.rules.check(f, own_schema) {
-                    Some(denial) => (false, Some(denial.rule.clone()), Some(denial.reason())),
-                    None => (true, None, None),
-                },
+                Verdict::Allow => {
+                    match crate::policy::rules::verdict(&grant.rules, f, catalog, own_schema) {
+                        Err(denial) => (false, Some(denial.rule.clone()), Some(denial.reason())),
+                        Ok(()) => (true, None, None),
+                    }
+                }
             };
             Outcome {
                 text: f.text.clone(),

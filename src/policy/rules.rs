@@ -216,6 +216,9 @@ pub struct Rule {
     /// When any rule of a grant has these, every relation a statement reads must be
     /// on one of the grant's allow-lists.
     pub allow_tables: Vec<AllowedName>,
+    /// VOLATILE user functions the DBA reviewed (`schema.name`, exact): the read-only
+    /// floor lets them be called by name.
+    pub allow_functions: Vec<Name>,
     /// Shape requirements on the SELECTs that read some tables.
     pub require: Option<Require>,
     /// What meeting the rule does.
@@ -510,7 +513,18 @@ impl RuleSet {
                         })
                     }
                 };
+                let mut allow_functions = Vec::new();
+                for f in &r.allow.functions {
+                    let name = Name::parse(f).map_err(|e| at(&e))?;
+                    if name.schema.is_none() {
+                        return Err(at(&format!(
+                            "allow.functions {f:?} needs its schema (schema.name): the search path must not decide which function is allowed"
+                        )));
+                    }
+                    allow_functions.push(name);
+                }
                 let rule = Rule {
+                    allow_functions,
                     require,
                     effect: match r.effect {
                         RawEffect::Deny => Effect::Deny,
@@ -538,6 +552,7 @@ impl RuleSet {
                     && rule.deny_tables.is_empty()
                     && rule.deny_columns.is_empty()
                     && rule.allow_tables.is_empty()
+                    && rule.allow_functions.is_empty()
                     && rule.require.is_none()
                 {
                     return Err(at(
@@ -584,6 +599,16 @@ impl RuleSet {
             .filter(|r| r.effect == Effect::Deny)
             .collect();
         check_rules(&deny, facts, own_schema)
+    }
+
+    /// Whether the DBA reviewed the VOLATILE user function `schema.name`
+    /// (`allow = { functions = [...] }`).
+    pub fn reviews_function(&self, schema: &str, name: &str) -> bool {
+        self.rules.iter().any(|r| {
+            r.allow_functions
+                .iter()
+                .any(|f| f.schema.as_deref() == Some(schema) && f.name == name)
+        })
     }
 
     /// Whether a verdict may depend on a statement's constants (a `max_limit`): such
@@ -634,6 +659,47 @@ impl RuleSet {
             .map(|r| r.id.clone())
             .collect()
     }
+}
+
+/// The verdict of a grant's rules on a statement the read-only floor allowed: the
+/// first deny rule that meets it, then, under a table allow-list, any user function it
+/// calls that the DBA did not review (its body could read tables the list leaves
+/// out). The gateway and `sqlgate rules test` both decide with this.
+pub fn verdict(
+    rules: &RuleSet,
+    facts: &StatementFacts,
+    catalog: Option<&crate::catalog::FunctionCatalog>,
+    own_schema: Option<&str>,
+) -> Result<(), RuleDenial> {
+    if let Some(denial) = rules.check(facts, own_schema) {
+        return Err(denial);
+    }
+    let Some(catalog) = catalog.filter(|_| rules.has_allow_lists()) else {
+        return Ok(());
+    };
+    for f in &facts.tree.functions {
+        let user = catalog.lookup(f.schema.as_deref(), &f.name).find(|info| {
+            info.schema != "pg_catalog"
+                && info.schema != "information_schema"
+                && !rules.reviews_function(&info.schema, &f.name)
+        });
+        if let Some(info) = user {
+            let lists: Vec<&str> = rules
+                .rules
+                .iter()
+                .filter(|r| r.effect == Effect::Deny && !r.allow_tables.is_empty())
+                .map(|r| r.id.as_str())
+                .collect();
+            return Err(RuleDenial {
+                rule: lists.join(", "),
+                message: "a user-defined function may read tables the allow-list leaves out; \
+                          the DBA can review it (allow = { functions = [...] })"
+                    .into(),
+                matched: format!("function {}.{}", info.schema, f.name),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The first of `rules` that denies the statement: deny-lists in order, then the
@@ -928,6 +994,8 @@ enum RawEffect {
 struct RawAllow {
     #[serde(default)]
     tables: Vec<String>,
+    #[serde(default)]
+    functions: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -1033,6 +1101,7 @@ mod tests {
                 deny_tables: vec![],
                 deny_columns: vec![ColumnName::parse("public.users.ssn").unwrap()],
                 allow_tables: vec![],
+                allow_functions: vec![],
                 require: None,
                 effect: Effect::Deny,
             }],

@@ -552,24 +552,34 @@ impl Gate {
                 ),
             };
         }
-        match self.floor(facts, catalog) {
-            Verdict::Allow => match rules.check(facts, self.dialect.own_schema()) {
-                Some(denial) => Verdict::Deny {
-                    reason: denial.reason(),
-                },
-                None => match catalog.filter(|_| rules.has_allow_lists()) {
-                    Some(catalog) => user_function_under_allow_list(facts, catalog),
-                    None => Verdict::Allow,
-                },
-            },
+        match self.floor(facts, catalog, rules) {
+            Verdict::Allow => {
+                match crate::policy::rules::verdict(
+                    rules,
+                    facts,
+                    catalog,
+                    self.dialect.own_schema(),
+                ) {
+                    Err(denial) => Verdict::Deny {
+                        reason: denial.reason(),
+                    },
+                    Ok(()) => Verdict::Allow,
+                }
+            }
             deny => deny,
         }
     }
 
     /// One statement's verdict under this session's dialect profile.
-    fn floor(&self, facts: &StatementFacts, catalog: Option<&FunctionCatalog>) -> Verdict {
+    fn floor(
+        &self,
+        facts: &StatementFacts,
+        catalog: Option<&FunctionCatalog>,
+        rules: &RuleSet,
+    ) -> Verdict {
+        let reviewed = |schema: &str, name: &str| rules.reviews_function(schema, name);
         match &self.dialect {
-            Dialect::Postgres => match readonly::decide(facts, catalog) {
+            Dialect::Postgres => match readonly::decide_reviewed(facts, catalog, &reviewed) {
                 Verdict::Allow => match self.services.config.limits.setting_caps.check(facts) {
                     Ok(()) => Verdict::Allow,
                     Err(reason) => Verdict::Deny { reason },
@@ -747,24 +757,6 @@ impl Gate {
             None
         }
     }
-}
-
-/// Under a table allow-list, a function a user defined (not in `pg_catalog`) may read
-/// any table from its body, out of the list's sight: denied.
-fn user_function_under_allow_list(facts: &StatementFacts, catalog: &FunctionCatalog) -> Verdict {
-    for f in &facts.tree.functions {
-        let user = catalog
-            .lookup(f.schema.as_deref(), &f.name)
-            .any(|info| info.schema != "pg_catalog" && info.schema != "information_schema");
-        if user {
-            return Verdict::Deny {
-                reason: format!(
-                    "{RULE_DENIAL_PREFIX}the grant's table allow-list: function {f} is user-defined and may read tables the list leaves out"
-                ),
-            };
-        }
-    }
-    Verdict::Allow
 }
 
 /// `s` cut to at most `max` bytes at a character boundary, with "..." when cut.
