@@ -380,6 +380,25 @@ impl std::fmt::Display for ColumnName {
     }
 }
 
+/// `text` in lower case, character by character (Unicode), as rule names are stored.
+fn fold(text: &str) -> String {
+    text.chars().flat_map(char::to_lowercase).collect()
+}
+
+/// Whether `text` in lower case is `folded` (no allocation: this runs for every name of
+/// every statement against every rule).
+fn folds_to(text: &str, folded: &str) -> bool {
+    if text.is_ascii() {
+        // The common case, byte by byte (a length mismatch ends it at once).
+        return text.len() == folded.len()
+            && text
+                .bytes()
+                .zip(folded.bytes())
+                .all(|(a, b)| a.to_ascii_lowercase() == b);
+    }
+    text.chars().flat_map(char::to_lowercase).eq(folded.chars())
+}
+
 /// A name as a rule writes it, lowercased.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Name {
@@ -399,11 +418,11 @@ impl Name {
         match parts.as_slice() {
             [name] if ok(name) => Ok(Name {
                 schema: None,
-                name: name.to_lowercase(),
+                name: fold(name),
             }),
             [schema, name] if ok(schema) && ok(name) => Ok(Name {
-                schema: Some(schema.to_lowercase()),
-                name: name.to_lowercase(),
+                schema: Some(fold(schema)),
+                name: fold(name),
             }),
             _ => Err(format!(
                 "{text:?} is not a name or schema.name (no spaces, quotes or wildcards: list each name)"
@@ -415,7 +434,7 @@ impl Name {
     /// qualified with `own_schema` (MySQL: the session's database) counts as unqualified.
     fn matches(&self, reference: &QualifiedName, own_schema: Option<&str>) -> bool {
         // Rule names are stored lowercased (Unicode); fold the reference the same way.
-        if reference.name.to_lowercase() != self.name {
+        if !folds_to(&reference.name, &self.name) {
             return false;
         }
         let written = reference
@@ -423,7 +442,7 @@ impl Name {
             .as_deref()
             .filter(|s| own_schema.is_none_or(|own| !own.eq_ignore_ascii_case(s)));
         match (&self.schema, written) {
-            (Some(rule), Some(written)) => *rule == written.to_lowercase(),
+            (Some(rule), Some(written)) => folds_to(written, rule),
             // Unqualified on either side: it may be the same object.
             _ => true,
         }
@@ -718,6 +737,8 @@ fn check_rules(
             name: n.clone(),
         })
         .collect();
+    // Once per statement, not per rule.
+    let sampled = tree.tables.iter().find(|t| holds_sampled_values(t));
     for rule in rules {
         let function = tree.functions.iter().chain(&selected).find_map(|f| {
             rule.deny_functions
@@ -726,15 +747,15 @@ fn check_rules(
                 .map(|_| format!("function {f}"))
         });
         let table = || {
+            let covers_values = !rule.deny_tables.is_empty() || !rule.deny_columns.is_empty();
+            if let Some(t) = sampled.filter(|_| covers_values) {
+                // Planner statistics and TOAST hold values of every table, the denied
+                // ones included.
+                return Some(format!(
+                    "{t}, which holds sampled or stored values of the tables this rule denies"
+                ));
+            }
             tree.tables.iter().find_map(|t| {
-                let covers_values = !rule.deny_tables.is_empty() || !rule.deny_columns.is_empty();
-                if covers_values && holds_sampled_values(t) {
-                    // Planner statistics and TOAST hold values of every table,
-                    // the denied ones included.
-                    return Some(format!(
-                        "{t}, which holds sampled or stored values of the tables this rule denies"
-                    ));
-                }
                 rule.deny_tables
                     .iter()
                     .find(|n| n.matches(t, own_schema))
@@ -847,7 +868,7 @@ fn column_read(facts: &StatementFacts, c: &ColumnName, own_schema: Option<&str>)
         .tables
         .iter()
         .find(|t| c.table.matches(t, own_schema))?;
-    let is_column = |n: &String| n.to_lowercase() == c.column;
+    let is_column = |n: &String| folds_to(n, &c.column);
     let how = if tree
         .star_tables
         .iter()
@@ -885,12 +906,17 @@ fn column_read(facts: &StatementFacts, c: &ColumnName, own_schema: Option<&str>)
 /// (`pg_stats*`: most common values, histogram bounds) and TOAST storage, MySQL
 /// column histograms.
 fn holds_sampled_values(t: &QualifiedName) -> bool {
-    let name = t.name.to_lowercase();
-    let schema = t.schema.as_deref().map(str::to_lowercase);
-    matches!(
-        name.as_str(),
-        "pg_stats" | "pg_stats_ext" | "pg_stats_ext_exprs" | "column_statistics"
-    ) || schema.as_deref() == Some("pg_toast")
+    [
+        "pg_stats",
+        "pg_stats_ext",
+        "pg_stats_ext_exprs",
+        "column_statistics",
+    ]
+    .iter()
+    .any(|n| t.name.eq_ignore_ascii_case(n))
+        || t.schema
+            .as_deref()
+            .is_some_and(|s| s.eq_ignore_ascii_case("pg_toast"))
 }
 
 #[derive(Debug, Deserialize)]
