@@ -58,7 +58,7 @@ connection = "demo-mysql"
 groups = ["analytics-agents"]
 access = "read-only"
 ttl = "30m"
-rules = ["rules/no-sleep.toml"]
+rules = ["rules/no-sleep.toml", "rules/pii.toml", "rules/large-tables.toml"]
 "#,
                 upstream = m.upstream,
                 database = m.database,
@@ -92,7 +92,7 @@ connection = "demo"
 groups = ["analytics-agents"]
 access = "read-only"
 ttl = "30m"
-rules = ["rules/no-sleep.toml"]
+rules = ["rules/no-sleep.toml", "rules/pii.toml", "rules/large-tables.toml"]
 {mysql}
 [audit]
 dir = "audit"
@@ -104,8 +104,15 @@ dir = "audit"
     )
 }
 
-/// The rule file the demo's grants use.
-const NO_SLEEP_RULES: &str = include_str!("../rules/no-sleep.toml");
+/// The shipped rule files the demo's grants use (copied beside its config).
+const DEMO_RULES: &[(&str, &str)] = &[
+    ("no-sleep.toml", include_str!("../rules/no-sleep.toml")),
+    ("pii.toml", include_str!("../rules/pii.toml")),
+    (
+        "large-tables.toml",
+        include_str!("../rules/large-tables.toml"),
+    ),
+];
 
 pub async fn run(options: DemoOptions) -> Result<(), String> {
     std::fs::create_dir_all(&options.dir).map_err(|e| format!("{}: {e}", options.dir.display()))?;
@@ -115,11 +122,13 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
         .map_err(|e| format!("cannot start the dev issuer: {e}"))?;
 
     let text = demo_config(&options, &issuer.url);
-    // The DBA rule the demo's grants use, beside its config (a copy of rules/no-sleep.toml).
+    // The DBA rules the demo's grants use, beside its config (copies of rules/).
     let rules_dir = options.dir.join("rules");
     std::fs::create_dir_all(&rules_dir).map_err(|e| format!("{}: {e}", rules_dir.display()))?;
-    std::fs::write(rules_dir.join("no-sleep.toml"), NO_SLEEP_RULES)
-        .map_err(|e| format!("{}: {e}", rules_dir.display()))?;
+    for (name, text) in DEMO_RULES {
+        std::fs::write(rules_dir.join(name), text)
+            .map_err(|e| format!("{}: {e}", rules_dir.display()))?;
+    }
     let config_path = options.dir.join("gateway.toml");
     std::fs::write(&config_path, &text).map_err(|e| format!("{}: {e}", config_path.display()))?;
     // The certificate lives in memory; the config is validated as written, with TLS.
