@@ -174,10 +174,11 @@ pub async fn run(cli: Cli) -> i32 {
                     config,
                     connection,
                     group,
+                    sub,
                     sql,
                     file,
                 },
-        } => rules_test(config, connection, group, sql, file).await,
+        } => rules_test(config, connection, (group, sub), sql, file).await,
         Command::Rules {
             command: RulesCommand::Check { config },
         } => rules_check(config),
@@ -311,6 +312,10 @@ pub enum RulesCommand {
         /// first grant).
         #[arg(long)]
         group: Option<String>,
+        /// Use the first grant of the connection that names this subject (with
+        /// --group: that names either, as the gateway matches a token).
+        #[arg(long)]
+        sub: Option<String>,
         /// Statements to decide.
         #[arg(long, conflicts_with = "file")]
         sql: Option<String>,
@@ -430,7 +435,7 @@ fn describe_rule(rule: &crate::policy::rules::Rule) -> String {
 async fn rules_test(
     config: PathBuf,
     connection: String,
-    group: Option<String>,
+    (group, sub): (Option<String>, Option<String>),
     sql: Option<String>,
     file: Option<PathBuf>,
 ) -> Result<(), String> {
@@ -444,10 +449,26 @@ async fn rules_test(
         .iter()
         .enumerate()
         .filter(|(_, g)| g.connection == connection)
-        .find(|(_, g)| group.as_ref().is_none_or(|group| g.groups.contains(group)))
-        .ok_or_else(|| match &group {
-            Some(group) => format!("no grant of connection {connection:?} names group {group:?}"),
-            None => format!("no grant names connection {connection:?}"),
+        .find(|(_, g)| match (&group, &sub) {
+            (None, None) => true,
+            (group, sub) => {
+                group.as_ref().is_some_and(|x| g.groups.contains(x))
+                    || sub.as_ref().is_some_and(|x| g.subjects.contains(x))
+            }
+        })
+        .ok_or_else(|| match (&group, &sub) {
+            (None, None) => format!("no grant names connection {connection:?}"),
+            _ => format!(
+                "no grant of connection {connection:?} names {}",
+                [
+                    group.as_ref().map(|g| format!("group {g:?}")),
+                    sub.as_ref().map(|s| format!("subject {s:?}"))
+                ]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(" or ")
+            ),
         })?;
     let chunks = match (sql, file) {
         (Some(sql), None) => vec![(None, sql)],

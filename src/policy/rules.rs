@@ -234,6 +234,9 @@ pub struct Require {
     pub where_clause: bool,
     pub limit: bool,
     pub max_limit: Option<u64>,
+    /// No join without a condition (`CROSS JOIN`, `JOIN` without `ON`/`USING`, a
+    /// comma-separated FROM without `WHERE`).
+    pub join_condition: bool,
 }
 
 impl Require {
@@ -250,6 +253,9 @@ impl Require {
             };
             if self.where_clause && !shape.where_clause {
                 return Some(format!("table {table} read without a WHERE"));
+            }
+            if self.join_condition && shape.cross_join {
+                return Some(format!("table {table} joined without a condition"));
             }
             match (shape.limit, self.max_limit) {
                 (LimitFact::None, Some(max)) => {
@@ -519,9 +525,10 @@ impl RuleSet {
                         if q.tables.is_empty() {
                             return Err(at("require names no tables"));
                         }
-                        if !q.where_clause && !q.limit && q.max_limit.is_none() {
+                        if !q.where_clause && !q.limit && q.max_limit.is_none() && !q.join_condition
+                        {
                             return Err(at(
-                                "require asks for nothing: give where = true, limit = true or max_limit = N",
+                                "require asks for nothing: give where = true, limit = true, max_limit = N or join_condition = true",
                             ));
                         }
                         Some(Require {
@@ -529,6 +536,7 @@ impl RuleSet {
                             where_clause: q.where_clause,
                             limit: q.limit,
                             max_limit: q.max_limit,
+                            join_condition: q.join_condition,
                         })
                     }
                 };
@@ -1005,6 +1013,8 @@ struct RawRequire {
     #[serde(default)]
     limit: bool,
     max_limit: Option<u64>,
+    #[serde(default)]
+    join_condition: bool,
 }
 
 #[derive(Debug, Deserialize, Default, Clone, Copy)]
@@ -1449,6 +1459,38 @@ mod tests {
         assert!(pg("SELECT * FROM events WHERE id > 1 LIMIT ALL").is_some());
         assert!(pg("SELECT * FROM events WHERE id > 1 FETCH FIRST 10 ROWS ONLY").is_none());
         assert!(pg("COPY events TO STDOUT").is_some());
+        // Joins without a condition.
+        std::fs::write(
+            dir.path().join("joins.toml"),
+            "[[rule]]\nid = \"no-cross\"\nmessage = \"join on a key\"\nrequire = { tables = [\"events\"], join_condition = true }\n",
+        )
+        .unwrap();
+        let joins = RuleSet::load(&[PathBuf::from("joins.toml")], dir.path()).unwrap();
+        let both = |sql: &str| {
+            let pg = crate::sql::postgres::classify(sql, 1 << 20).unwrap();
+            let pg = pg.iter().find_map(|f| joins.check(f, None));
+            let my = crate::sql::mysql::classify(sql, 1 << 20).unwrap();
+            let my = my.iter().find_map(|f| joins.check(f, Some("shop")));
+            assert_eq!(pg.is_some(), my.is_some(), "{sql}: {pg:?} / {my:?}");
+            pg.is_some()
+        };
+        for sql in [
+            "SELECT * FROM events CROSS JOIN users",
+            "SELECT * FROM events, users",
+            "SELECT * FROM orders o JOIN (events CROSS JOIN users) ON o.id = users.id",
+        ] {
+            assert!(both(sql), "{sql}");
+        }
+        for sql in [
+            "SELECT * FROM events e JOIN users u ON u.id = e.user_id",
+            "SELECT * FROM events JOIN users USING (id)",
+            "SELECT * FROM events NATURAL JOIN users",
+            "SELECT * FROM events e, users u WHERE u.id = e.user_id",
+            "SELECT * FROM orders CROSS JOIN users",
+            "SELECT * FROM events",
+        ] {
+            assert!(!both(sql), "{sql}");
+        }
         // A require that asks for nothing is refused.
         std::fs::write(
             dir.path().join("empty.toml"),

@@ -161,6 +161,9 @@ pub struct SelectShape {
     pub tables: Vec<QualifiedName>,
     pub where_clause: bool,
     pub limit: LimitFact,
+    /// It joins without a condition: `CROSS JOIN`, a `JOIN` with no `ON`/`USING`, or a
+    /// comma-separated FROM with no `WHERE`.
+    pub cross_join: bool,
 }
 
 /// A LIMIT as far as the gateway can read it.

@@ -44,6 +44,7 @@ pub fn walk<T: Serialize>(node: &T) -> Result<(Option<&'static str>, TreeFacts),
                 tables: shape.tables.clone(),
                 where_clause: shape.where_clause,
                 limit: Shape::effective_limit(&shapes, i),
+                cross_join: shape.cross_join || (shape.from_items > 1 && !shape.where_clause),
             });
         }
     }
@@ -53,6 +54,7 @@ pub fn walk<T: Serialize>(node: &T) -> Result<(Option<&'static str>, TreeFacts),
             tables: walker.outer_ranges.iter().map(|r| r.name.clone()).collect(),
             where_clause: false,
             limit: LimitFact::None,
+            cross_join: false,
         });
     }
     // Relations named outside any SELECT: `COPY t TO STDOUT` without a column list
@@ -117,6 +119,8 @@ struct Walker {
     range_alias: Option<String>,
     /// Every SELECT's shape, in the order met.
     shapes: Vec<Shape>,
+    /// Per JoinExpr being visited: whether it has a condition (ON, USING, NATURAL).
+    joins: Vec<bool>,
     /// CTE scoping, for which names are relations.
     scopes: super::scope::Scopes,
     /// Per CommonTableExpr being visited: the query holding its WITH, and whether its
@@ -153,6 +157,9 @@ struct Shape {
     tables: Vec<QualifiedName>,
     where_clause: bool,
     limit: LimitFact,
+    /// FROM items (more than one, with no WHERE, is a join without a condition).
+    from_items: usize,
+    cross_join: bool,
 }
 
 impl Shape {
@@ -253,6 +260,8 @@ impl Walker {
                     tables: Vec::new(),
                     where_clause: false,
                     limit: LimitFact::None,
+                    from_items: 0,
+                    cross_join: false,
                 });
                 self.levels.push(Level {
                     shape,
@@ -265,6 +274,17 @@ impl Walker {
                     shape.where_clause = true;
                 }
             }
+            "Node" if self.ends_with(&["SelectStmt", "from_clause"]) => {
+                if let Some(shape) = self.top_shape() {
+                    shape.from_items += 1;
+                }
+            }
+            "Node" if self.ends_with(&["JoinExpr", "quals"]) => {
+                if let Some(join) = self.joins.last_mut() {
+                    *join = true;
+                }
+            }
+            "JoinExpr" => self.joins.push(false),
             "Node" if self.ends_with(&["SelectStmt", "limit_count"]) => {
                 if let Some(shape) = self.top_shape() {
                     shape.limit = LimitFact::Unknown;
@@ -314,6 +334,16 @@ impl Walker {
                 if let Some(name) = self.casts.pop().and_then(qualified) {
                     if self.seen_casts.insert(name.clone()) {
                         self.facts.cast_types.push(name);
+                    }
+                }
+            }
+            Some("JoinExpr") => {
+                // Neither ON, USING nor NATURAL: every row with every row.
+                if let Some(conditioned) = self.joins.pop() {
+                    if !conditioned {
+                        if let Some(shape) = self.top_shape() {
+                            shape.cross_join = true;
+                        }
                     }
                 }
             }
@@ -474,6 +504,9 @@ impl Walker {
             self.selected(v.to_owned());
         } else if self.ends_with(&["JoinExpr", "using_clause", "Node", "node", "String", "sval"]) {
             // `JOIN ... USING (c)` compares column c of both sides.
+            if let Some(join) = self.joins.last_mut() {
+                *join = true;
+            }
             self.column_name(v);
         } else if self.ends_with(&["CopyStmt", "attlist", "Node", "node", "String", "sval"]) {
             self.copy_columns = true;
@@ -614,6 +647,9 @@ impl ser::Serializer for &mut Walker {
         }
         if v && self.ends_with(&["JoinExpr", "is_natural"]) {
             self.facts.natural_join = true;
+            if let Some(join) = self.joins.last_mut() {
+                *join = true;
+            }
         }
         if v && self.ends_with(&["WithClause", "recursive"]) {
             if let Some(query) = self.scopes.current_query() {

@@ -1476,6 +1476,24 @@ fn query_limit(query: &Query) -> crate::sql::LimitFact {
     }
 }
 
+/// Whether a FROM item joins without a condition anywhere (nested joins included).
+fn joins_without_condition(from: &TableWithJoins) -> bool {
+    let nested = |factor: &TableFactor| match factor {
+        TableFactor::NestedJoin {
+            table_with_joins, ..
+        } => joins_without_condition(table_with_joins),
+        _ => false,
+    };
+    nested(&from.relation)
+        || from.joins.iter().any(|j| {
+            nested(&j.relation)
+                || matches!(
+                    join_constraint(&j.join_operator),
+                    None | Some(JoinConstraint::None)
+                )
+        })
+}
+
 /// The join's constraint, for the operators that have one.
 fn join_constraint(op: &JoinOperator) -> Option<&JoinConstraint> {
     match op {
@@ -1632,10 +1650,12 @@ impl Walker {
             self.ranges_of(from, &mut ranges);
         }
         if !ranges.is_empty() {
+            let unconditioned = select.from.iter().any(joins_without_condition);
             self.tree.shapes.push(crate::sql::SelectShape {
                 tables: ranges.iter().map(|r| r.name.clone()).collect(),
                 where_clause: select.selection.is_some(),
                 limit: self.current_limit(),
+                cross_join: unconditioned || (select.from.len() > 1 && select.selection.is_none()),
             });
         }
         let mut starred = vec![false; ranges.len()];
@@ -1700,6 +1720,7 @@ impl Walker {
                         tables: vec![table.clone()],
                         where_clause: false,
                         limit: self.current_limit(),
+                        cross_join: false,
                     });
                     self.star_table(table);
                 }
