@@ -402,3 +402,75 @@ async fn statements_prepared_before_a_reload_are_decided_again_before_they_run()
     assert!(err.to_string().contains("no-items"), "{err}");
     let _: Option<i64> = conn.query_first("SELECT 1").await.unwrap();
 }
+
+#[tokio::test]
+async fn a_reload_that_shortens_the_grant_ends_live_sessions_sooner() {
+    let gw = TestGateway::start_with(Setup {
+        grant_ttl: "10m",
+        ..Setup::default()
+    })
+    .await;
+    let client = gw.agent().await;
+    client.simple_query("SELECT 1").await.unwrap();
+    let text = std::fs::read_to_string(&gw.config).unwrap();
+    std::fs::write(&gw.config, text.replace("ttl = \"10m\"", "ttl = \"1s\"")).unwrap();
+    gw.gateway.reload(&gw.config).await.unwrap();
+    // Still granted for now; ended when the shorter grant runs out.
+    client.simple_query("SELECT 1").await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while !client.is_closed() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the session outlived its shortened grant");
+
+    let gw = MyGateway::start_with(MySetup {
+        grant_ttl: "10m",
+        ..MySetup::default()
+    })
+    .await;
+    let mut conn = gw.agent().await;
+    conn.query_drop("SELECT 1").await.unwrap();
+    let text = std::fs::read_to_string(&gw.config).unwrap();
+    std::fs::write(&gw.config, text.replace("ttl = \"10m\"", "ttl = \"1s\"")).unwrap();
+    gw.gateway.reload(&gw.config).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(conn.query_drop("SELECT 1").await.is_err());
+    let records = gw.audit().await;
+    assert!(records
+        .iter()
+        .any(|r| r["event"] == "session.ended" && r["ended_by"] == "grant_expired"));
+}
+
+#[tokio::test]
+async fn a_statement_prepared_before_a_reload_carries_the_new_rules_flags() {
+    let (_rules_dir, rules, line) = rules_denying_salaries();
+    let gw = TestGateway::start_with(Setup {
+        grant_extra: line,
+        ..Setup::default()
+    })
+    .await;
+    let client = gw.agent().await;
+    let items = client.prepare("SELECT count(*) FROM items").await.unwrap();
+    client.query(&items, &[]).await.unwrap();
+    std::fs::write(
+        &rules,
+        "[[rule]]\nid = \"items-watch\"\nmessage = \"reviewed\"\neffect = \"audit\"\ndeny = { tables = [\"items\"] }\n",
+    )
+    .unwrap();
+    gw.gateway.reload(&gw.config).await.unwrap();
+    client.query(&items, &[]).await.unwrap();
+    drop(client);
+    let records = gw.audit().await;
+    let executions: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["event"] == "statement" && r["statement"] == "SELECT count(*) FROM items")
+        .collect();
+    assert_eq!(executions.len(), 2, "{executions:?}");
+    assert!(executions[0].get("flagged_by").is_none());
+    assert_eq!(
+        executions[1]["flagged_by"],
+        serde_json::json!(["items-watch"])
+    );
+}

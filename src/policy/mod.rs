@@ -108,6 +108,7 @@ impl PolicyHolder {
             seen: grant.generation,
             principal: principal.clone(),
             connection: grant.connection.clone(),
+            expires_at: grant.expires_at,
         }
     }
 }
@@ -119,27 +120,45 @@ pub struct GrantWatch {
     seen: u64,
     principal: Principal,
     connection: String,
+    /// When the session's grant expires, as last decided.
+    expires_at: SystemTime,
+}
+
+/// What a policy replacement means for a live session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantChange {
+    /// No entry grants it any more: it ends.
+    Revoked,
+    /// Its entry now expires sooner (a shorter `ttl`, new `hours`): it ends then.
+    ExpiresSooner(SystemTime),
 }
 
 impl GrantWatch {
-    /// Resolves when a replacement of `holder`'s policy removed this session's grant.
-    /// Cancel-safe. Never resolves while the grant stays.
-    pub async fn revoked(&mut self, holder: &PolicyHolder) {
+    /// Resolves when a replacement of `holder`'s policy removed this session's grant
+    /// or made it expire sooner. Cancel-safe. Never resolves while neither happens.
+    pub async fn next_change(&mut self, holder: &PolicyHolder) -> GrantChange {
         loop {
             let generation = holder.generation();
             if generation != self.seen {
                 self.seen = generation;
-                if holder
-                    .decide(&self.principal, &self.connection, SystemTime::now())
-                    .is_err()
-                {
-                    return;
+                match holder.decide(&self.principal, &self.connection, SystemTime::now()) {
+                    Err(_) => return GrantChange::Revoked,
+                    Ok(grant) if grant.expires_at < self.expires_at => {
+                        self.expires_at = grant.expires_at;
+                        return GrantChange::ExpiresSooner(grant.expires_at);
+                    }
+                    Ok(_) => {}
                 }
             }
             if self.changes.changed().await.is_err() {
                 return std::future::pending().await;
             }
         }
+    }
+
+    /// Resolves only when the grant is removed (a shorter expiry is ignored).
+    pub async fn revoked(&mut self, holder: &PolicyHolder) {
+        while self.next_change(holder).await != GrantChange::Revoked {}
     }
 }
 

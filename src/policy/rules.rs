@@ -264,7 +264,14 @@ impl Require {
                     ))
                 }
                 (LimitFact::None, None) if self.limit => {
-                    return Some(format!("table {table} read without a LIMIT"))
+                    return Some(format!(
+                        "table {table} read without a LIMIT that bounds the statement"
+                    ))
+                }
+                (LimitFact::Unknown, None) if self.limit => {
+                    return Some(format!(
+                        "table {table} read with a LIMIT that is not a constant"
+                    ))
                 }
                 (LimitFact::Unknown, Some(max)) => {
                     return Some(format!(
@@ -605,16 +612,19 @@ impl RuleSet {
         table: &QualifiedName,
         own_schema: Option<&str>,
     ) -> Option<RuleDenial> {
-        self.rules.iter().find_map(|rule| {
-            rule.deny_tables
-                .iter()
-                .any(|n| n.matches(table, own_schema))
-                .then(|| RuleDenial {
-                    rule: rule.id.clone(),
-                    message: rule.message.clone(),
-                    matched: format!("table {table}"),
-                })
-        })
+        self.rules
+            .iter()
+            .filter(|r| r.effect == Effect::Deny)
+            .find_map(|rule| {
+                rule.deny_tables
+                    .iter()
+                    .any(|n| n.matches(table, own_schema))
+                    .then(|| RuleDenial {
+                        rule: rule.id.clone(),
+                        message: rule.message.clone(),
+                        matched: format!("table {table}"),
+                    })
+            })
     }
 
     /// The first rule that denies this statement, if any. `own_schema`: the session's
@@ -631,19 +641,25 @@ impl RuleSet {
     /// Whether the DBA reviewed the VOLATILE user function `schema.name`
     /// (`allow = { functions = [...] }`).
     pub fn reviews_function(&self, schema: &str, name: &str) -> bool {
-        self.rules.iter().any(|r| {
-            r.allow_functions
-                .iter()
-                .any(|f| f.schema.as_deref() == Some(schema) && f.name == name)
-        })
-    }
-
-    /// Whether a verdict may depend on a statement's constants (a `max_limit`): such
-    /// verdicts are never cached by statement shape.
-    pub fn depends_on_constants(&self) -> bool {
         self.rules
             .iter()
-            .any(|r| r.require.as_ref().is_some_and(|q| q.max_limit.is_some()))
+            .filter(|r| r.effect == Effect::Deny)
+            .any(|r| {
+                r.allow_functions
+                    .iter()
+                    .any(|f| f.schema.as_deref() == Some(schema) && f.name == name)
+            })
+    }
+
+    /// Whether a verdict may depend on a statement's constants (a required LIMIT: `LIMIT
+    /// 10` and `LIMIT ALL` have the same shape): such
+    /// verdicts are never cached by statement shape.
+    pub fn depends_on_constants(&self) -> bool {
+        self.rules.iter().any(|r| {
+            r.require
+                .as_ref()
+                .is_some_and(|q| q.limit || q.max_limit.is_some())
+        })
     }
 
     /// Whether any rule is an allow-list that denies (the grant reads listed tables only).
@@ -704,7 +720,11 @@ pub fn verdict(
     let Some(catalog) = catalog.filter(|_| rules.has_allow_lists()) else {
         return Ok(());
     };
-    for f in &facts.tree.functions {
+    let selected = facts.tree.selected_names.iter().map(|n| QualifiedName {
+        schema: None,
+        name: n.clone(),
+    });
+    for f in facts.tree.functions.iter().cloned().chain(selected) {
         let user = catalog.lookup(f.schema.as_deref(), &f.name).find(|info| {
             info.schema != "pg_catalog"
                 && info.schema != "information_schema"
@@ -1459,6 +1479,32 @@ mod tests {
         assert!(pg("SELECT * FROM events WHERE id > 1 LIMIT ALL").is_some());
         assert!(pg("SELECT * FROM events WHERE id > 1 FETCH FIRST 10 ROWS ONLY").is_none());
         assert!(pg("COPY events TO STDOUT").is_some());
+        // A limit bounds a run of its SELECT: one that runs per row of an unbounded query
+        // (subquery expression, LATERAL) is not bounded; WITH TIES can return more.
+        assert!(pg("SELECT (SELECT e FROM events e WHERE true ORDER BY id LIMIT 1 OFFSET g) FROM generate_series(0, 10) g").is_some());
+        assert!(pg("SELECT x.* FROM generate_series(1, 10) g, LATERAL (SELECT * FROM events WHERE id = g LIMIT 1) x").is_some());
+        assert!(
+            pg("SELECT * FROM events WHERE true ORDER BY id FETCH FIRST 1 ROW WITH TIES").is_some()
+        );
+        assert!(pg("SELECT (SELECT count(*) FROM events WHERE id = g LIMIT 1) FROM generate_series(1, 5) g LIMIT 5").is_none());
+        assert!(pg("SELECT x.* FROM generate_series(1, 10) g, LATERAL (SELECT * FROM events WHERE id = g LIMIT 10) x LIMIT 200").is_some());
+        assert!(rules.depends_on_constants());
+        // limit = true: a LIMIT that is not a constant does not count; such rules are
+        // never answered from the shape cache (LIMIT 10 and LIMIT ALL share a shape).
+        std::fs::write(
+            dir.path().join("limit.toml"),
+            "[[rule]]\nid = \"limited\"\nmessage = \"add a LIMIT\"\nrequire = { tables = [\"events\"], limit = true }\n",
+        )
+        .unwrap();
+        let limited = RuleSet::load(&[PathBuf::from("limit.toml")], dir.path()).unwrap();
+        assert!(limited.depends_on_constants());
+        let check = |sql: &str| {
+            let facts = crate::sql::postgres::classify(sql, 1 << 20).unwrap();
+            facts.iter().find_map(|f| limited.check(f, None))
+        };
+        assert!(check("SELECT * FROM events LIMIT 10").is_none());
+        assert!(check("SELECT * FROM events LIMIT ALL").is_some());
+        assert!(check("SELECT * FROM events LIMIT NULL::int").is_some());
         // Joins without a condition.
         std::fs::write(
             dir.path().join("joins.toml"),

@@ -46,7 +46,7 @@ use crate::catalog::{FunctionCatalog, CATALOG_TTL};
 use crate::gateway::Services;
 use crate::identity::Principal;
 use crate::policy::readonly::{self, Verdict, ALLOWED_SETTINGS};
-use crate::policy::{Grant, GrantWatch};
+use crate::policy::{Grant, GrantChange, GrantWatch};
 use crate::sql::ClassifyError;
 
 /// The hint of a session ended by a limit of the grant's rule files.
@@ -1143,12 +1143,17 @@ async fn client_to_upstream(
                     }
                     forget_errored(&mut portals, &side);
                     let run = portals.execute(name);
+                    let mut flags = run.statement.flags.clone();
                     if run.statement.generation != ctx.gate.services.grants.generation() {
                         // Allowed under rules a reload has replaced: decide it again.
                         let decision = ctx
                             .gate
                             .decide(&run.statement.text, &mut cache, side.catalog.as_deref())
                             .await;
+                        if let TextDecision::Allow(allowed) = &decision {
+                            // The flags of the rules now in force.
+                            flags = allowed.flags.as_slice().into();
+                        }
                         if let TextDecision::Deny { denied, .. } = decision {
                             let why = format!(
                                 "the rules now in force deny a statement prepared before a configuration reload ({})",
@@ -1187,7 +1192,7 @@ async fn client_to_upstream(
                             &run.statement.kind,
                             Some((run.params.to_vec(), run.param_count)),
                             Some((name, &run.statement_name)),
-                            &run.statement.flags,
+                            &flags,
                             pipeline.sync_points + 1,
                         )
                         .await
@@ -2043,14 +2048,21 @@ impl Timers<'_> {
                     .with_hint("reconnect with a fresh token to request a new grant");
                     return (error, EndReason::GrantExpired);
                 }
-                _ = self.grant_watch.revoked(&ctx.gate.services.grants) => {
-                    let error = PgError::fatal(
-                        sqlstate::INVALID_AUTHORIZATION,
-                        format!("sqlgate: session ended: {GRANT_REVOKED}"),
-                    )
-                    .with_hint("reconnect to see which connections you may use now");
-                    return (error, EndReason::GrantRevoked);
-                }
+                change = self.grant_watch.next_change(&ctx.gate.services.grants) => match change {
+                    GrantChange::Revoked => {
+                        let error = PgError::fatal(
+                            sqlstate::INVALID_AUTHORIZATION,
+                            format!("sqlgate: session ended: {GRANT_REVOKED}"),
+                        )
+                        .with_hint("reconnect to see which connections you may use now");
+                        return (error, EndReason::GrantRevoked);
+                    }
+                    GrantChange::ExpiresSooner(at) => {
+                        // A reload shortened the grant: the session ends then.
+                        let left = at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+                        self.deadline = self.deadline.min(tokio::time::Instant::now() + left);
+                    }
+                },
                 _ = self.shutdown.recv() => {
                     let error = PgError::fatal(sqlstate::ADMIN_SHUTDOWN, "sqlgate: the gateway is shutting down");
                     return (error, EndReason::Shutdown);

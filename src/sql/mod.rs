@@ -182,6 +182,15 @@ impl LimitFact {
         LimitFact::AtMost(n)
     }
 
+    /// The rows of `self` run once per row of `outer`: at most their product.
+    pub fn times(self, outer: LimitFact) -> LimitFact {
+        match (self, outer) {
+            (LimitFact::AtMost(a), LimitFact::AtMost(b)) => LimitFact::AtMost(a.saturating_mul(b)),
+            (LimitFact::None, _) | (_, LimitFact::None) => LimitFact::None,
+            _ => LimitFact::Unknown,
+        }
+    }
+
     /// The tighter of two limits on the same rows: a constant beats an unknown value,
     /// an unknown value beats none.
     pub fn tighter(self, other: LimitFact) -> LimitFact {

@@ -38,12 +38,13 @@ pub fn walk<T: Serialize>(node: &T) -> Result<(Option<&'static str>, TreeFacts),
     node.serialize(&mut walker).map_err(|e| e.0)?;
     walker.facts.relations = walker.scopes.relations();
     let shapes = std::mem::take(&mut walker.shapes);
+    let limits = Shape::effective_limits(&shapes);
     for (i, shape) in shapes.iter().enumerate() {
         if !shape.tables.is_empty() {
             walker.facts.shapes.push(SelectShape {
                 tables: shape.tables.clone(),
                 where_clause: shape.where_clause,
-                limit: Shape::effective_limit(&shapes, i),
+                limit: limits.get(i).copied().unwrap_or(LimitFact::None),
                 cross_join: shape.cross_join || (shape.from_items > 1 && !shape.where_clause),
             });
         }
@@ -121,6 +122,8 @@ struct Walker {
     shapes: Vec<Shape>,
     /// Per JoinExpr being visited: whether it has a condition (ON, USING, NATURAL).
     joins: Vec<bool>,
+    /// Per RangeSubselect being visited: whether it is LATERAL.
+    lateral: Vec<bool>,
     /// CTE scoping, for which names are relations.
     scopes: super::scope::Scopes,
     /// Per CommonTableExpr being visited: the query holding its WITH, and whether its
@@ -160,26 +163,27 @@ struct Shape {
     /// FROM items (more than one, with no WHERE, is a join without a condition).
     from_items: usize,
     cross_join: bool,
+    /// It may run once per row of the SELECT around it (inside a subquery expression or
+    /// a `LATERAL` subquery).
+    per_row: bool,
 }
 
 impl Shape {
-    /// The tightest limit of this SELECT and those it is nested in.
-    fn effective_limit(shapes: &[Shape], mut at: usize) -> LimitFact {
-        let mut out = LimitFact::None;
-        let mut steps = 0;
-        loop {
-            let Some(shape) = shapes.get(at) else {
-                return out;
-            };
-            out = out.tighter(shape.limit);
-            match shape.parent {
-                Some(p) if steps < shapes.len() => {
-                    at = p;
-                    steps += 1;
-                }
-                _ => return out,
-            }
+    /// Each SELECT's limit on the rows it can yield in all: its own and those of the
+    /// queries it is nested in (the tightest); for a SELECT that may run once per row
+    /// of the query around it (a subquery expression, `LATERAL`), its own limit times
+    /// that query's. Parents come before children, so one pass suffices.
+    fn effective_limits(shapes: &[Shape]) -> Vec<LimitFact> {
+        let mut out: Vec<LimitFact> = Vec::with_capacity(shapes.len());
+        for shape in shapes {
+            let outer = shape.parent.and_then(|p| out.get(p).copied());
+            out.push(match outer {
+                None => shape.limit,
+                Some(outer) if shape.per_row => shape.limit.times(outer),
+                Some(outer) => shape.limit.tighter(outer),
+            });
         }
+        out
     }
 }
 
@@ -255,7 +259,9 @@ impl Walker {
             "RangeVar" => self.ranges.push(Default::default()),
             "SelectStmt" => {
                 let shape = self.shapes.len();
+                let per_row = self.nested_per_row();
                 self.shapes.push(Shape {
+                    per_row,
                     parent: self.levels.last().map(|l| l.shape),
                     tables: Vec::new(),
                     where_clause: false,
@@ -285,6 +291,7 @@ impl Walker {
                 }
             }
             "JoinExpr" => self.joins.push(false),
+            "RangeSubselect" => self.lateral.push(false),
             "Node" if self.ends_with(&["SelectStmt", "limit_count"]) => {
                 if let Some(shape) = self.top_shape() {
                     shape.limit = LimitFact::Unknown;
@@ -336,6 +343,9 @@ impl Walker {
                         self.facts.cast_types.push(name);
                     }
                 }
+            }
+            Some("RangeSubselect") => {
+                self.lateral.pop();
             }
             Some("JoinExpr") => {
                 // Neither ON, USING nor NATURAL: every row with every row.
@@ -423,6 +433,17 @@ impl Walker {
                 }
             }
         }
+    }
+
+    /// Whether a SELECT starting here may run once per row of the SELECT around it:
+    /// between the two, a subquery expression or a LATERAL subquery.
+    fn nested_per_row(&self) -> bool {
+        let Some(parent) = self.path.iter().rposition(|p| *p == "SelectStmt") else {
+            return false;
+        };
+        let between = &self.path[parent..];
+        between.contains(&"SubLink")
+            || (between.contains(&"RangeSubselect") && self.lateral.last() == Some(&true))
     }
 
     fn top_shape(&mut self) -> Option<&mut Shape> {
@@ -618,6 +639,14 @@ impl ser::Serializer for &mut Walker {
     type SerializeStructVariant = Self;
 
     fn serialize_i32(self, v: i32) -> R {
+        // FETCH FIRST n ROWS WITH TIES can return more than n rows.
+        if v == pg_query::protobuf::LimitOption::WithTies as i32
+            && self.ends_with(&["SelectStmt", "limit_option"])
+        {
+            if let Some(shape) = self.top_shape() {
+                shape.limit = LimitFact::Unknown;
+            }
+        }
         if self.ends_with(&[
             "limit_count",
             "Node",
@@ -643,6 +672,11 @@ impl ser::Serializer for &mut Walker {
             // LIMIT ALL, LIMIT NULL: no limit.
             if let Some(shape) = self.top_shape() {
                 shape.limit = LimitFact::None;
+            }
+        }
+        if v && self.ends_with(&["RangeSubselect", "lateral"]) {
+            if let Some(lateral) = self.lateral.last_mut() {
+                *lateral = true;
             }
         }
         if v && self.ends_with(&["JoinExpr", "is_natural"]) {

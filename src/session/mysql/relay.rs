@@ -69,6 +69,8 @@ pub(super) struct Stops {
     shutdown: broadcast::Receiver<()>,
     grant: crate::policy::GrantWatch,
     services: Arc<crate::gateway::Services>,
+    /// A sooner end of the grant, set by a reload.
+    expires: Option<tokio::time::Instant>,
 }
 
 impl Stops {
@@ -77,6 +79,7 @@ impl Stops {
             shutdown,
             grant: gate.services.grants.watch(&gate.principal, &gate.grant),
             services: gate.services.clone(),
+            expires: None,
         }
     }
 }
@@ -87,13 +90,27 @@ pub(super) async fn timed<T>(
     timers: &Timers,
     shutdown: &mut Stops,
 ) -> Result<T, Interrupt> {
-    tokio::select! {
-        out = fut => Ok(out),
-        _ = tokio::time::sleep_until(timers.grant) => Err(Interrupt::GrantExpired),
-        _ = until(timers.statement) => Err(Interrupt::StatementTimeout),
-        _ = until(timers.idle) => Err(Interrupt::IdleInTransaction),
-        _ = shutdown.shutdown.recv() => Err(Interrupt::Shutdown),
-        _ = shutdown.grant.revoked(&shutdown.services.grants) => Err(Interrupt::GrantRevoked),
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            out = &mut fut => return Ok(out),
+            _ = tokio::time::sleep_until(timers.grant) => return Err(Interrupt::GrantExpired),
+            _ = until(shutdown.expires) => return Err(Interrupt::GrantExpired),
+            _ = until(timers.statement) => return Err(Interrupt::StatementTimeout),
+            _ = until(timers.idle) => return Err(Interrupt::IdleInTransaction),
+            _ = shutdown.shutdown.recv() => return Err(Interrupt::Shutdown),
+            change = shutdown.grant.next_change(&shutdown.services.grants) => match change {
+                crate::policy::GrantChange::Revoked => return Err(Interrupt::GrantRevoked),
+                crate::policy::GrantChange::ExpiresSooner(at) => {
+                    // A reload shortened the grant: the session ends then.
+                    let left = at
+                        .duration_since(SystemTime::now())
+                        .unwrap_or(Duration::ZERO);
+                    let at = tokio::time::Instant::now() + left;
+                    shutdown.expires = Some(shutdown.expires.map_or(at, |e| e.min(at)));
+                }
+            },
+        }
     }
 }
 
@@ -475,12 +492,15 @@ impl Session {
                     }
                 }
                 let (text, kind) = (prepared.text.clone(), format!("EXECUTE {}", prepared.kind));
-                let statement_flags = prepared.flags.clone();
+                let mut statement_flags = prepared.flags.clone();
                 if prepared.generation != self.gate.services.grants.generation() {
                     // Allowed under rules a reload has replaced: decide it again.
-                    if let TextDecision::Deny { denied, .. } =
-                        self.gate.decide(&text, &mut self.cache, None).await
-                    {
+                    let decision = self.gate.decide(&text, &mut self.cache, None).await;
+                    if let TextDecision::Allow(allowed) = &decision {
+                        // The flags of the rules now in force.
+                        statement_flags = allowed.flags.clone();
+                    }
+                    if let TextDecision::Deny { denied, .. } = decision {
                         let why = format!(
                             "the rules now in force deny this statement, prepared before a configuration reload ({})",
                             denied.summary()
