@@ -68,8 +68,12 @@ impl PolicyHolder {
         }
     }
 
+    /// The generation in force (read on every statement: no clone of the policy).
     pub fn generation(&self) -> u64 {
-        self.current().0
+        match self.current.read() {
+            Ok(p) => p.0,
+            Err(poisoned) => poisoned.into_inner().0,
+        }
     }
 
     /// Puts `policy` in force; returns its generation.
