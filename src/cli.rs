@@ -394,6 +394,24 @@ fn describe_rule_set(set: &crate::policy::rules::RuleSet) -> Vec<String> {
 }
 
 /// One rule on one line: id, effect, what it names, its file.
+/// `require a WHERE and a LIMIT of at most 1000 on public.events`.
+fn describe_require(q: &crate::policy::rules::Require) -> String {
+    let tables: Vec<String> = q.tables.iter().map(|n| n.to_string()).collect();
+    let mut needs = Vec::new();
+    if q.where_clause {
+        needs.push("a WHERE".to_owned());
+    }
+    match q.max_limit {
+        Some(max) => needs.push(format!("a LIMIT of at most {max}")),
+        None if q.limit => needs.push("a LIMIT".to_owned()),
+        None => {}
+    }
+    if q.join_condition {
+        needs.push("join conditions".to_owned());
+    }
+    format!("require {} on {}", needs.join(" and "), tables.join(", "))
+}
+
 fn describe_rule(rule: &crate::policy::rules::Rule) -> String {
     let list = |what: &str, names: Vec<String>| {
         (!names.is_empty()).then(|| format!("{what} {}", names.join(", ")))
@@ -415,6 +433,11 @@ fn describe_rule(rule: &crate::policy::rules::Rule) -> String {
             "allow tables",
             rule.allow_tables.iter().map(|n| n.to_string()).collect(),
         ),
+        list(
+            "allow reviewed functions",
+            rule.allow_functions.iter().map(|n| n.to_string()).collect(),
+        ),
+        rule.require.as_ref().map(describe_require),
     ]
     .into_iter()
     .flatten()

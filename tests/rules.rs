@@ -710,6 +710,15 @@ async fn audit_effect_rules_let_statements_run_and_flag_their_records() {
         && r["flagged_by"] == serde_json::json!(["items-watch"])));
 }
 
+/// The grant line `rule_files` returns for its directory.
+fn line_of(dir: &tempfile::TempDir) -> String {
+    format!(
+        "rules = [{:?}, {:?}]",
+        dir.path().join("no-sleep.toml").display().to_string(),
+        dir.path().join("payroll.toml").display().to_string()
+    )
+}
+
 #[tokio::test]
 async fn rules_check_lists_each_grants_rules_and_fails_on_a_broken_file() {
     let (rules, line) = rule_files();
@@ -735,6 +744,38 @@ async fn rules_check_lists_each_grants_rules_and_fails_on_a_broken_file() {
         ok && out.contains("no-sleep") && out.contains("deny tables salaries"),
         "{out}"
     );
+    // Every kind a rule can hold is listed: the shipped files have them all.
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    let text = std::fs::read_to_string(&files.config).unwrap().replace(
+        &line_of(&rules),
+        &format!(
+            "rules = [{:?}, {:?}]",
+            shipped.join("large-tables.toml").display().to_string(),
+            shipped
+                .join("reporting-allowlist.toml")
+                .display()
+                .to_string()
+        ),
+    );
+    std::fs::write(&files.config, text).unwrap();
+    let (ok, out) = run();
+    assert!(ok, "{out}");
+    for needle in [
+        "require a WHERE and a LIMIT of at most 1000 and join conditions on public.events",
+        "allow reviewed functions reporting.current_quarter",
+        "allow tables public.orders",
+        "[effect audit: flag, do not deny]",
+        "limit max_rows = 10000",
+    ] {
+        assert!(out.contains(needle), "{needle}: {out}");
+    }
+    let text = std::fs::read_to_string(&files.config).unwrap();
+    let shipped_line = text
+        .lines()
+        .find(|l| l.starts_with("rules = "))
+        .unwrap()
+        .to_owned();
+    std::fs::write(&files.config, text.replace(&shipped_line, &line_of(&rules))).unwrap();
     std::fs::write(
         rules.path().join("payroll.toml"),
         "[[rule]]\nid = \"x\"\nmessage = \"m\"\ndeny = { tabels = [\"a\"] }\n",
