@@ -5,13 +5,13 @@
 
 mod common;
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{GatewayFiles, Setup};
+use common::{GatewayFiles, Setup, SpawnedGateway};
 use sqlgate::audit::verify::verify;
 use sqlgate::config::Config;
 use sqlgate::gateway::Gateway;
@@ -22,36 +22,9 @@ const SQLGATE: &str = env!("CARGO_BIN_EXE_sqlgate");
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_no_record_of_an_answer_a_client_saw() {
     let files = GatewayFiles::write(Setup::default()).await;
-    let child = Command::new(SQLGATE)
-        .args(["--log-format", "json", "serve", "--config"])
-        .arg(&files.config)
-        .current_dir(files.dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     // Killed however the test ends, so a failed run leaves no gateway behind.
-    let mut child = KillOnDrop(child);
-    // The listener's address, from the log.
-    let stderr = child.0.stderr.take().unwrap();
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if let Some(addr) = event["fields"]["postgres_addr"].as_str() {
-                let _ = addr_tx.send(addr.to_owned());
-            }
-        }
-    });
-    let addr = addr_rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the gateway says where it listens");
-    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    let mut gateway = SpawnedGateway::start(&files, &[]);
+    let port = gateway.port;
     let token = files
         .issuer_request(&["analytics-agents"])
         .mint(&files.key)
@@ -80,8 +53,8 @@ async fn kill_9_loses_no_record_of_an_answer_a_client_saw() {
     while seen.lock().unwrap().len() < 2000 && started.elapsed() < Duration::from_secs(20) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    child.0.kill().unwrap(); // SIGKILL
-    child.0.wait().unwrap();
+    gateway.child.kill().unwrap(); // SIGKILL
+    gateway.child.wait().unwrap();
     for agent in agents {
         agent.await.unwrap();
     }
@@ -127,15 +100,6 @@ async fn kill_9_loses_no_record_of_an_answer_a_client_saw() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A small filesystem for the trail: tmpfs, unmounted on drop.

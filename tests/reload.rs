@@ -5,12 +5,11 @@
 
 mod common;
 
-use std::io::BufRead;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::mysql::{MyGateway, MySetup};
-use common::{GatewayFiles, Setup, TestGateway};
+use common::{GatewayFiles, Setup, SpawnedGateway, TestGateway};
 use mysql_async::prelude::Queryable;
 
 const SQLGATE: &str = env!("CARGO_BIN_EXE_sqlgate");
@@ -221,16 +220,6 @@ async fn mysql_sessions_follow_reloads_too() {
     );
 }
 
-/// Kills the child however the test ends.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlgate_reload_checks_the_files_then_signals_the_running_gateway() {
     let (_rules_dir, rules, line) = rules_denying_salaries();
@@ -247,36 +236,8 @@ async fn sqlgate_reload_checks_the_files_then_signals_the_running_gateway() {
         .await
         .unwrap();
     let pid_file = files.dir.path().join("sqlgate.pid");
-    let child = Command::new(SQLGATE)
-        .args(["--log-format", "json", "serve", "--config"])
-        .arg(&files.config)
-        .arg("--pid-file")
-        .arg(&pid_file)
-        .current_dir(files.dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut child = KillOnDrop(child);
-    let stderr = child.0.stderr.take().unwrap();
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if let Some(addr) = event["fields"]["postgres_addr"].as_str() {
-                let _ = addr_tx.send(addr.to_owned());
-            }
-        }
-    });
-    let addr = addr_rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the gateway says where it listens");
-    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    let gateway = SpawnedGateway::start(&files, &["--pid-file".as_ref(), pid_file.as_os_str()]);
+    let port = gateway.port;
     let token = files
         .issuer_request(&["analytics-agents"])
         .mint(&files.key)

@@ -607,14 +607,10 @@ impl Gate {
         }
     }
 
-    /// A `statement` record with the session's next statement number.
-    pub fn statement_record(&self, text: &str, kind: &str, verdict: &Verdict) -> AuditRecord {
-        let seq = self
-            .statements
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            + 1;
+    /// A record of this session: who, under which grant, over which protocol.
+    fn session_record(&self, event: AuditEvent) -> AuditRecord {
         let mut rec = AuditRecord::new(
-            AuditEvent::Statement,
+            event,
             &self.session_id,
             &self.grant.connection,
             &self.client_addr,
@@ -622,6 +618,16 @@ impl Gate {
         rec.protocol = self.dialect.protocol();
         rec.grant_id = Some(self.grant.id.clone());
         rec.sub = Some(self.principal.subject.clone());
+        rec
+    }
+
+    /// A `statement` record with the session's next statement number.
+    pub fn statement_record(&self, text: &str, kind: &str, verdict: &Verdict) -> AuditRecord {
+        let seq = self
+            .statements
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let mut rec = self.session_record(AuditEvent::Statement);
         rec.set_statement(text, self.services.config.audit_max_statement_bytes);
         rec.kind = Some(kind.to_owned());
         rec.statement_seq = Some(seq);
@@ -699,15 +705,7 @@ impl Gate {
         kind: &str,
         params: Option<(Vec<Option<String>>, usize)>,
     ) {
-        let mut rec = AuditRecord::new(
-            event,
-            &self.session_id,
-            &self.grant.connection,
-            &self.client_addr,
-        );
-        rec.protocol = self.dialect.protocol();
-        rec.grant_id = Some(self.grant.id.clone());
-        rec.sub = Some(self.principal.subject.clone());
+        let mut rec = self.session_record(event);
         rec.decision = Some(Decision::Allow);
         rec.set_statement(text, self.services.config.audit_max_statement_bytes);
         rec.kind = Some(kind.to_owned());

@@ -475,3 +475,55 @@ impl Raw {
         }
     }
 }
+
+/// A gateway run as its own process (`sqlgate serve`), killed however the test ends.
+pub struct SpawnedGateway {
+    pub child: std::process::Child,
+    /// The Postgres listener's port, from the gateway's log.
+    pub port: u16,
+}
+
+impl SpawnedGateway {
+    /// `sqlgate --log-format json serve --config <files.config> <extra...>` in the
+    /// config's directory; waits (at most 20 s) for the listener's address in the log.
+    pub fn start(files: &GatewayFiles, extra: &[&std::ffi::OsStr]) -> SpawnedGateway {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sqlgate"))
+            .args(["--log-format", "json", "serve", "--config"])
+            .arg(&files.config)
+            .args(extra)
+            .current_dir(files.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let Ok(event) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                if let Some(addr) = event["fields"]["postgres_addr"].as_str() {
+                    let _ = addr_tx.send(addr.to_owned());
+                }
+            }
+        });
+        let mut spawned = SpawnedGateway { child, port: 0 };
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the gateway says where it listens");
+        spawned.port = addr.rsplit(':').next().unwrap().parse().unwrap();
+        spawned
+    }
+}
+
+impl Drop for SpawnedGateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -177,6 +177,17 @@ pub struct ErrorFields {
 }
 
 impl ErrorFields {
+    /// Keeps one field of an ErrorResponse (others are skipped, as the protocol says).
+    fn set(&mut self, kind: u8, text: String) {
+        match kind {
+            b'V' => self.severity = text,
+            b'S' if self.severity.is_empty() => self.severity = text,
+            b'C' => self.code = text,
+            b'M' => self.message = text,
+            _ => {}
+        }
+    }
+
     /// The fields found in the first part of an ErrorResponse body (one too large to
     /// hold): the code and as much of the message as arrived.
     pub fn parse_prefix(body: &[u8]) -> ErrorFields {
@@ -188,13 +199,7 @@ impl ErrorFields {
             }
             let end = after.iter().position(|&b| b == 0).unwrap_or(after.len());
             let text = String::from_utf8_lossy(&after[..end]).into_owned();
-            match kind {
-                b'V' => fields.severity = text,
-                b'S' if fields.severity.is_empty() => fields.severity = text,
-                b'C' => fields.code = text,
-                b'M' => fields.message = text,
-                _ => {}
-            }
+            fields.set(kind, text);
             rest = after.get(end + 1..).unwrap_or_default();
         }
         fields
@@ -212,13 +217,7 @@ impl ErrorFields {
             }
             let end = after.iter().position(|&b| b == 0)?;
             let text = String::from_utf8_lossy(&after[..end]).into_owned();
-            match kind {
-                b'V' => fields.severity = text,
-                b'S' if fields.severity.is_empty() => fields.severity = text,
-                b'C' => fields.code = text,
-                b'M' => fields.message = text,
-                _ => {}
-            }
+            fields.set(kind, text);
             rest = &after[end + 1..];
         }
     }
