@@ -408,11 +408,18 @@ async fn rules_test_checks_expectations_and_fails_when_one_is_not_met() {
 
 /// A rule file holding only `[limits]`; returns its directory and the grant line.
 fn limits_file(limits: &str) -> (tempfile::TempDir, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("limits.toml");
-    std::fs::write(&path, format!("[limits]\n{limits}\n")).unwrap();
-    let line = format!("rules = [{:?}]", path.display().to_string());
+    let (dir, _, line) = rule_file("limits.toml", &format!("[limits]\n{limits}\n"));
     (dir, line)
+}
+
+/// One rule file `name` holding `text`, in a fresh directory: the directory (kept for
+/// the test's length), the file and the grant line that references it.
+fn rule_file(name: &str, text: &str) -> (tempfile::TempDir, std::path::PathBuf, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    let line = format!("rules = [{:?}]", path.display().to_string());
+    (dir, path, line)
 }
 
 #[tokio::test]
@@ -569,14 +576,7 @@ async fn mysql_limits_hold_too() {
 
 #[tokio::test]
 async fn allow_lists_admit_only_their_tables_on_postgres_and_mysql() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("allow.toml");
-    std::fs::write(
-        &path,
-        "[[rule]]\nid = \"items-only\"\nmessage = \"agents read the items table only\"\nallow = { tables = [\"items\"] }\n",
-    )
-    .unwrap();
-    let line = format!("rules = [{:?}]", path.display().to_string());
+    let (_dir, _, line) = rule_file("allow.toml", "[[rule]]\nid = \"items-only\"\nmessage = \"agents read the items table only\"\nallow = { tables = [\"items\"] }\n");
     let gw = TestGateway::start_with(Setup {
         grant_extra: line.clone(),
         ..Setup::default()
@@ -653,14 +653,7 @@ async fn other_sessions_statements_are_not_visible_but_their_sessions_are() {
 
 #[tokio::test]
 async fn audit_effect_rules_let_statements_run_and_flag_their_records() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("watch.toml");
-    std::fs::write(
-        &path,
-        "[[rule]]\nid = \"items-watch\"\nmessage = \"reads of items are reviewed\"\neffect = \"audit\"\ndeny = { tables = [\"items\"] }\n",
-    )
-    .unwrap();
-    let line = format!("rules = [{:?}]", path.display().to_string());
+    let (_dir, _, line) = rule_file("watch.toml", "[[rule]]\nid = \"items-watch\"\nmessage = \"reads of items are reviewed\"\neffect = \"audit\"\ndeny = { tables = [\"items\"] }\n");
     let gw = TestGateway::start_with(Setup {
         grant_extra: line.clone(),
         ..Setup::default()
@@ -790,14 +783,7 @@ async fn rules_check_lists_each_grants_rules_and_fails_on_a_broken_file() {
 
 #[tokio::test]
 async fn shape_rules_require_a_where_and_a_bounded_limit_on_postgres_and_mysql() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("shape.toml");
-    std::fs::write(
-        &path,
-        "[[rule]]\nid = \"items-bounded\"\nmessage = \"filter and bound reads of items\"\nrequire = { tables = [\"items\"], where = true, max_limit = 100 }\n",
-    )
-    .unwrap();
-    let line = format!("rules = [{:?}]", path.display().to_string());
+    let (_dir, _, line) = rule_file("shape.toml", "[[rule]]\nid = \"items-bounded\"\nmessage = \"filter and bound reads of items\"\nrequire = { tables = [\"items\"], where = true, max_limit = 100 }\n");
     let gw = TestGateway::start_with(Setup {
         grant_extra: line.clone(),
         ..Setup::default()
@@ -852,15 +838,9 @@ async fn shape_rules_require_a_where_and_a_bounded_limit_on_postgres_and_mysql()
 #[tokio::test]
 async fn allow_list_grants_refuse_a_startup_search_path_and_user_functions() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("allow.toml");
-    std::fs::write(
-        &path,
-        "[[rule]]\nid = \"items-only\"\nmessage = \"items only\"\nallow = { tables = [\"items\"] }\n",
-    )
-    .unwrap();
+    let (_dir, _, line) = rule_file("allow.toml", "[[rule]]\nid = \"items-only\"\nmessage = \"items only\"\nallow = { tables = [\"items\"] }\n");
     let gw = TestGateway::start_with(Setup {
-        grant_extra: format!("rules = [{:?}]", path.display().to_string()),
+        grant_extra: line.clone(),
         ..Setup::default()
     })
     .await;
@@ -959,15 +939,9 @@ async fn copy(client: &tokio_postgres::Client, n: u32) -> Result<usize, tokio_po
 
 #[tokio::test]
 async fn a_reviewed_volatile_function_may_be_called_and_its_neighbours_may_not() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("reviewed.toml");
-    std::fs::write(
-        &path,
-        "[[rule]]\nid = \"reviewed\"\nmessage = \"functions the DBA reviewed\"\nallow = { functions = [\"public.next_report_id\"] }\n",
-    )
-    .unwrap();
+    let (_dir, path, line) = rule_file("reviewed.toml", "[[rule]]\nid = \"reviewed\"\nmessage = \"functions the DBA reviewed\"\nallow = { functions = [\"public.next_report_id\"] }\n");
     let gw = TestGateway::start_with(Setup {
-        grant_extra: format!("rules = [{:?}]", path.display().to_string()),
+        grant_extra: line.clone(),
         ..Setup::default()
     })
     .await;
